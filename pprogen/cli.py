@@ -1,0 +1,324 @@
+"""The ``pprogen`` command: ``list``, ``info NAME``, ``train NAME``, ``evaluate RUN``, ``sample RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pprogen import __version__
+from pprogen.data import DataError, Dataset, load_dataset
+from pprogen.inference import log_marginal, make_guide
+from pprogen.inference.train import (
+    NonFiniteLossError,
+    check_data,
+    check_hyperparameters,
+    check_model_fits_data,
+    fit,
+    resolve_device,
+)
+from pprogen.registry import create_model, get_card, list_models
+from pprogen.runs import Run, RunError, atomic_write
+
+TRAIN_DEFAULTS = {
+    "epochs": 200,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "schedule": "constant",
+    "clip_norm": None,
+    "patience": 20,
+    "elbo": "trace",
+    "particles": 1,
+    "beta": 1.0,
+}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_args(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. --set z_dim=20), got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def build(config: dict[str, Any]) -> tuple[Dataset, Any, Any]:
+    """Data, model and guide exactly as a run's ``config.json`` describes them."""
+    dataset = load_dataset(config["data"], config.get("data_dir"), download=True).subset(config.get("limit"))
+    if config.get("flatten"):
+        dataset = dataset.flat()
+    model = create_model(config["model"], **config["model_args"])
+    guide = make_guide(config["guide"], model)
+    return dataset, model, guide
+
+
+def _config_from_args(args) -> dict[str, Any]:
+    card = get_card(args.model)
+    data_name = args.data or card.default_data
+    dataset = load_dataset(data_name, args.data_dir).subset(args.limit)
+    params = inspect.signature(card.factory).parameters
+    model_args = _model_args(args.set)
+    flatten = False
+    if "x_dim" in params and "x_dim" not in model_args:
+        model_args["x_dim"] = dataset.dim
+        flatten = len(dataset.shape) > 1
+    elif "x_shape" in params and "x_shape" not in model_args:
+        model_args["x_shape"] = list(dataset.shape)
+    train = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TRAIN_DEFAULTS.items()}
+    return {
+        "pprogen_version": __version__,
+        "model": args.model,
+        "model_args": model_args,
+        "data": data_name,
+        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "limit": args.limit,
+        "flatten": flatten,
+        "guide": args.guide,
+        "train": train,
+        "seed": args.seed,
+        "device": args.device,
+        "eval_samples": args.eval_samples,
+    }
+
+
+def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device) -> dict[str, Any]:
+    x = dataset.split(split).to(device)
+    if hasattr(model, "log_prob"):
+        with torch.no_grad():
+            log_prob = torch.cat([model.log_prob(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
+        nll = -log_prob.double()
+        result = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),
+                  "num_data": nll.numel(), "method": "exact"}
+        if dataset.binary:
+            result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
+        return result
+    evidence = log_marginal(model, guide, x, num_samples=num_samples, dim=dataset.dim if dataset.binary else None)
+    return {**evidence.summary(), "method": "importance sampling (guide as proposal)"}
+
+
+def _format_eval(split: str, result: dict[str, Any]) -> str:
+    text = f"{split} NLL: {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over {result['num_data']} examples"
+    if "bits_per_dim" in result:
+        text += f" ({result['bits_per_dim']:.4f} bits/dim)"
+    if "num_samples" in result:
+        text += f", K = {result['num_samples']} importance samples (mean ESS {result['mean_ess']:.1f})"
+    return text
+
+
+def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
+    from pprogen import plots
+
+    made = []
+    if hasattr(model, "sample"):
+        samples = model.sample(64, mean=True) if "mean" in inspect.signature(model.sample).parameters else model.sample(64)
+        plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=f"{run.config['model']} samples")
+        made.append("samples.png")
+    if hasattr(model, "reconstruct") and dataset.is_image:
+        x = dataset.split("valid" if dataset.valid is not None else "train")[:12].to(device)
+        plots.save_reconstructions(x, model.reconstruct(x, guide), dataset.image_shape, run.path / "reconstructions.png")
+        made.append("reconstructions.png")
+    plots.save_curves(run.read_metrics(), run.path / "curves.png")
+    made.append("curves.png")
+    return made
+
+
+def cmd_train(args) -> int:
+    if args.resume:
+        run = Run.open(args.resume)
+        config = run.config
+        if args.epochs is not None:
+            config["train"]["epochs"] = args.epochs
+            run.write_json("config.json", config)
+    else:
+        config = _config_from_args(args)
+    train = config["train"]
+    check_hyperparameters(
+        epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
+        lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
+        optimizer=train["optimizer"], schedule=train["schedule"],
+    )
+    device = resolve_device(config["device"])
+    dataset, model, guide = build(config)
+    check_data(dataset.train, "training data")
+    if dataset.valid is not None:
+        check_data(dataset.valid, "validation data")
+    check_model_fits_data(model, guide, dataset.train)
+    if not args.resume:
+        run = Run.create(config, args.out)
+    print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples) -> {run.path}")
+    started = time.perf_counter()
+    try:
+        history = fit(
+            model, guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
+            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
+            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=train["elbo"],
+            num_particles=train["particles"], beta=train["beta"],
+            patience=train["patience"] if dataset.valid is not None else None,
+            device=device, seed=config["seed"], progress=not args.no_progress, run=run,
+            resume=bool(args.resume),
+        )
+    except NonFiniteLossError as err:
+        run.save_weights("model", model)
+        run.save_weights("guide", guide)
+        print(f"pprogen: training stopped: {err}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - started
+    run.save_weights("model", model)
+    run.save_weights("guide", guide)
+    model.eval()
+    summary: dict[str, Any] = {
+        "epochs_run": len(history.records),
+        "best_epoch": history.best_epoch,
+        "best_valid_loss": history.best_valid_loss if history.best_epoch else None,
+        "stop_reason": history.stop_reason,
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+    }
+    split = "valid" if dataset.valid is not None else "train"
+    result = _evaluate(model, guide, dataset, split, config.get("eval_samples", 1000), device)
+    summary[f"{split}_evaluation"] = result
+    run.write_json("summary.json", summary)
+    pictures = _pictures(run, model, guide, dataset, device)
+    print(f"trained {summary['epochs_run']} epochs in {seconds:.1f} s on {device} ({history.stop_reason})")
+    print(_format_eval(split, result))
+    print(f"run folder: {run.path}   pictures: {', '.join(str(run.path / p) for p in pictures)}")
+    return 0
+
+
+def _load_run(path: str):
+    run = Run.open(path)
+    config = run.config
+    dataset, model, guide = build(config)
+    run.load_weights("model", model)
+    run.load_weights("guide", guide)
+    device = resolve_device(config.get("device", "auto"))
+    for part in (model, guide):
+        if isinstance(part, torch.nn.Module):
+            part.to(device).eval()
+    return run, config, dataset, model, guide, device
+
+
+def cmd_evaluate(args) -> int:
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+    run, config, dataset, model, guide, device = _load_run(args.run)
+    result = _evaluate(model, guide, dataset, args.split, args.num_samples, device)
+    summary = run.read_json("summary.json")
+    summary[f"{args.split}_evaluation"] = result
+    run.write_json("summary.json", summary)
+    print(_format_eval(args.split, result))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    if args.n < 1:
+        raise ValueError(f"-n must be at least 1, got {args.n}")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".npy", ".pt"):
+        raise ValueError(f"--out must end in .png, .pdf, .npy or .pt, got {out.name!r}")
+    run, config, dataset, model, guide, device = _load_run(args.run)
+    torch.manual_seed(args.seed)
+    samples = model.sample(args.n).cpu()
+    if out.suffix.lower() in (".png", ".pdf"):
+        from pprogen.plots import save_samples
+
+        save_samples(samples, dataset.image_shape or dataset.shape, out, title=f"{config['model']} samples")
+    elif out.suffix.lower() == ".npy":
+        import numpy as np
+
+        atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), samples.numpy()))
+    else:
+        atomic_write(out, lambda tmp: torch.save(samples, tmp))
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    for name in list_models(args.pattern):
+        card = get_card(name)
+        print(f"{name:16s} {card.kind:15s} default data: {card.default_data}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    print(get_card(args.model).describe())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pprogen", description="Deep generative models as Pyro programs.")
+    p.add_argument("--version", action="version", version=f"pprogen {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list the zoo's models")
+    s.add_argument("pattern", nargs="?", default="*")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("info", help="print a model's card")
+    s.add_argument("model")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("train", help="train a model; writes a run folder")
+    s.add_argument("model", nargs="?", help="registered model name (omit with --resume)")
+    s.add_argument("--data", help="data set name or file (default: the model's card)")
+    s.add_argument("--data-dir", help="folder with downloaded data (or set PPROGEN_DATA)")
+    s.add_argument("--limit", type=int, help="use at most this many examples per split")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--optimizer")
+    s.add_argument("--schedule", help="constant, cosine, exponential or plateau")
+    s.add_argument("--clip-norm", type=float)
+    s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    s.add_argument("--elbo", help="ELBO estimator (trace, meanfield, graph, enum)")
+    s.add_argument("--particles", type=int, help="particles per ELBO estimate (vectorized)")
+    s.add_argument("--beta", type=float, help="KL weight (beta-VAE)")
+    s.add_argument("--guide", default="default", help="guide name (default: the model's own)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="run folder (default: runs/<model>-<data>-<time>)")
+    s.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    s.add_argument("--eval-samples", type=int, default=1000, help="importance samples for the final NLL")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="test NLL of a trained run")
+    s.add_argument("run")
+    s.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    s.add_argument("--num-samples", type=int, default=1000, help="importance samples per example")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--out", required=True, help="file: .png/.pdf picture, .npy or .pt array")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "train" and not args.model and not args.resume:
+        parser().error("train needs a model name (see `pprogen list`) or --resume RUN")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, RunError, DataError) as err:
+        print(f"pprogen: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,19 @@
+"""Inference for any Pyro program: ELBO estimators, SVI training and importance-sampled evidence."""
+
+from pprogen.inference.elbo import ELBOLoss, TraceELBO, make_elbo
+from pprogen.inference.guides import make_guide
+from pprogen.inference.marginal import Evidence, log_marginal
+from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
+
+__all__ = [
+    "ELBOLoss",
+    "Evidence",
+    "History",
+    "NonFiniteLossError",
+    "TraceELBO",
+    "TrainStep",
+    "fit",
+    "log_marginal",
+    "make_elbo",
+    "make_guide",
+]

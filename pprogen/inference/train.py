@@ -1,0 +1,474 @@
+"""``fit``: SVI training of any Pyro model/guide pair on in-memory data, on the torch-native path.
+
+The data stay on the device and minibatches are drawn by index. Sites inside the ``data`` plate are
+scaled by N / batch so that each step's loss estimates the full-data negative ELBO; global sites are
+left alone. A non-finite loss or gradient is caught before the optimizer applies it, so the parameters
+are still the last good ones: training stops there with a message naming the step (and the site).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch import nn
+
+from pprogen.inference.elbo import ELBOLoss, make_elbo
+from pprogen.registry import unknown_name_error
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+SCHEDULES = ("constant", "cosine", "exponential", "plateau")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/Inf loss or gradient; the parameters were left at the last good step."""
+
+    def __init__(self, message: str, history: "History") -> None:
+        super().__init__(message)
+        self.history = history
+
+
+@dataclass
+class History:
+    """Per-epoch records (``epoch``, ``train_loss``, ``valid_loss``, ``lr``, ``seconds``), per datum."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_valid_loss: float = math.inf
+    stop_reason: str = "finished"
+
+    @property
+    def train_loss(self) -> list[float]:
+        return [r["train_loss"] for r in self.records]
+
+    @property
+    def valid_loss(self) -> list[float | None]:
+        return [r["valid_loss"] for r in self.records]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "best_epoch": self.best_epoch,
+            "best_valid_loss": self.best_valid_loss,
+            "stop_reason": self.stop_reason,
+        }
+
+
+class scale_data_plate(Messenger):
+    """Multiplies the log-density of every site inside the ``data`` plate by ``scale``."""
+
+    def __init__(self, scale: float, plate_name: str = "data") -> None:
+        super().__init__()
+        self.scale = scale
+        self.plate_name = plate_name
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and any(
+            f.name == self.plate_name for f in msg["cond_indep_stack"]
+        ):
+            msg["scale"] = msg["scale"] * self.scale
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    pyro.set_rng_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_hyperparameters(**hp: Any) -> None:
+    """One-line errors for settings that make no sense, raised before any work starts."""
+    positive_ints = ("epochs", "batch_size", "num_particles")
+    for key in positive_ints:
+        value = hp.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if not (isinstance(hp["lr"], (int, float)) and hp["lr"] > 0 and math.isfinite(hp["lr"])):
+        raise ValueError(f"learning rate must be a positive number, got {hp['lr']!r}")
+    if hp.get("clip_norm") is not None and not hp["clip_norm"] > 0:
+        raise ValueError(f"clip_norm must be positive (or None to turn clipping off), got {hp['clip_norm']!r}")
+    if hp.get("patience") is not None and (not isinstance(hp["patience"], int) or hp["patience"] < 1):
+        raise ValueError(f"patience must be a positive integer (or None), got {hp['patience']!r}")
+    if hp["optimizer"] not in OPTIMIZERS:
+        raise unknown_name_error("optimizer", hp["optimizer"], OPTIMIZERS)
+    if hp["schedule"] not in SCHEDULES:
+        raise unknown_name_error("learning-rate schedule", hp["schedule"], SCHEDULES)
+
+
+def check_data(data: torch.Tensor, what: str = "data") -> None:
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (N, ...), got {type(data).__name__}")
+    if data.ndim == 0 or data.shape[0] == 0:
+        raise ValueError(f"{what} is empty: it needs at least one example along its first dimension")
+    if data.is_floating_point() and not torch.isfinite(data).all():
+        bad = (~torch.isfinite(data)).reshape(data.shape[0], -1).any(1).nonzero()[:, 0]
+        raise ValueError(
+            f"{what} holds NaN or Inf in {len(bad)} example(s) (first at index {int(bad[0])}); "
+            "clean or drop them before training"
+        )
+
+
+def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor) -> None:
+    """Shape and support checks of the data against the model's observed sites."""
+    expected = getattr(model, "x_shape", None)
+    if expected is not None and tuple(data.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"data of shape {tuple(data.shape[1:])} per example does not fit the model, which expects "
+            f"{tuple(expected)}; build the model for this data (e.g. x_dim / x_shape) or pick other data"
+        )
+    probe = data[: min(8, data.shape[0])]
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            guide_trace = poutine.trace(guide).get_trace(probe)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(probe)
+    except (RuntimeError, ValueError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"the model or guide fails on data of shape {tuple(data.shape[1:])} per example ({first}); "
+            "check that the model is built for this data"
+        ) from None
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or site["value"] is not probe:
+            continue
+        support = site["fn"].support
+        try:
+            ok = support.check(data)
+        except (RuntimeError, NotImplementedError):
+            continue
+        if not bool(torch.as_tensor(ok).all()):
+            raise ValueError(
+                f"data values lie outside the support of observed site {name!r} ({support}); "
+                "use data that fits the likelihood (e.g. a binarized data set for a Bernoulli decoder) "
+                "or another likelihood"
+            )
+
+
+def _make_scheduler(optimizer, schedule: str, epochs: int, gamma: float):
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    if schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=gamma, patience=2)
+    return None
+
+
+def collect_parameters(loss_module: nn.Module, probe: torch.Tensor) -> list[nn.Parameter]:
+    """The module's parameters, plus any ``pyro.param`` the loss depends on (user-written programs)."""
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    seen = {id(p) for p in params}
+    with poutine.trace(param_only=True) as tracer:
+        loss = loss_module(probe)
+    store = pyro.get_param_store()
+    extra = []
+    for name in tracer.trace.nodes:
+        if name in store:
+            unconstrained = store._params[name]
+            if id(unconstrained) not in seen and unconstrained.requires_grad:
+                seen.add(id(unconstrained))
+                extra.append(unconstrained)
+    if extra and loss.requires_grad:
+        grads = torch.autograd.grad(loss, extra, allow_unused=True)
+        extra = [p for p, g in zip(extra, grads) if g is not None]
+    return params + extra
+
+
+class TrainStep:
+    """One optimization step: loss, backward, finiteness check, optional clipping, update.
+
+    Estimators with ``differentiable_loss`` train through the loss module; those without (Pyro's
+    ``TraceGraph_ELBO``) through their ``loss_and_grads``.
+    """
+
+    def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None) -> None:
+        self.loss_module = loss_module
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.clip_norm = clip_norm
+        elbo = getattr(loss_module, "elbo", None)
+        self.native = elbo is None or _has_differentiable_loss(elbo)
+
+    def __call__(self, batch: torch.Tensor, scale: float = 1.0) -> tuple[float, float | None]:
+        """Returns the loss and the gradient norm; non-finite values are returned, never applied."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with scale_data_plate(scale):
+            if self.native:
+                loss = self.loss_module(batch)
+                value = loss.item()
+                if not math.isfinite(value):
+                    return value, None
+                loss.backward()
+            else:
+                value = self.loss_module.elbo.loss_and_grads(
+                    self.loss_module.model, self.loss_module.guide, batch
+                )
+                if not math.isfinite(value):
+                    return value, None
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        norm = norm.item()
+        if math.isfinite(norm):
+            self.optimizer.step()
+        return value, norm
+
+
+def _has_differentiable_loss(elbo: Any) -> bool:
+    return callable(getattr(elbo, "differentiable_loss", None))
+
+
+def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_particles: int = 1, beta: float = 1.0):
+    estimator = make_elbo(elbo, num_particles=num_particles, beta=beta) if isinstance(elbo, str) else elbo
+    if isinstance(estimator, pyro.infer.ELBO) or hasattr(estimator, "differentiable_loss"):
+        return ELBOLoss(estimator, model, guide)
+    raise TypeError(f"elbo must be an estimator name or an ELBO object, got {type(elbo).__name__}")
+
+
+@torch.no_grad()
+def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int) -> float:
+    """The estimator's negative ELBO per datum over ``data`` (no gradients)."""
+    total = 0.0
+    for start in range(0, data.shape[0], batch_size):
+        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[start : start + batch_size])
+    return total / data.shape[0]
+
+
+def _site_hint(loss_module: nn.Module) -> str:
+    terms = getattr(getattr(loss_module, "elbo", None), "last_terms", {}) or {}
+    bad = [name for name, term in terms.items() if not torch.isfinite(term).all()]
+    return f" at site {bad[0]!r}" if bad else ""
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: Any,
+    *,
+    valid_data: torch.Tensor | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    lr_gamma: float = 0.5,
+    clip_norm: float | None = None,
+    elbo: Any = "trace",
+    num_particles: int = 1,
+    beta: float = 1.0,
+    patience: int | None = None,
+    restore_best: bool = True,
+    device: str | torch.device = "auto",
+    seed: int | None = 0,
+    progress: bool = True,
+    run: Any = None,
+    resume: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+) -> History:
+    """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
+
+    Each epoch draws a fresh permutation, takes minibatches by index, and evaluates the validation
+    loss (negative ELBO per datum) when validation data exist; ``patience`` stops early on it and
+    ``restore_best`` leaves the best validation state in the model and guide. With a ``run``
+    (:class:`pprogen.runs.Run`), each epoch writes metrics and an atomic checkpoint, and ``resume``
+    continues from it exactly. Returns the :class:`History`.
+    """
+    if hasattr(data, "train"):
+        valid_data = data.valid if valid_data is None else valid_data
+        data = data.train
+    check_hyperparameters(
+        epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr,
+        clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule,
+    )
+    check_data(data, "training data")
+    if valid_data is not None:
+        check_data(valid_data, "validation data")
+    if patience is not None and valid_data is None:
+        raise ValueError("early stopping (patience) needs validation data; pass valid_data or patience=None")
+    device = resolve_device(device)
+    if seed is not None:
+        seed_everything(seed)
+
+    for part in (model, guide):
+        if isinstance(part, nn.Module):
+            part.to(device)
+    data = data.to(device)
+    valid_data = valid_data.to(device) if valid_data is not None else None
+    check_model_fits_data(model, guide, data)
+
+    loss_module = build_loss(model, guide, elbo, num_particles, beta)
+    num_data = data.shape[0]
+    batch_size = min(batch_size, num_data)
+    params = collect_parameters(loss_module, data[:batch_size])
+    if not params:
+        raise ValueError("the model and guide have no trainable parameters: nothing to fit")
+    opt = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
+    scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
+    step = TrainStep(loss_module, params, opt, clip_norm)
+    shuffle = torch.Generator().manual_seed(0 if seed is None else seed)
+    history = History()
+    best_state = None
+    bad_epochs = 0
+    start_epoch = 0
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {f"p{i}": p.detach().clone() for i, p in enumerate(params)}
+
+    def restore(state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(state[f"p{i}"])
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "params": snapshot(),
+            "optimizer": opt.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "rng": rng_state(),
+            "shuffle": shuffle.get_state(),
+            "history": history.state(),
+            "best_state": best_state or {},
+            "bad_epochs": bad_epochs,
+        }
+
+    if resume:
+        if run is None:
+            raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
+        state = run.load_checkpoint()
+        if len(state["params"]) != len(params):
+            raise ValueError(
+                f"checkpoint in {run.path} holds {len(state['params'])} parameter tensors but this model "
+                f"and guide have {len(params)}; resume with the configuration the run was started with"
+            )
+        restore(state["params"])
+        opt.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"]:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        shuffle.set_state(state["shuffle"])
+        history = History(**state["history"])
+        best_state = state["best_state"] or None
+        bad_epochs = state["bad_epochs"]
+        start_epoch = state["epoch"]
+        if history.stop_reason == "early_stopping":
+            return history
+
+    steps_per_epoch = math.ceil(num_data / batch_size)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+        disable=not progress, unit="step", dynamic_ncols=True, leave=False,
+    )
+    validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop
+    validation_off.__enter__()
+    try:
+        for epoch in range(start_epoch, epochs):
+            loss_module.train()
+            started = time.perf_counter()
+            order = torch.randperm(num_data, generator=shuffle).to(device)
+            epoch_loss = 0.0
+            for i in range(steps_per_epoch):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                value, norm = step(data[index], num_data / index.shape[0])
+                if not (math.isfinite(value) and norm is not None and math.isfinite(norm)):
+                    what = "loss" if not math.isfinite(value) else "gradient"
+                    history.stop_reason = "non_finite"
+                    message = (
+                        f"non-finite {what} at epoch {epoch + 1}, step {i + 1} "
+                        f"(global step {epoch * steps_per_epoch + i + 1}){_site_hint(loss_module)}; "
+                        "parameters were left at the last good step. Lower the learning rate, set "
+                        "clip_norm, or check the data"
+                    )
+                    if run is not None:
+                        run.save_checkpoint(checkpoint_state(epoch))
+                    raise NonFiniteLossError(message, history)
+                epoch_loss += value
+                bar.update(1)
+                if i % 10 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{value / num_data:.3f}", refresh=False)
+            loss_module.eval()
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": epoch_loss / steps_per_epoch / num_data,
+                "valid_loss": None,
+                "lr": opt.param_groups[0]["lr"],
+            }
+            if valid_data is not None:
+                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512))
+                if record["valid_loss"] < history.best_valid_loss:
+                    history.best_valid_loss = record["valid_loss"]
+                    history.best_epoch = epoch + 1
+                    best_state = snapshot()
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+            record["seconds"] = time.perf_counter() - started
+            history.records.append(record)
+            if scheduler is not None:
+                if schedule == "plateau":
+                    scheduler.step(record["valid_loss"] if record["valid_loss"] is not None else record["train_loss"])
+                else:
+                    scheduler.step()
+            stop = patience is not None and bad_epochs >= patience
+            if stop:
+                history.stop_reason = "early_stopping"
+            bar.set_postfix(
+                epoch=epoch + 1, train=f"{record['train_loss']:.3f}",
+                valid="-" if record["valid_loss"] is None else f"{record['valid_loss']:.3f}",
+            )
+            if run is not None:
+                run.save_checkpoint(checkpoint_state(epoch + 1))
+                run.write_metrics(history.records)
+            if callback is not None:
+                callback(epoch + 1, record)
+            if stop:
+                break
+    finally:
+        bar.close()
+        validation_off.__exit__(None, None, None)
+    if restore_best and best_state is not None:
+        restore(best_state)
+    return history

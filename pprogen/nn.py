@@ -1,0 +1,92 @@
+"""Shared layers: the MLP and the convolutional encoder/decoder used by the zoo and by amortized guides."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """``in_dim -> hidden_dims... -> out_dim`` with an activation after every hidden layer."""
+
+    def __init__(
+        self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, act: str = "softplus"
+    ) -> None:
+        layers: list[nn.Module] = []
+        width = in_dim
+        for hidden in hidden_dims:
+            layers += [nn.Linear(width, hidden), activation(act)]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        super().__init__(*layers)
+
+
+class ConvEncoder(nn.Module):
+    """Images ``(C, H, W)`` -> vector: stride-2 convolutions, then an MLP head."""
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        out_dim: int,
+        channels: Sequence[int] = (32, 64),
+        hidden_dims: Sequence[int] = (256,),
+        act: str = "relu",
+    ) -> None:
+        super().__init__()
+        c, h, w = shape
+        layers: list[nn.Module] = []
+        for width in channels:
+            layers += [nn.Conv2d(c, width, 3, stride=2, padding=1), activation(act)]
+            c, h, w = width, math.ceil(h / 2), math.ceil(w / 2)
+        self.conv = nn.Sequential(*layers, nn.Flatten(-3))
+        self.head = MLP(c * h * w, hidden_dims, out_dim, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-3]
+        out = self.conv(x.reshape((-1,) + x.shape[-3:]))
+        return self.head(out).reshape(batch + (-1,))
+
+
+class ConvDecoder(nn.Module):
+    """Vector -> images ``(C, H, W)``: an MLP to a small feature map, then stride-2 transposed convolutions."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        shape: Sequence[int],
+        channels: Sequence[int] = (64, 32),
+        hidden_dims: Sequence[int] = (256,),
+        act: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        c, h, w = shape
+        scale = 2 ** len(channels)
+        self.start = (channels[0], math.ceil(h / scale), math.ceil(w / scale))
+        self.head = nn.Sequential(
+            MLP(in_dim, hidden_dims, math.prod(self.start), act), activation(act)
+        )
+        layers: list[nn.Module] = []
+        widths = list(channels) + [c]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+            if i < len(channels) - 1:
+                layers.append(activation(act))
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        out = self.head(z).reshape((-1,) + self.start)
+        out = self.deconv(out)[..., : self.shape[1], : self.shape[2]]
+        return out.reshape(batch + self.shape)

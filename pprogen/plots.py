@@ -1,0 +1,81 @@
+"""Pictures: sample grids, reconstructions, 2-D scatter plots and training curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pprogen.runs import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format=suffix))
+    plt.close(fig)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """``(N, C, H, W)`` in [0, 1] -> one ``(H', W', C)`` array with a one-pixel border."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    grid = torch.ones(c, ncol * (h + 1) + 1, nrow * (w + 1) + 1)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = images[i]
+    return grid.permute(1, 2, 0)
+
+
+def save_samples(samples: torch.Tensor, shape: Sequence[int], path: Path, title: str = "") -> None:
+    """A grid for images, a scatter plot for 2-D data, a line plot per row otherwise."""
+    samples = samples.detach().cpu().float()
+    fig = plt.figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    if len(shape) == 3:
+        grid = image_grid(samples.reshape((-1, *shape)))
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    elif tuple(shape) == (2,):
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
+        ax.set_aspect("equal")
+    else:
+        ax.plot(samples.reshape(samples.shape[0], -1)[:16].T, lw=0.8)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def save_reconstructions(data: torch.Tensor, recon: torch.Tensor, shape: Sequence[int], path: Path) -> None:
+    """Data (top row) over reconstructions (bottom row), for image data."""
+    n = data.shape[0]
+    both = torch.cat([data.reshape((n, *shape)), recon.reshape((n, *shape))])
+    fig = plt.figure(figsize=(max(4, n * 0.6), 1.6))
+    ax = fig.add_subplot()
+    grid = image_grid(both.cpu(), nrow=n)
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    ax.set_title("data (top) and reconstructions (bottom)")
+    _save(fig, path)
+
+
+def save_curves(records: list[dict], path: Path, ylabel: str = "negative ELBO per datum (nats)") -> None:
+    fig = plt.figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    epochs = [r["epoch"] for r in records]
+    ax.plot(epochs, [r["train_loss"] for r in records], label="train")
+    valid = [(r["epoch"], r["valid_loss"]) for r in records if r.get("valid_loss") is not None]
+    if valid:
+        ax.plot(*zip(*valid), label="valid")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,142 @@
+"""Run folders: ``runs/<model>-<data>-<time>/`` with config, metrics, weights and a resumable checkpoint.
+
+Every write goes to a temporary file in the same folder and is moved into place with ``os.replace``, so
+a killed run never leaves a half-written file. Weights are safetensors; the checkpoint is read back with
+``torch.load(weights_only=True)``, so no pickle code ever runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be created, read or resumed."""
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then move the result over ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _state_tensors(module: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(module, torch.nn.Module):
+        return {}
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+class Run:
+    """A run folder. ``Run.create`` starts a new one; ``Run.open`` reads an existing one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, config: dict[str, Any], out: str | Path | None = None, root: str | Path = "runs") -> "Run":
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = Path(root) / f"{config['model']}-{Path(str(config['data'])).stem}-{stamp}"
+        path = Path(out)
+        if (path / CONFIG).exists() or (path / CHECKPOINT).exists():
+            raise RunError(
+                f"output folder {path} already holds a run; resume it with --resume {path} "
+                "or choose another --out"
+            )
+        if path.exists() and not path.is_dir():
+            raise RunError(f"output path {path} is a file, not a folder; choose another --out")
+        run = cls(path)
+        write_json(path / CONFIG, config)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not (path / CONFIG).is_file():
+            raise RunError(f"{path} is not a pprogen run folder (no {CONFIG}); pass the folder `pprogen train` printed")
+        return cls(path)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / CONFIG).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunError(f"{self.path / CONFIG} is unreadable ({err}); the run folder is damaged") from None
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            raise RunError(f"{self.path} has no checkpoint to resume from ({CHECKPOINT} is missing)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for damaged files
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise RunError(
+                f"checkpoint {path} is unreadable or corrupted ({first}); "
+                "start a new run or restore the file from a backup"
+            ) from None
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write(self.path / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def save_weights(self, name: str, module: Any) -> None:
+        tensors = _state_tensors(module)
+        if tensors:
+            atomic_write(self.path / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp))
+
+    def load_weights(self, name: str, module: Any) -> None:
+        path = self.path / f"{name}.safetensors"
+        if not isinstance(module, torch.nn.Module) or not module.state_dict():
+            return
+        if not path.is_file():
+            raise RunError(f"{path} is missing; the run has not finished an epoch yet or the folder is damaged")
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:
+            raise RunError(f"weights file {path} is unreadable or corrupted ({err})") from None
+        missing = set(module.state_dict()) - set(tensors)
+        if missing:
+            raise RunError(f"weights file {path} lacks {sorted(missing)[0]!r}; it was saved from another model")
+        module.load_state_dict(tensors)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json(self.path / name, obj)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        return json.loads(path.read_text()) if path.is_file() else {}
