@@ -21,7 +21,7 @@ class MLP(nn.Sequential):
     """``in_dim -> hidden_dims... -> out_dim`` with an activation after every hidden layer."""
 
     def __init__(
-        self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, act: str = "softplus"
+        self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, act: str = "relu"
     ) -> None:
         layers: list[nn.Module] = []
         width = in_dim

@@ -57,13 +57,18 @@ def site_log_prob_sum(site: dict) -> torch.Tensor:
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args, kwargs) -> int:
-    """How many plate dimensions the program uses (0 when none), found by running it once."""
+    """How many plate dimensions the program uses (0 when none), found by running it once.
+
+    The run leaves the random number generators as it found them.
+    """
     nesting = 0
-    with torch.no_grad(), _SiteCollector() as guide_sites:
-        guide(*args, **kwargs)
-    replay = {s["name"]: s["value"] for s in guide_sites.sites}
-    with torch.no_grad(), _SiteCollector(replay) as model_sites:
-        model(*args, **kwargs)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with _SiteCollector() as guide_sites:
+            guide(*args, **kwargs)
+        replay = {s["name"]: s["value"] for s in guide_sites.sites}
+        with _SiteCollector(replay) as model_sites:
+            model(*args, **kwargs)
     for site in guide_sites.sites + model_sites.sites:
         for frame in site["cond_indep_stack"]:
             if frame.vectorized:

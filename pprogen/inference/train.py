@@ -196,8 +196,12 @@ def collect_parameters(loss_module: nn.Module, probe: torch.Tensor) -> list[nn.P
     """The module's parameters, plus any ``pyro.param`` the loss depends on (user-written programs)."""
     params = [p for p in loss_module.parameters() if p.requires_grad]
     seen = {id(p) for p in params}
+    native = _has_differentiable_loss(loss_module.elbo)
     with poutine.trace(param_only=True) as tracer:
-        loss = loss_module(probe)
+        if native:
+            loss = loss_module(probe)
+        else:
+            loss_module.elbo.loss(loss_module.model, loss_module.guide, probe)
     store = pyro.get_param_store()
     extra = []
     for name in tracer.trace.nodes:
@@ -206,7 +210,7 @@ def collect_parameters(loss_module: nn.Module, probe: torch.Tensor) -> list[nn.P
             if id(unconstrained) not in seen and unconstrained.requires_grad:
                 seen.add(id(unconstrained))
                 extra.append(unconstrained)
-    if extra and loss.requires_grad:
+    if extra and native and loss.requires_grad:
         grads = torch.autograd.grad(loss, extra, allow_unused=True)
         extra = [p for p, g in zip(extra, grads) if g is not None]
     return params + extra

@@ -66,8 +66,6 @@ class VAE(PyroModule):
             raise ValueError(
                 f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}"
             )
-        if z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
         self.x_shape = tuple(x_shape)
         self.z_dim = z_dim
         self.likelihood = likelihood
@@ -112,10 +110,12 @@ class VAE(PyroModule):
         return self.likelihood_dist(z).mean
 
 
-def _check_hidden(hidden_dims: Sequence[int]) -> tuple[int, ...]:
+def _check_sizes(z_dim: int, hidden_dims: Sequence[int], what: str = "hidden_dims") -> tuple[int, ...]:
+    if not isinstance(z_dim, int) or z_dim < 1:
+        raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
     hidden = tuple(int(h) for h in hidden_dims)
     if any(h < 1 for h in hidden):
-        raise ValueError(f"hidden_dims must be positive integers, got {list(hidden_dims)}")
+        raise ValueError(f"{what} must be positive integers, got {list(hidden_dims)}")
     return hidden
 
 
@@ -131,14 +131,15 @@ def vae(
     z_dim: int = 50,
     hidden_dims: Sequence[int] = (400, 400),
     likelihood: str = "bernoulli",
+    activation: str = "relu",
 ) -> VAE:
     """A VAE with MLP encoder and decoder on flat data of dimension ``x_dim``."""
-    hidden = _check_hidden(hidden_dims)
+    hidden = _check_sizes(z_dim, hidden_dims)
     return VAE(
         (x_dim,),
         z_dim,
-        MLP(z_dim, hidden, x_dim),
-        lambda: MLP(x_dim, hidden[::-1], 2 * z_dim),
+        MLP(z_dim, hidden, x_dim, activation),
+        lambda: MLP(x_dim, hidden[::-1], 2 * z_dim, activation),
         likelihood,
     )
 
@@ -156,16 +157,17 @@ def conv_vae(
     hidden_dims: Sequence[int] = (256,),
     channels: Sequence[int] = (32, 64),
     likelihood: str = "bernoulli",
+    activation: str = "relu",
 ) -> VAE:
     """A VAE with a convolutional encoder and a transposed-convolution decoder on images."""
     if len(x_shape) != 3:
         raise ValueError(f"conv_vae needs images of shape (C, H, W), got {tuple(x_shape)}")
-    hidden = _check_hidden(hidden_dims)
-    chans = _check_hidden(channels)
+    hidden = _check_sizes(z_dim, hidden_dims)
+    chans = _check_sizes(z_dim, channels, "channels")
     return VAE(
         x_shape,
         z_dim,
-        ConvDecoder(z_dim, x_shape, chans[::-1], hidden),
-        lambda: ConvEncoder(x_shape, 2 * z_dim, chans, hidden),
+        ConvDecoder(z_dim, x_shape, chans[::-1], hidden, activation),
+        lambda: ConvEncoder(x_shape, 2 * z_dim, chans, hidden, activation),
         likelihood,
     )

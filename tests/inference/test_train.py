@@ -1,0 +1,171 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+import pprogen
+from pprogen.inference import NonFiniteLossError, fit
+from pprogen.runs import Run
+
+
+class Gaussian(PyroModule):
+    """x ~ N(mu, sigma^2), fully observed: SVI with an empty guide is maximum likelihood."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu = nn.Parameter(torch.tensor(0.0))
+        self.log_sigma = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.mu, self.log_sigma.exp()), obs=x)
+
+
+def empty_guide(x=None):
+    pass
+
+
+def data(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 1.5 + 0.7 * torch.randn(n, generator=g)
+
+
+@pytest.mark.parametrize("elbo", ["trace", "graph"])
+def test_fit_reaches_the_maximum_likelihood_estimate(elbo):
+    x = data()
+    model = Gaussian()
+    fit(model, empty_guide, x, epochs=150, batch_size=50, lr=0.05, elbo=elbo, progress=False)
+    assert abs(model.mu.item() - x.mean().item()) < 0.03
+    assert abs(model.log_sigma.exp().item() - x.std(unbiased=False).item()) < 0.03
+
+
+def test_fit_trains_pyro_param_in_a_user_written_program():
+    x = data()
+
+    def model(x):
+        mu = pyro.param("mu", torch.tensor(0.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 0.7), obs=x)
+
+    fit(model, empty_guide, x, epochs=100, batch_size=100, lr=0.05, progress=False)
+    assert abs(pyro.param("mu").item() - x.mean().item()) < 0.02
+
+
+def vae_setup():
+    model = pprogen.create_model("vae", x_dim=6, z_dim=2, hidden_dims=(8,))
+    x = (torch.rand(60, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    return model, model.default_guide(), x
+
+
+def params_of(model, guide):
+    return [p.detach().clone() for p in list(model.parameters()) + list(guide.parameters())]
+
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(tmp_path):
+    settings = dict(valid_data=None, epochs=5, batch_size=16, lr=1e-2, progress=False, seed=3)
+    pyro.set_rng_seed(0)
+    model, guide, x = vae_setup()
+    fit(model, guide, x, run=Run.create({"model": "vae", "data": "x"}, tmp_path / "a"), **settings)
+    uninterrupted = params_of(model, guide)
+
+    pyro.set_rng_seed(0)
+    model, guide, x = vae_setup()
+    run = Run.create({"model": "vae", "data": "x"}, tmp_path / "b")
+
+    def interrupt(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, guide, x, run=run, callback=interrupt, **settings)
+    pyro.set_rng_seed(99)  # a fresh process: different initial weights and random state
+    model, guide, _ = vae_setup()
+    history = fit(model, guide, x, run=Run.open(tmp_path / "b"), resume=True, **settings)
+    assert [r["epoch"] for r in history.records] == [1, 2, 3, 4, 5]
+    for a, b in zip(uninterrupted, params_of(model, guide)):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_loss_stops_at_the_step_and_keeps_the_last_good_parameters():
+    class Exploding(Gaussian):
+        calls = 0
+
+        def forward(self, x=None):
+            type(self).calls += 1
+            self.seen = self.mu.detach().clone()
+            scale = self.log_sigma.exp() * (math.nan if type(self).calls == 5 else 1.0)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(self.mu, scale), obs=x)
+
+    model = Exploding()
+    x = data(40)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step 3 .*site 'x'") as err:
+        # call 1 is the data check, call 2 the parameter discovery, calls 3-5 steps 1-3
+        fit(model, empty_guide, x, epochs=2, batch_size=10, lr=0.1, progress=False)
+    assert torch.equal(model.mu.detach(), model.seen)
+    assert model.mu.item() != 0.0  # two good steps were taken
+    assert err.value.history.stop_reason == "non_finite"
+
+
+def test_early_stopping_restores_the_best_validation_state():
+    model, guide, x = vae_setup()
+    per_epoch = {}
+
+    def remember(epoch, record):
+        per_epoch[epoch] = params_of(model, guide)
+
+    history = fit(model, guide, x[20:], valid_data=x[:20], epochs=60, batch_size=8, lr=0.05,
+                  patience=3, progress=False, callback=remember)
+    assert history.stop_reason == "early_stopping"
+    assert len(history.records) < 60
+    best = min(r["valid_loss"] for r in history.records)
+    assert history.best_valid_loss == best
+    assert history.records[history.best_epoch - 1]["valid_loss"] == best
+    assert history.best_epoch < len(history.records)
+    for a, b in zip(per_epoch[history.best_epoch], params_of(model, guide)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1e-3), "learning rate must be a positive number"),
+        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(num_particles=0), "num_particles must be a positive integer"),
+        (dict(optimizer="adma"), "did you mean 'adam'"),
+        (dict(patience=2), "early stopping .* needs validation data"),
+        (dict(device="cuda:0" if not torch.cuda.is_available() else "cpu", lr=-1), "learning rate|no CUDA"),
+    ],
+)
+def test_nonsensical_settings_raise_before_training(kwargs, message):
+    model, guide, x = vae_setup()
+    before = params_of(model, guide)
+    with pytest.raises(ValueError, match=message):
+        fit(model, guide, x, progress=False, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, params_of(model, guide)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    model, guide, x = vae_setup()
+    with pytest.raises(ValueError, match="no CUDA GPU is available; use --device cpu"):
+        fit(model, guide, x, device="cuda", progress=False)
+
+
+def test_bad_data_is_rejected_with_the_fix():
+    model, guide, x = vae_setup()
+    with pytest.raises(ValueError, match="outside the support of observed site 'x'"):
+        fit(model, guide, x * 0.5, progress=False)
+    with pytest.raises(ValueError, match=r"does not fit the model, which expects \(6,\)"):
+        fit(model, guide, torch.zeros(10, 5), progress=False)
+    nan = x.clone()
+    nan[7, 2] = math.nan
+    with pytest.raises(ValueError, match="NaN or Inf in 1 example.*index 7"):
+        fit(model, guide, nan, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        fit(model, guide, x[:0], progress=False)
