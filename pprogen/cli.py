@@ -14,7 +14,7 @@ import torch
 
 from pprogen import __version__
 from pprogen.data import DataError, Dataset, load_dataset
-from pprogen.inference import log_marginal, make_guide
+from pprogen.inference import log_marginal, make_elbo, make_guide
 from pprogen.inference.train import (
     NonFiniteLossError,
     check_data,
@@ -152,6 +152,7 @@ def cmd_train(args) -> int:
         lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
         optimizer=train["optimizer"], schedule=train["schedule"],
     )
+    make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"])
     device = resolve_device(config["device"])
     dataset, model, guide = build(config)
     check_data(dataset.train, "training data")

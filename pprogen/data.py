@@ -224,7 +224,7 @@ def load_torchvision(name: str, data_dir: str | os.PathLike | None = None, downl
 
     x, y = to_tensor(train_set)
     x_test, y_test = to_tensor(test_set)
-    n_valid = 10000
+    n_valid = 10000 if x.shape[0] > 20000 else x.shape[0] // 6
     labels = {"train": y[:-n_valid], "valid": y[-n_valid:], "test": y_test}
     return Dataset(name, x[:-n_valid], x[-n_valid:], x_test, tuple(x.shape[1:]), False, labels, 10)
 

@@ -21,7 +21,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+def image_grid(images: torch.Tensor, nrow: int | None = None):
     """``(N, C, H, W)`` in [0, 1] -> one ``(H', W', C)`` array with a one-pixel border."""
     images = images.detach().float().cpu().clamp(0, 1)
     n, c, h, w = images.shape
@@ -31,7 +31,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     for i in range(n):
         r, col = divmod(i, nrow)
         grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = images[i]
-    return grid.permute(1, 2, 0)
+    return grid.permute(1, 2, 0).numpy()
 
 
 def save_samples(samples: torch.Tensor, shape: Sequence[int], path: Path, title: str = "") -> None:
@@ -44,10 +44,10 @@ def save_samples(samples: torch.Tensor, shape: Sequence[int], path: Path, title:
         ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
         ax.axis("off")
     elif tuple(shape) == (2,):
-        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
+        ax.scatter(samples[:, 0].numpy(), samples[:, 1].numpy(), s=2, alpha=0.5)
         ax.set_aspect("equal")
     else:
-        ax.plot(samples.reshape(samples.shape[0], -1)[:16].T, lw=0.8)
+        ax.plot(samples.reshape(samples.shape[0], -1)[:16].T.numpy(), lw=0.8)
     if title:
         ax.set_title(title)
     _save(fig, path)

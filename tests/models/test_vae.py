@@ -85,7 +85,7 @@ def exact_posterior_guide(model):
     precision = torch.diag(model.log_scale.exp() ** -2)
 
     def guide(x):
-        post_prec = torch.eye(2, dtype=x.dtype) + weight.T @ precision @ weight
+        post_prec = torch.eye(2, dtype=x.dtype, device=x.device) + weight.T @ precision @ weight
         post_cov = torch.linalg.inv(post_prec)
         loc = (x - bias) @ (precision @ weight) @ post_cov
         with pyro.plate("data", x.shape[0]):

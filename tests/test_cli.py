@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+
+from pprogen.cli import main
+
+TINY = ["--limit", "120", "--epochs", "1", "--eval-samples", "5", "--no-progress", "--set", "hidden_dims=[32]",
+        "--set", "z_dim=4"]
+
+
+@pytest.fixture
+def trained(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_evaluate_sample_smoke(trained, tmp_path, capsys):
+    for name in ("config.json", "metrics.jsonl", "model.safetensors", "guide.safetensors", "checkpoint.pt",
+                 "samples.png", "curves.png", "reconstructions.png", "summary.json"):
+        assert (trained / name).is_file(), name
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model"] == "vae" and config["data"] == "digits_binary" and config["model_args"]["x_dim"] == 64
+    capsys.readouterr()
+    assert main(["evaluate", str(trained), "--split", "test", "--num-samples", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "test NLL:" in out and "bits/dim" in out
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["test_evaluation"]["num_samples"] == 10 and summary["test_evaluation"]["nll"] > 0
+    assert main(["sample", str(trained), "-n", "7", "--out", str(tmp_path / "s.npy")]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (7, 64) and set(np.unique(samples)) <= {0.0, 1.0}
+    assert main(["sample", str(trained), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_resume_continues_the_run(trained):
+    assert main(["train", "--resume", str(trained), "--epochs", "3", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+def test_list_and_info(capsys):
+    assert main(["list"]) == 0
+    assert "conv_vae" in capsys.readouterr().out
+    assert main(["info", "vae"]) == 0
+    assert "Kingma" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "vea"], "unknown model 'vea'; did you mean 'vae'"),
+        (["train", "vae", "--data", "digit"], "unknown data set 'digit'; did you mean"),
+        (["train", "vae", "--data", "digits"], "outside the support of observed site 'x'"),
+        (["train", "vae", "--set", "x_dim=10"], "does not fit the model"),
+        (["train", "vae", "--lr", "-0.1"], "learning rate must be a positive number"),
+        (["train", "vae", "--epochs", "0"], "epochs must be a positive integer"),
+        (["train", "vae", "--batch-size", "0"], "batch_size must be a positive integer"),
+        (["train", "vae", "--elbo", "tarce"], "did you mean 'trace'"),
+        (["train", "vae", "--guide", "defualt"], "did you mean 'default'"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_nan_in_user_data_is_refused(tmp_path, capsys):
+    x = (np.random.default_rng(0).random((40, 5)) < 0.5).astype(np.float32)
+    x[3, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert main(["train", "vae", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r")]) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_not_overwritten(trained, capsys):
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    assert main(["train", "vae", "--out", str(trained), *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+def test_corrupted_checkpoint_on_resume_is_reported_and_kept(trained, capsys):
+    ckpt = trained / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    damaged = ckpt.read_bytes()
+    assert main(["train", "--resume", str(trained), "--epochs", "2", "--no-progress"]) == 2
+    assert "unreadable or corrupted" in capsys.readouterr().err
+    assert ckpt.read_bytes() == damaged
+
+
+def test_evaluate_needs_positive_samples_and_a_run(trained, tmp_path, capsys):
+    assert main(["evaluate", str(trained), "--num-samples", "0"]) == 2
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "not a pprogen run folder" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pprogen.data import (
+    GRID25_CENTERS,
+    RING8_CENTERS,
+    TOYS,
+    DataError,
+    load_binarized_mnist,
+    load_dataset,
+)
+
+
+def test_digits_grayscale_and_binary_views():
+    gray = load_dataset("digits")
+    binary = load_dataset("digits_binary")
+    assert gray.shape == binary.shape == (1, 8, 8)
+    total = sum(s.shape[0] for s in (gray.train, gray.valid, gray.test))
+    assert total == 1797
+    assert 0.0 <= gray.train.min() and gray.train.max() <= 1.0 and not gray.binary
+    assert binary.binary and set(binary.train.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(binary.train, (gray.train >= 0.5).float())
+    assert gray.labels["train"].shape[0] == gray.train.shape[0] and gray.num_classes == 10
+
+
+def test_flat_view_keeps_the_image_shape_for_pictures():
+    flat = load_dataset("digits").flat()
+    assert flat.shape == (64,) and flat.train.shape[1] == 64 and flat.image_shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("name", sorted(TOYS))
+def test_toys_are_2d_deterministic_and_split(name):
+    a, b = load_dataset(name), load_dataset(name)
+    assert a.shape == (2,) and a.train.shape == (10000, 2) and a.valid.shape == a.test.shape == (2000, 2)
+    assert torch.equal(a.train, b.train)
+    assert torch.isfinite(a.train).all()
+
+
+@pytest.mark.parametrize("name, centers, sigma", [("ring8", RING8_CENTERS, 0.01), ("grid25", GRID25_CENTERS, 0.05)])
+def test_mixture_toys_follow_their_published_definition(name, centers, sigma):
+    x = load_dataset(name).train
+    distance, nearest = torch.cdist(x, centers).min(1)
+    assert (distance < 4 * sigma).float().mean() > 0.999
+    assert torch.bincount(nearest, minlength=len(centers)).min() > 0.8 * len(x) / len(centers)
+    assert len(centers) == (8 if name == "ring8" else 25)
+    assert torch.allclose(centers.norm(dim=1), torch.ones(8)) if name == "ring8" else centers.abs().max() == 4
+
+
+def tiny_binary(n, seed):
+    return (np.random.default_rng(seed).random((n, 784)) < 0.2).astype(np.uint8)
+
+
+def test_binarized_mnist_from_amat_files(tmp_path):
+    for i, split in enumerate(("train", "valid", "test")):
+        np.savetxt(tmp_path / f"binarized_mnist_{split}.amat", tiny_binary(3 + i, i), fmt="%d")
+    ds = load_binarized_mnist(tmp_path, download=False)
+    assert ds.train.shape == (3, 1, 28, 28) and ds.valid.shape[0] == 4 and ds.test.shape[0] == 5
+    assert torch.equal(ds.train.reshape(3, -1), torch.from_numpy(tiny_binary(3, 0)).float())
+
+
+def test_binarized_mnist_from_packed_npz_via_environment(tmp_path, monkeypatch):
+    train, valid = tiny_binary(4, 1), tiny_binary(2, 2)
+    np.savez(tmp_path / "binarized_mnist.npz", train=np.packbits(train, axis=1), valid=np.packbits(valid, axis=1))
+    monkeypatch.setenv("PPROGEN_DATA", str(tmp_path))
+    ds = load_dataset("binarized_mnist", download=False)
+    assert torch.equal(ds.valid.reshape(2, -1), torch.from_numpy(valid).float())
+    assert ds.test is None
+    with pytest.raises(DataError, match="no 'test' split; use --split valid"):
+        ds.split("test")
+
+
+def test_missing_binarized_mnist_offline_says_which_files_to_put_where(tmp_path, monkeypatch):
+    monkeypatch.delenv("PPROGEN_DATA", raising=False)
+    with pytest.raises(DataError, match=r"binarized_mnist_\{train,valid,test\}.amat or binarized_mnist.npz.*--data-dir"):
+        load_binarized_mnist(tmp_path, download=False)
+
+
+def test_unknown_data_name_suggests_close_ones():
+    with pytest.raises(ValueError, match="did you mean 'moons'"):
+        load_dataset("mons")
+
+
+def test_user_files_npy_npz_pt_csv(tmp_path):
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    np.savez(tmp_path / "b.npz", x=x, y=np.arange(50) % 2)
+    torch.save({"train": torch.from_numpy(x[:40]), "valid": torch.from_numpy(x[40:])}, tmp_path / "c.pt")
+    np.savetxt(tmp_path / "d.csv", x, delimiter=",", header="a,b,c", comments="")
+    for name in ("a.npy", "b.npz", "d.csv"):
+        ds = load_dataset(str(tmp_path / name))
+        assert ds.shape == (3,) and sum(s.shape[0] for s in (ds.train, ds.valid, ds.test)) == 50
+        merged = torch.cat([ds.train, ds.valid, ds.test])
+        assert torch.allclose(merged.sort(0).values, torch.from_numpy(x).sort(0).values, atol=1e-6)
+    assert load_dataset(str(tmp_path / "b.npz")).num_classes == 2
+    ds = load_dataset(str(tmp_path / "c.pt"))
+    assert ds.train.shape == (40, 3) and ds.valid.shape == (10, 3) and ds.test is None
+
+
+def test_image_folder_with_label_subfolders(tmp_path):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.full((6, 4), 255 if label == "dog" else 0, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
+    ds = load_dataset(str(tmp_path / "imgs"))
+    assert ds.shape == (1, 6, 4) and ds.num_classes == 2 and ds.binary
+    x = torch.cat([ds.train, ds.valid, ds.test])
+    y = torch.cat([ds.labels[s] for s in ("train", "valid", "test")])
+    assert torch.equal(x.mean((1, 2, 3)), y.float())
+
+
+def test_unreadable_user_file_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="cannot read data file"):
+        load_dataset(str(tmp_path / "bad.npy"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(str(tmp_path / "nothing.npy"))
+    (tmp_path / "x.txt").write_text("1")
+    with pytest.raises(DataError, match="unsupported data file"):
+        load_dataset(str(tmp_path / "x.txt"))
+
+
+def _write_idx(path, array, magic):
+    import struct
+
+    with open(path, "wb") as fh:
+        fh.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
+        fh.write(array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_read_from_local_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 0x0803)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), 0x0801)
+    ds = load_dataset("mnist", data_dir=tmp_path, download=False)
+    assert ds.shape == (1, 28, 28) and ds.train.shape[0] == 10 and ds.valid.shape[0] == 2 and ds.test.shape[0] == 6
+    assert 0.0 <= ds.train.min() and ds.train.max() <= 1.0
+    assert ds.labels["test"].shape == (6,)
+
+
+def test_torchvision_data_missing_offline_names_the_folder(tmp_path):
+    with pytest.raises(DataError, match="put torchvision's FashionMNIST files under"):
+        load_dataset("fashion_mnist", data_dir=tmp_path, download=False)

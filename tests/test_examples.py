@@ -1,0 +1,25 @@
+"""Runs every script in examples/ with tiny arguments; fails when a script is left out of the list."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TINY_ARGS = {
+    "train_vae.py": ["--epochs", "2", "--num-samples", "5", "--hidden", "16", "--quiet"],
+    "custom_model.py": ["--epochs", "2", "--num-train", "300", "--num-valid", "50", "--num-samples", "5", "--quiet"],
+}
+
+
+def test_every_example_is_listed():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(TINY_ARGS)
+
+
+@pytest.mark.parametrize("script", sorted(TINY_ARGS))
+def test_example_runs(script, tmp_path, monkeypatch, capsys):
+    args = TINY_ARGS[script] + (["--out", str(tmp_path)] if script == "train_vae.py" else [])
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    assert "validation NLL" in capsys.readouterr().out
