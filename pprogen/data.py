@@ -116,6 +116,8 @@ def _is_binary(x: torch.Tensor) -> bool:
 
 
 def _from_arrays(name: str, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0) -> Dataset:
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise DataError(f"data set {name!r} is empty: it needs at least one example along its first dimension")
     x = x.float()
     (train, valid, test), labels = _split(x, y, seed=seed)
     return Dataset(name, train, valid, test, tuple(x.shape[1:]), _is_binary(x), labels,

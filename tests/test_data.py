@@ -120,6 +120,9 @@ def test_unreadable_user_file_is_a_clear_error(tmp_path):
         load_dataset(str(tmp_path / "bad.npy"))
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(str(tmp_path / "nothing.npy"))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4), dtype=np.float32))
+    with pytest.raises(DataError, match="is empty"):
+        load_dataset(str(tmp_path / "empty.npy"))
     (tmp_path / "x.txt").write_text("1")
     with pytest.raises(DataError, match="unsupported data file"):
         load_dataset(str(tmp_path / "x.txt"))
