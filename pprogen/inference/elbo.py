@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pyro
 import torch
+from pyro.nn import PyroModule
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -76,6 +77,28 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, args, kwargs) -> i
     return nesting
 
 
+def direct_call(fn: Callable) -> Callable:
+    """``fn.forward`` for a PyroModule whose ``__call__`` would only announce parameters, else ``fn``.
+
+    ``PyroModule.__call__`` opens a context in which every access to a plain ``nn.Module`` child
+    emits ``pyro.module`` (one ``pyro.param`` message per parameter) so Pyro's global param store
+    can find them. Torch-native training reads ``module.parameters()`` instead, so for a module
+    tree that holds no ``PyroParam``/``PyroSample`` and no hooks, calling ``forward`` directly runs
+    the same program without that bookkeeping (about a tenth of a small VAE's step on a CPU).
+    """
+    if not isinstance(fn, PyroModule) or type(fn).__call__ is not PyroModule.__call__:
+        return fn
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return fn
+    for module in fn.modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return fn
+        if isinstance(module, PyroModule) and (module._pyro_params or module._pyro_samples):
+            return fn
+    return fn.forward
+
+
 class TraceELBO:
     """Lean, vectorized Trace_ELBO with a KL weight ``beta``; see the module docstring."""
 
@@ -109,6 +132,7 @@ class TraceELBO:
         )
 
     def _run(self, model, guide, args, kwargs):
+        model, guide = direct_call(model), direct_call(guide)
         with _SiteCollector() as guide_run:
             guide(*args, **kwargs)
         replay = {s["name"]: s["value"] for s in guide_run.sites}
