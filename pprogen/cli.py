@@ -57,9 +57,10 @@ def _model_args(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def build(config: dict[str, Any]) -> tuple[Dataset, Any, Any]:
+def build(config: dict[str, Any], dataset: Dataset | None = None) -> tuple[Dataset, Any, Any]:
     """Data, model and guide exactly as a run's ``config.json`` describes them."""
-    dataset = load_dataset(config["data"], config.get("data_dir"), download=True).subset(config.get("limit"))
+    if dataset is None:
+        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
     if config.get("flatten"):
         dataset = dataset.flat()
     model = create_model(config["model"], **config["model_args"])
@@ -67,7 +68,7 @@ def build(config: dict[str, Any]) -> tuple[Dataset, Any, Any]:
     return dataset, model, guide
 
 
-def _config_from_args(args) -> dict[str, Any]:
+def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     card = get_card(args.model)
     data_name = args.data or card.default_data
     dataset = load_dataset(data_name, args.data_dir).subset(args.limit)
@@ -80,7 +81,7 @@ def _config_from_args(args) -> dict[str, Any]:
     elif "x_shape" in params and "x_shape" not in model_args:
         model_args["x_shape"] = list(dataset.shape)
     train = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TRAIN_DEFAULTS.items()}
-    return {
+    config = {
         "pprogen_version": __version__,
         "model": args.model,
         "model_args": model_args,
@@ -94,6 +95,7 @@ def _config_from_args(args) -> dict[str, Any]:
         "device": args.device,
         "eval_samples": args.eval_samples,
     }
+    return config, dataset
 
 
 def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device) -> dict[str, Any]:
@@ -138,14 +140,15 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    dataset = None
     if args.resume:
         run = Run.open(args.resume)
         config = run.config
+        run.load_checkpoint()  # a damaged checkpoint is reported before anything is written
         if args.epochs is not None:
             config["train"]["epochs"] = args.epochs
-            run.write_json("config.json", config)
     else:
-        config = _config_from_args(args)
+        config, dataset = _config_from_args(args)
     train = config["train"]
     check_hyperparameters(
         epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
@@ -154,12 +157,14 @@ def cmd_train(args) -> int:
     )
     make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"])
     device = resolve_device(config["device"])
-    dataset, model, guide = build(config)
+    dataset, model, guide = build(config, dataset)
     check_data(dataset.train, "training data")
     if dataset.valid is not None:
         check_data(dataset.valid, "validation data")
     check_model_fits_data(model, guide, dataset.train)
-    if not args.resume:
+    if args.resume:
+        run.write_json("config.json", config)
+    else:
         run = Run.create(config, args.out)
     print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples) -> {run.path}")
     started = time.perf_counter()
