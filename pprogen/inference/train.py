@@ -421,6 +421,10 @@ def fit(
     )
     validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop
     validation_off.__enter__()
+    # Adam's second-moment estimates decay into subnormal floats for parameters whose gradients
+    # vanish (dead ReLUs); x86 arithmetic on subnormals is many times slower, which made a long
+    # binarized-MNIST run 4x slower per step than a fresh one. Flushing them to zero costs nothing.
+    flushes = torch.set_flush_denormal(True)
     try:
         for epoch in range(start_epoch, epochs):
             loss_module.train()
@@ -486,6 +490,8 @@ def fit(
     finally:
         bar.close()
         validation_off.__exit__(None, None, None)
+        if flushes:
+            torch.set_flush_denormal(False)
     if restore_best and best_state is not None:
         restore(best_state)
     return history
