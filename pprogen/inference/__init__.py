@@ -1,6 +1,8 @@
 """Inference for any Pyro program: ELBO estimators, SVI training and importance-sampled evidence."""
 
-from pprogen.inference.elbo import ELBOLoss, TraceELBO, make_elbo
+from pprogen.inference.elbo import ELBOLoss, TraceELBO
+from pprogen.inference.estimators import make_elbo
+from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
 from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
@@ -10,6 +12,7 @@ __all__ = [
     "Evidence",
     "History",
     "NonFiniteLossError",
+    "RenyiELBO",
     "TraceELBO",
     "TrainStep",
     "fit",

@@ -1,12 +1,37 @@
-"""Guides by name. ``default`` is the model's own ``default_guide()``; Pyro's autoguides for global
-latents are available as ``auto_*``."""
+r"""Guides by name, for any model: ``make_guide(name, model, **kw)``.
+
+``default`` is the model's own ``default_guide()``. The amortized guides are built from *any* model by
+running it once on the data and taking its local latent sites (unobserved, inside the ``data`` plate):
+an encoder maps each :math:`x_n` to features :math:`h_n`, and each site gets
+
+- ``amortized_normal``:  :math:`q(z_n \mid x_n) = \mathcal{N}(\mu(h_n), \mathrm{diag}\,\sigma^2(h_n))`;
+- ``amortized_lowrank``: :math:`\mathcal{N}(\mu(h_n), F(h_n) F(h_n)^\top + \mathrm{diag}\,d(h_n))`;
+- ``amortized_iaf``: the diagonal Normal followed by inverse autoregressive flow steps conditioned on
+  :math:`h_n` (Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, 2016,
+  arXiv:1606.04934).
+
+Constrained latents are sampled in unconstrained space and mapped by ``biject_to(support)``. The encoder
+is an MLP for vectors and a conv net for images ``(C, H, W)``, or any module passed as ``encoder`` with
+its output width as ``feature_dim``. Pyro's autoguides serve global latents: ``auto_*``.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.infer import autoguide
+from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
+from torch import nn
+from torch.distributions import biject_to, constraints
 
+from pprogen.inference.tracing import SiteCollector, in_plate
+from pprogen.nn import MLP, ConvEncoder
 from pprogen.registry import unknown_name_error
 
 AUTOGUIDES = {
@@ -18,18 +43,126 @@ AUTOGUIDES = {
     "auto_delta": autoguide.AutoDelta,
     "auto_laplace": autoguide.AutoLaplaceApproximation,
 }
-GUIDES = ("default", *AUTOGUIDES)
+FAMILIES = ("normal", "lowrank", "iaf")
+GUIDES = ("default", *(f"amortized_{f}" for f in FAMILIES), *AUTOGUIDES)
+
+
+class AmortizedGuide(PyroModule):
+    """An amortized guide for every local latent of ``model``; built on its first call."""
+
+    def __init__(
+        self,
+        model: Callable,
+        family: str = "normal",
+        encoder: nn.Module | None = None,
+        feature_dim: int | None = None,
+        hidden_dims: Sequence[int] = (256, 256),
+        rank: int = 2,
+        num_iaf: int = 2,
+        plate_name: str = "data",
+    ) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise unknown_name_error("amortized guide family", family, FAMILIES)
+        if encoder is not None and feature_dim is None:
+            raise ValueError("pass feature_dim (the width of the encoder's output) with a custom encoder")
+        self._model = [model]  # a list: the model is not a submodule of its guide
+        self.family = family
+        self.hidden_dims = tuple(hidden_dims)
+        self.rank = rank
+        self.num_iaf = num_iaf
+        self.plate_name = plate_name
+        self.encoder = encoder
+        self.feature_dim = feature_dim
+        self.sites: list[tuple[str, tuple[int, ...], Any]] = []
+        self.heads = nn.ModuleDict()
+        self.flows = nn.ModuleDict()
+
+    def _build(self, x: torch.Tensor, kwargs: dict) -> None:
+        with torch.no_grad(), pyro.poutine.block(), SiteCollector() as run:
+            self._model[0](x, **kwargs)
+        for site in run.sites:
+            if site["is_observed"] or any(site["name"] == known[0] for known in self.sites):
+                continue
+            if not in_plate(site, self.plate_name):
+                raise ValueError(
+                    f"latent site {site['name']!r} sits outside the {self.plate_name!r} plate; amortized "
+                    "guides cover per-datum latents only: pair them with an auto_* guide for global ones "
+                    "(pyro.infer.autoguide.AutoGuideList) or use an auto_* guide"
+                )
+            if site["fn"].support.is_discrete:
+                raise ValueError(
+                    f"latent site {site['name']!r} is discrete; amortized guides are continuous: enumerate "
+                    "it in the model (infer={'enumerate': 'parallel'}) and train with elbo 'enum'"
+                )
+            self.sites.append((site["name"], tuple(site["fn"].event_shape), site["fn"].support))
+        if not self.sites:
+            raise ValueError("the model has no local latent site to amortize; it needs no guide (pass an empty one)")
+        if self.encoder is None:
+            data_shape = tuple(x.shape[1:])
+            self.feature_dim = self.hidden_dims[-1] if self.hidden_dims else 64
+            if len(data_shape) == 3:
+                self.encoder = ConvEncoder(data_shape, self.feature_dim)
+            else:
+                width = math.prod(data_shape)
+                self.encoder = nn.Sequential(nn.Flatten(), MLP(width, self.hidden_dims[:-1], self.feature_dim), nn.ReLU())
+        for name, shape, _ in self.sites:
+            dim = math.prod(shape)
+            extra = dim * self.rank if self.family == "lowrank" else 0
+            self.heads[name] = nn.Linear(self.feature_dim, 2 * dim + extra)
+            if self.family == "iaf":
+                self.flows[name] = nn.ModuleList(
+                    ConditionalAutoRegressiveNN(dim, self.feature_dim, [max(2 * dim, 32)])
+                    for _ in range(self.num_iaf)
+                )
+        self.to(x.device)
+
+    def _site_dist(self, name: str, shape: tuple[int, ...], support, h: torch.Tensor):
+        dim = math.prod(shape)
+        out = self.heads[name](h)
+        loc, raw = out[..., :dim], out[..., dim : 2 * dim]
+        if self.family == "lowrank":
+            factor = out[..., 2 * dim :].reshape(out.shape[:-1] + (dim, self.rank))
+            base = dist.LowRankMultivariateNormal(loc, factor, F.softplus(raw) + 1e-5)
+        else:
+            base = dist.Normal(loc, F.softplus(raw) + 1e-5).to_event(1)
+        transforms = []
+        if self.family == "iaf":
+            transforms += [ConditionalAffineAutoregressive(nn_).condition(h) for nn_ in self.flows[name]]
+        if shape != (dim,):
+            transforms.append(torch.distributions.ReshapeTransform((dim,), shape))
+        if not _is_real(support):
+            transforms.append(biject_to(support))
+        return dist.TransformedDistribution(base, transforms) if transforms else base
+
+    def forward(self, x: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
+        if not self.sites:
+            self._build(x, kwargs)
+        h = self.encoder(x)
+        values = {}
+        with pyro.plate(self.plate_name, x.shape[0]):
+            for name, shape, support in self.sites:
+                values[name] = pyro.sample(name, self._site_dist(name, shape, support, h))
+        return values
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
 
 
 def make_guide(name: str, model: Callable, **kw: Any) -> Callable:
-    """A guide for ``model`` by name: ``default`` (the model's ``default_guide()``) or ``auto_*``."""
+    """A guide for ``model`` by name: ``default``, ``amortized_normal|lowrank|iaf`` or ``auto_*``."""
     if name == "default":
         if not hasattr(model, "default_guide"):
             raise ValueError(
-                "this model has no default_guide(); pass a guide you wrote or one of "
+                "this model has no default_guide(); pass a guide you wrote, an amortized_* guide or one of "
                 + ", ".join(AUTOGUIDES)
             )
         return model.default_guide(**kw)
+    if name.startswith("amortized_") and name[len("amortized_"):] in FAMILIES:
+        return AmortizedGuide(model, family=name[len("amortized_"):], **kw)
     if name in AUTOGUIDES:
         return AUTOGUIDES[name](model, **kw)
     raise unknown_name_error("guide", name, GUIDES)

@@ -5,90 +5,169 @@ r"""Per-datum importance-sampled evidence, vectorized over particles and data po
     \log \hat p(x_n) = \log \frac{1}{K} \sum_{k=1}^{K} \frac{p(x_n, z_{nk})}{q(z_{nk} \mid x_n)},
     \qquad z_{nk} \sim q(z \mid x_n),
 
-with the guide as proposal (the prior when ``guide=None``). Particles are drawn in chunks inside a
-``pyro.plate`` and combined with a streaming log-sum-exp, so memory stays bounded for large K. The
-standard error of each estimate follows from the effective sample size of its weights,
-:math:`\mathrm{se} = \sqrt{1/\mathrm{ESS} - 1/K}` (delta method).
+with the guide as proposal (the prior when ``guide=None``). Discrete latents marked
+``infer={"enumerate": "parallel"}`` and left out of the guide are summed out exactly. Particles are
+drawn in chunks inside a ``pyro.plate`` and combined with a streaming log-sum-exp, so memory stays
+bounded for large K. Each estimate's standard error follows from the effective sample size of its
+weights, :math:`\mathrm{se} = \sqrt{1/\mathrm{ESS} - 1/K}` (delta method), and its Pareto k-hat from
+ArviZ's PSIS (Vehtari et al.: k < 0.5 good, < 0.7 ok, < 1 bad, else very bad).
 
-Reference: Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519.
+A latent outside the ``data`` plate couples the data points; the evidence then no longer splits per
+datum, and ``log_marginal`` warns and returns the joint estimate of :math:`\log p(x_{1:N})` as one row.
+
+References: Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519;
+Vehtari, Simpson, Gelman, Yao & Gabry, Pareto Smoothed Importance Sampling, 2024, arXiv:1507.02646.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pyro
 import torch
 
-from pprogen.inference.elbo import _SiteCollector, guess_max_plate_nesting
+from pprogen.inference.tracing import (
+    PARTICLES,
+    SiteCollector,
+    direct_call,
+    guess_max_plate_nesting,
+    in_plate,
+    masked_log_prob,
+    per_datum,
+)
+
+KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
 
 
 @dataclass
 class Evidence:
-    """Per-datum ``log_prob``, ``stderr`` and ``ess``; ``summary()`` gives the data-set figures."""
+    """Per-datum ``log_prob``, ``stderr``, ``ess`` and ``khat``; ``summary()`` gives the data-set figures.
+
+    ``joint`` is true when a global latent made the estimate one number for the whole data set.
+    """
 
     log_prob: torch.Tensor
     stderr: torch.Tensor
     ess: torch.Tensor
+    khat: torch.Tensor | None
     num_samples: int
     dim: int | None = None
+    joint: bool = False
+    log_weights: torch.Tensor | None = field(default=None, repr=False)
 
-    def summary(self) -> dict[str, float]:
+    def khat_bands(self) -> dict[str, int]:
+        if self.khat is None:
+            return {}
+        return {name: int(((self.khat >= lo) & (self.khat < hi)).sum()) for name, lo, hi in KHAT_BANDS}
+
+    def summary(self) -> dict:
         n = self.log_prob.shape[0]
         nll = -self.log_prob.double()
         out = {
             "nll": nll.mean().item(),
-            "nll_stderr": (nll.std().item() / math.sqrt(n)) if n > 1 else float("nan"),
+            "nll_stderr": (nll.std().item() / math.sqrt(n)) if n > 1 else self.stderr.double().item(),
             "mean_is_stderr": self.stderr.double().mean().item(),
             "mean_ess": self.ess.double().mean().item(),
             "num_data": n,
             "num_samples": self.num_samples,
+            "joint": self.joint,
         }
-        if self.dim:
+        if self.khat is not None:
+            out["khat_bands"] = self.khat_bands()
+        if self.dim and not self.joint:
             out["bits_per_dim"] = out["nll"] / (self.dim * math.log(2))
         return out
 
+    def to_inference_data(self):
+        """ArviZ ``InferenceData``: per-datum estimates as ``log_likelihood``, diagnostics as ``sample_stats``."""
+        import arviz as az
 
-def _per_datum(site: dict, particle_dim: int, data_dim: int, num_dims: int) -> torch.Tensor:
-    log_prob = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
-        log_prob = log_prob * site["mask"]
-    if log_prob.dim() < num_dims:
-        log_prob = log_prob.reshape((1,) * (num_dims - log_prob.dim()) + log_prob.shape)
-    keep = {num_dims + particle_dim, num_dims + data_dim}
-    other = [d for d in range(log_prob.dim()) if d not in keep]
-    if other:
-        log_prob = log_prob.sum(other)
-    return log_prob
+        sample_stats = {"stderr": self.stderr.numpy()[None, None], "ess": self.ess.numpy()[None, None]}
+        if self.khat is not None:
+            sample_stats["khat"] = self.khat.numpy()[None, None]
+        data = az.from_dict(log_likelihood={"x": self.log_prob.numpy()[None, None]}, sample_stats=sample_stats)
+        if self.log_weights is not None:
+            data.add_groups({"log_weights": {"log_w": self.log_weights.numpy()[None]}})
+        return data
 
 
-def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: str) -> torch.Tensor:
+def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: str, joint: bool) -> torch.Tensor:
+    """Log importance weights ``(K, B)`` (``(K, 1)`` for the joint), enumerated sites summed out."""
     particle_dim = -1 - nesting
-    with pyro.plate("num_particles_vectorized", num_particles, dim=particle_dim):
-        guide_sites = []
-        replay = None
+    with pyro.plate(PARTICLES, num_particles, dim=particle_dim):
+        replay, guide_sites = None, []
         if guide is not None:
-            with _SiteCollector() as guide_run:
-                guide(x)
+            with SiteCollector() as guide_run:
+                direct_call(guide)(x)
             guide_sites = guide_run.sites
             replay = {s["name"]: s["value"] for s in guide_sites}
-        with _SiteCollector(replay) as model_run:
-            model(x)
-    log_w = torch.zeros(num_particles, x.shape[0], device=x.device)
-    terms = [(s, 1.0) for s in model_run.sites if guide is not None or s["is_observed"]]
-    terms += [(s, -1.0) for s in guide_sites if not s["infer"].get("is_auxiliary")]
-    for site, sign in terms:
-        frames = [f for f in site["cond_indep_stack"] if f.name == plate_name]
-        if not frames:
-            raise ValueError(
-                f"site {site['name']!r} sits outside the {plate_name!r} plate, so the evidence does not "
-                f"split per data point; put every per-datum site inside pyro.plate({plate_name!r}, ...)"
-            )
-        term = _per_datum(site, particle_dim, frames[0].dim, nesting + 1)
-        log_w = log_w + sign * term.reshape(term.shape[0], -1)
-    return log_w
+        with pyro.poutine.enum(first_available_dim=particle_dim - 1), SiteCollector(replay) as model_run:
+            direct_call(model)(x)
+    model_sites = model_run.sites if guide is not None else [s for s in model_run.sites if s["is_observed"] or _enumerated(s)]
+    log_w = _contract(model_sites, particle_dim, nesting, plate_name, joint)
+    for site in guide_sites:
+        if not site["infer"].get("is_auxiliary"):
+            log_w = log_w - _reduce(masked_log_prob(site), site, particle_dim, nesting, plate_name, joint)
+    return log_w.expand(num_particles, -1)
+
+
+def _enumerated(site: dict) -> bool:
+    return site["infer"].get("enumerate") == "parallel"
+
+
+def _per_particle(log_prob: torch.Tensor, particle_dim: int, nesting: int) -> torch.Tensor:
+    """Sum over every dim but the particle dim -> ``(K|1, 1)`` (the joint over all data points)."""
+    padded = log_prob.reshape((1,) * max(0, nesting + 1 - log_prob.dim()) + log_prob.shape)
+    axis = padded.dim() + particle_dim
+    return padded.movedim(axis, 0).reshape(padded.shape[axis], -1).sum(1, keepdim=True)
+
+
+def _reduce(log_prob, site, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
+    if joint:
+        return _per_particle(log_prob, particle_dim, nesting)
+    frame = next(f for f in site["cond_indep_stack"] if f.name == plate_name)
+    return per_datum(log_prob, particle_dim, frame.dim, nesting + 1)
+
+
+def _contract(sites, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
+    """Sum the model's site log-densities; enumerated dims (left of the plates) by log-sum-exp."""
+    total = 0.0
+    for site in sites:
+        total = total + masked_log_prob(site)
+    if not torch.is_tensor(total):
+        raise ValueError("the model has no sample site to evaluate")
+    enum_dims = total.dim() - (nesting + 1)
+    if enum_dims > 0:
+        total = torch.logsumexp(total.reshape((-1,) + total.shape[enum_dims:]), 0)
+    if joint:
+        return _per_particle(total, particle_dim, nesting)
+    data_dims = {f.dim for s in sites for f in s["cond_indep_stack"] if f.name == plate_name}
+    if not data_dims:
+        raise ValueError(
+            f"the model has no {plate_name!r} plate, so log p(x) has no per-datum split; put the "
+            f"per-datum sites inside pyro.plate({plate_name!r}, len(x))"
+        )
+    return per_datum(total, particle_dim, data_dims.pop(), nesting + 1)
+
+
+def _global_latents(model, guide, x, plate_name) -> list[str]:
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), SiteCollector() as run:
+        direct_call(guide if guide is not None else model)(x)
+    return [s["name"] for s in run.sites if not s["is_observed"] and not in_plate(s, plate_name)]
+
+
+def _khat(log_weights: np.ndarray) -> np.ndarray:
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ warns about k-hat > 0.7 itself; the bands report it
+        _, khat = az.psislw(log_weights)
+    return np.asarray(khat, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -101,39 +180,60 @@ def log_marginal(
     max_elements: int = 2_000_000,
     plate_name: str = "data",
     dim: int | None = None,
+    khat: bool = True,
+    keep_weights: bool = False,
 ) -> Evidence:
     """Importance-sampled log p(x) for each row of ``data``; see the module docstring.
 
     ``max_elements`` bounds particles x data points per chunk; ``dim`` (the data dimension) turns on
-    bits/dim in the summary.
+    bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
+    datum) for Pareto k-hat; ``keep_weights`` returns them too.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if data.shape[0] == 0:
-        raise ValueError("data is empty: nothing to evaluate")
+    if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
+        raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     probe = data[:1]
-    nesting = guess_max_plate_nesting(model, guide if guide is not None else (lambda *a, **k: None), (probe,), {})
-    nesting = max(nesting, 1)
-    results = []
+    nesting = max(1, guess_max_plate_nesting(model, guide, (probe,), {}))
+    global_sites = _global_latents(model, guide, probe, plate_name)
+    joint = bool(global_sites)
+    if joint:
+        warnings.warn(
+            f"latent site {global_sites[0]!r} sits outside the {plate_name!r} plate, so log p(x) does not "
+            "split per data point; returning the joint estimate of log p(x_1..N) as one row",
+            stacklevel=2,
+        )
+        batch_size = data.shape[0]
+    rows = []
     for start in range(0, data.shape[0], batch_size):
         x = data[start : start + batch_size]
         chunk = max(1, min(num_samples, max_elements // x.shape[0]))
-        running_max = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
-        s1 = torch.zeros_like(running_max)
-        s2 = torch.zeros_like(running_max)
+        parts = []
         done = 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            log_w = _log_weights(model, guide, x, k, nesting, plate_name).double()
-            new_max = torch.maximum(running_max, log_w.max(0).values)
-            shift = torch.where(torch.isfinite(running_max), running_max - new_max, torch.zeros_like(new_max))
-            s1 = s1 * shift.exp() + (log_w - new_max).exp().sum(0)
-            s2 = s2 * (2 * shift).exp() + (2 * (log_w - new_max)).exp().sum(0)
-            running_max = new_max
+            parts.append(_log_weights(model, guide, x, k, nesting, plate_name, joint).double().T.cpu())
             done += k
-        ess = s1**2 / s2
-        log_prob = running_max + s1.log() - math.log(num_samples)
-        stderr = (1.0 / ess - 1.0 / num_samples).clamp(min=0).sqrt()
-        results.append((log_prob, stderr, ess))
-    log_prob, stderr, ess = (torch.cat(t).float().cpu() for t in zip(*results))
-    return Evidence(log_prob, stderr, ess, num_samples, dim)
+        rows.append(_streaming_stats(parts, num_samples, keep=khat or keep_weights))
+    log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))
+    k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
+    return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, joint,
+                    weights.float() if keep_weights else None)
+
+
+def _streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):
+    """log-mean-exp, delta-method stderr and ESS from chunks ``(B, k)`` combined one at a time."""
+    running_max = torch.full((parts[0].shape[0],), -math.inf, dtype=torch.float64)
+    s1 = torch.zeros_like(running_max)
+    s2 = torch.zeros_like(running_max)
+    for log_w in parts:
+        new_max = torch.maximum(running_max, log_w.max(1).values)
+        shift = torch.where(torch.isfinite(running_max), running_max - new_max, torch.zeros_like(new_max))
+        s1 = s1 * shift.exp() + (log_w - new_max[:, None]).exp().sum(1)
+        s2 = s2 * (2 * shift).exp() + (2 * (log_w - new_max[:, None])).exp().sum(1)
+        running_max = new_max
+    ess = s1**2 / s2
+    log_prob = running_max + s1.log() - math.log(num_samples)
+    stderr = (1.0 / ess - 1.0 / num_samples).clamp(min=0).sqrt()
+    weights = torch.cat(parts, 1).float() if keep else None
+    return log_prob, stderr, ess, weights

@@ -21,7 +21,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pprogen.inference.elbo import ELBOLoss, make_elbo
+from pprogen.inference.elbo import ELBOLoss
+from pprogen.inference.estimators import make_elbo
 from pprogen.registry import unknown_name_error
 
 OPTIMIZERS = {

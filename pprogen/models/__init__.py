@@ -1,5 +1,6 @@
 """The zoo: importing this package registers every model family."""
 
+from pprogen.models.ppca import PPCA, ppca
 from pprogen.models.vae import VAE, AmortizedNormalGuide, conv_vae, vae
 
-__all__ = ["VAE", "AmortizedNormalGuide", "vae", "conv_vae"]
+__all__ = ["PPCA", "VAE", "AmortizedNormalGuide", "conv_vae", "ppca", "vae"]

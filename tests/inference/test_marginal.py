@@ -1,0 +1,100 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pprogen
+from pprogen.inference import fit, log_marginal, make_guide
+
+
+def trained_ppca():
+    model = pprogen.create_model("ppca", x_dim=3, z_dim=1)
+    x = model.sample(200)
+    guide = make_guide("amortized_normal", model, hidden_dims=(16,))
+    fit(model, guide, x, epochs=30, batch_size=50, lr=0.01, progress=False)
+    return model, guide, x[:20]
+
+
+@pytest.mark.parametrize("proposal", ["guide", "prior"])
+def test_per_datum_estimates_lie_within_three_standard_errors_of_exact(proposal):
+    model, guide, x = trained_ppca()
+    evidence = log_marginal(model, guide if proposal == "guide" else None, x, num_samples=3000)
+    exact = model.log_prob(x).detach()
+    assert evidence.log_prob.shape == evidence.stderr.shape == evidence.ess.shape == evidence.khat.shape == (20,)
+    z = (evidence.log_prob - exact) / evidence.stderr.clamp(min=1e-4)
+    assert (z.abs() < 3.5).float().mean() >= 0.9  # a few may stray by chance; 3.5 keeps the test stable
+    assert abs(evidence.log_prob.mean() - exact.mean()) < 3 * evidence.stderr.mean() + 1e-3
+    bands = evidence.khat_bands()
+    assert sum(bands.values()) == 20 and set(bands) == {"good", "ok", "bad", "very bad"}
+
+
+def test_chunked_particles_give_the_same_estimate_as_one_chunk():
+    model, guide, x = trained_ppca()
+    pyro.set_rng_seed(0)
+    one = log_marginal(model, guide, x, num_samples=600, khat=False)
+    pyro.set_rng_seed(0)
+    many = log_marginal(model, guide, x, num_samples=600, max_elements=20 * 64, khat=False)
+    assert torch.allclose(one.log_prob, many.log_prob, atol=0.05)
+    assert one.khat is None
+
+
+def test_enumerated_discrete_latents_are_summed_exactly():
+    weights, locs = torch.tensor([0.3, 0.7]), torch.tensor([-2.0, 1.0])
+
+    def mixture(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[c], 0.5), obs=x)
+
+    x = torch.tensor([-2.1, 0.0, 1.3, 3.0])
+    exact = torch.logsumexp(weights.log() + dist.Normal(locs, 0.5).log_prob(x[:, None]), -1)
+    evidence = log_marginal(mixture, None, x, num_samples=3, khat=False)
+    assert torch.allclose(evidence.log_prob, exact, atol=1e-5)
+    assert evidence.stderr.max() < 1e-4
+
+
+def test_a_global_latent_gives_the_joint_estimate_with_a_warning():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    x = torch.tensor([0.5, -0.3, 1.1])
+    exact = dist.MultivariateNormal(torch.zeros(3), torch.eye(3) + torch.ones(3, 3)).log_prob(x)
+    with pytest.warns(UserWarning, match="'mu' sits outside the 'data' plate.*joint"):
+        evidence = log_marginal(model, None, x, num_samples=20000, khat=False)
+    assert evidence.joint and evidence.log_prob.shape == (1,)
+    assert abs(evidence.log_prob.item() - exact.item()) < 3 * evidence.stderr.item() + 1e-3
+
+
+def test_inference_data_and_khat_plot():
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model, guide, x = trained_ppca()
+    evidence = log_marginal(model, guide, x, num_samples=200, keep_weights=True)
+    data = evidence.to_inference_data()
+    assert data.log_likelihood["x"].shape == (1, 1, 20)
+    assert data.sample_stats["khat"].shape == (1, 1, 20)
+    assert data.log_weights["log_w"].shape == (1, 20, 200)
+    ax = az.plot_khat(evidence.khat.numpy())
+    assert ax is not None
+
+
+def test_bad_arguments():
+    model = pprogen.create_model("ppca", x_dim=3, z_dim=1)
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        log_marginal(model, None, torch.zeros(2, 3), num_samples=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        log_marginal(model, None, torch.zeros(0, 3))
+
+
+def test_a_model_without_a_data_plate_is_a_clear_error():
+    def model(x):
+        pyro.sample("x", dist.Normal(0.0, 1.0).expand(x.shape).to_event(2), obs=x)
+
+    with pytest.raises(ValueError, match="no 'data' plate.*pyro.plate"):
+        log_marginal(model, None, torch.zeros(3, 2), num_samples=2)
