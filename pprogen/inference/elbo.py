@@ -27,6 +27,7 @@ from pprogen.inference.tracing import (
     check_reparameterized,
     check_sites_match,
     detached_guide_sites,
+    direct_call,
     guess_max_plate_nesting,
     particle_plate,
     run_pair,
@@ -60,6 +61,7 @@ class TraceELBO:
         self.max_plate_nesting = max_plate_nesting
         self.stl = stl
         self.last_terms: dict[str, torch.Tensor] = {}
+        self._checked: set[tuple[int, int]] = set()
 
     def __call__(self, model: Callable, guide: Callable) -> "ELBOLoss":
         return ELBOLoss(self, model, guide)
@@ -72,12 +74,15 @@ class TraceELBO:
         return particle_plate(self.num_particles, self.max_plate_nesting)
 
     def _elbo_particle_sum(self, model, guide, args, kwargs) -> torch.Tensor | None:
-        guide_sites, model_sites, replay = run_pair(model, guide, args, kwargs)
+        guide_sites, model_sites, replay = run_pair(direct_call(model), direct_call(guide), args, kwargs)
         if self.stl:
             check_reparameterized(guide_sites, "stl")
         elif any(not s["is_observed"] and not s["fn"].has_rsample for s in guide_sites):
             return None  # score-function gradients needed: leave it to Pyro
-        check_sites_match(guide_sites, model_sites)
+        # structure checks run on a pair's first call and whenever Pyro's validation is on
+        if (id(model), id(guide)) not in self._checked or pyro.poutine.util.is_validation_enabled():
+            check_sites_match(guide_sites, model_sites)
+            self._checked.add((id(model), id(guide)))
         if self.stl:
             guide_sites = detached_guide_sites(guide, replay, args, kwargs)
         observed = latent = 0.0

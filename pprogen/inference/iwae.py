@@ -36,6 +36,7 @@ from pprogen.inference.tracing import (
     check_reparameterized,
     check_sites_match,
     detached_guide_sites,
+    direct_call,
     guess_max_plate_nesting,
     in_plate,
     masked_log_prob,
@@ -99,7 +100,7 @@ class RenyiELBO:
             return dict(hooked)
 
         with LocalParticlePlate(self.num_particles, particle_dim, self.plate_name):
-            guide_sites, model_sites, replay = run_pair(model, guide, args, kwargs, hook_values)
+            guide_sites, model_sites, replay = run_pair(direct_call(model), direct_call(guide), args, kwargs, hook_values)
             check_reparameterized(guide_sites, "iwae_dreg" if self.dreg else "renyi")
             check_sites_match(guide_sites, model_sites)
             if self.dreg:

@@ -7,6 +7,7 @@ need only the sample sites, so one small effect handler records them as the prog
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Callable
 
 import pyro
@@ -87,7 +88,20 @@ def per_datum(log_prob: torch.Tensor, particle_dim: int, data_dim: int, num_dims
     return log_prob.reshape(log_prob.shape[0], -1)
 
 
+_DIRECT: "weakref.WeakKeyDictionary[Callable, bool]" = weakref.WeakKeyDictionary()
+
+
 def direct_call(fn: Callable) -> Callable:
+    """:func:`_direct_call`, decided once per module (register hooks before its first call)."""
+    if not isinstance(fn, PyroModule):
+        return fn
+    direct = _DIRECT.get(fn)
+    if direct is None:
+        direct = _DIRECT[fn] = _direct_call(fn) is not fn
+    return fn.forward if direct else fn
+
+
+def _direct_call(fn: Callable) -> Callable:
     """``fn.forward`` for a PyroModule whose ``__call__`` would only announce parameters, else ``fn``.
 
     ``PyroModule.__call__`` opens a context in which every access to a plain ``nn.Module`` child
@@ -110,14 +124,18 @@ def direct_call(fn: Callable) -> Callable:
 
 
 def run_pair(model: Callable, guide: Callable, args, kwargs, replay_transform=None):
-    """Run the guide, then the model on the guide's latent values; returns both site lists."""
+    """Run the guide, then the model on the guide's latent values; returns both site lists.
+
+    ``model`` and ``guide`` are called as given: pass them through ``direct_call`` first to skip
+    PyroModule's parameter announcements.
+    """
     with SiteCollector() as guide_run:
-        direct_call(guide)(*args, **kwargs)
+        guide(*args, **kwargs)
     replay = {s["name"]: s["value"] for s in guide_run.sites}
     if replay_transform is not None:
         replay = replay_transform(replay)
     with SiteCollector(replay) as model_run:
-        direct_call(model)(*args, **kwargs)
+        model(*args, **kwargs)
     return guide_run.sites, model_run.sites, replay
 
 
@@ -147,7 +165,7 @@ def guess_max_plate_nesting(model: Callable, guide: Callable | None, args, kwarg
                 model(*args, **kwargs)
             sites = model_run.sites
         else:
-            guide_sites, model_sites, _ = run_pair(model, guide, args, kwargs)
+            guide_sites, model_sites, _ = run_pair(direct_call(model), direct_call(guide), args, kwargs)
             sites = guide_sites + model_sites
     for site in sites:
         for frame in site["cond_indep_stack"]:
