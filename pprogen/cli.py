@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 
 from pprogen import __version__
@@ -37,6 +38,8 @@ TRAIN_DEFAULTS = {
     "elbo": "trace",
     "particles": 1,
     "beta": 1.0,
+    "alpha": None,
+    "kl_warmup": 0,
 }
 
 
@@ -98,7 +101,8 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     return config, dataset
 
 
-def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device) -> dict[str, Any]:
+def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None):
+    """Test NLL: exact where the model has ``log_prob``, else importance sampling with the guide."""
     x = dataset.split(split).to(device)
     if hasattr(model, "log_prob"):
         with torch.no_grad():
@@ -110,7 +114,13 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
             result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
         return result
     evidence = log_marginal(model, guide, x, num_samples=num_samples, dim=dataset.dim if dataset.binary else None)
-    return {**evidence.summary(), "method": "importance sampling (guide as proposal)"}
+    result = {**evidence.summary(), "method": "importance sampling (guide as proposal)"}
+    if run is not None and evidence.khat is not None:
+        from pprogen.plots import save_khat
+
+        save_khat(evidence.khat, run.path / f"khat-{split}.png")
+        result["khat_plot"] = f"khat-{split}.png"
+    return result
 
 
 def _format_eval(split: str, result: dict[str, Any]) -> str:
@@ -119,6 +129,10 @@ def _format_eval(split: str, result: dict[str, Any]) -> str:
         text += f" ({result['bits_per_dim']:.4f} bits/dim)"
     if "num_samples" in result:
         text += f", K = {result['num_samples']} importance samples (mean ESS {result['mean_ess']:.1f})"
+    if result.get("khat_bands"):
+        bands = result["khat_bands"]
+        text += "\nPareto k-hat: " + ", ".join(f"{n} {bands[n]}" for n in ("good", "ok", "bad", "very bad"))
+        text += " (k < 0.5 good, < 0.7 ok, < 1 bad, else very bad)"
     return text
 
 
@@ -139,6 +153,17 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
     return made
 
 
+def _alpha(train: dict[str, Any]) -> dict[str, Any]:
+    return {} if train.get("alpha") is None else {"alpha": train["alpha"]}
+
+
+def _materialize(guide, x: torch.Tensor) -> None:
+    """Run a lazily built guide (amortized, auto_*) once so that its parameters exist."""
+    if isinstance(guide, torch.nn.Module):
+        with torch.no_grad(), pyro.poutine.block():
+            guide(x)
+
+
 def cmd_train(args) -> int:
     dataset = None
     if args.resume:
@@ -155,7 +180,7 @@ def cmd_train(args) -> int:
         lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
         optimizer=train["optimizer"], schedule=train["schedule"],
     )
-    make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"])
+    make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
     device = resolve_device(config["device"])
     dataset, model, guide = build(config, dataset)
     check_data(dataset.train, "training data")
@@ -173,7 +198,8 @@ def cmd_train(args) -> int:
             model, guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
             batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
             schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=train["elbo"],
-            num_particles=train["particles"], beta=train["beta"],
+            num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
+            alpha=train.get("alpha"),
             patience=train["patience"] if dataset.valid is not None else None,
             device=device, seed=config["seed"], progress=not args.no_progress, run=run,
             resume=bool(args.resume),
@@ -196,7 +222,7 @@ def cmd_train(args) -> int:
         "device": str(device),
     }
     split = "valid" if dataset.valid is not None else "train"
-    result = _evaluate(model, guide, dataset, split, config.get("eval_samples", 1000), device)
+    result = _evaluate(model, guide, dataset, split, config.get("eval_samples", 1000), device, run)
     summary[f"{split}_evaluation"] = result
     run.write_json("summary.json", summary)
     pictures = _pictures(run, model, guide, dataset, device)
@@ -210,6 +236,7 @@ def _load_run(path: str):
     run = Run.open(path)
     config = run.config
     dataset, model, guide = build(config)
+    _materialize(guide, dataset.train[:2])
     run.load_weights("model", model)
     run.load_weights("guide", guide)
     device = resolve_device(config.get("device", "auto"))
@@ -223,7 +250,7 @@ def cmd_evaluate(args) -> int:
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     run, config, dataset, model, guide, device = _load_run(args.run)
-    result = _evaluate(model, guide, dataset, args.split, args.num_samples, device)
+    result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run)
     summary = run.read_json("summary.json")
     summary[f"{args.split}_evaluation"] = result
     run.write_json("summary.json", summary)
@@ -291,10 +318,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", help="constant, cosine, exponential or plateau")
     s.add_argument("--clip-norm", type=float)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    s.add_argument("--elbo", help="ELBO estimator (trace, meanfield, graph, enum)")
+    s.add_argument("--elbo", help="ELBO estimator: trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg")
+    s.add_argument("--alpha", type=float, help="order of the renyi bound, in [0, 1)")
+    s.add_argument("--kl-warmup", type=int, help="epochs over which the KL weight ramps up to --beta")
     s.add_argument("--particles", type=int, help="particles per ELBO estimate (vectorized)")
     s.add_argument("--beta", type=float, help="KL weight (beta-VAE)")
-    s.add_argument("--guide", default="default", help="guide name (default: the model's own)")
+    s.add_argument("--guide", default="default",
+                   help="default (the model's own), amortized_normal, amortized_lowrank, amortized_iaf or auto_*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--seed", type=int, default=0)

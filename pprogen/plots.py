@@ -79,3 +79,18 @@ def save_curves(records: list[dict], path: Path, ylabel: str = "negative ELBO pe
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def save_khat(khat: torch.Tensor, path: Path) -> None:
+    """Pareto k-hat per data point with Vehtari's thresholds (ArviZ's ``plot_khat``)."""
+    import arviz as az
+
+    import warnings
+
+    fig = plt.figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ArviZ prefers ELPDData; plain k-hats are what IS has
+        az.plot_khat(khat.detach().cpu().numpy(), ax=ax, show_hlines=True, show_bins=True)
+    ax.set_title("importance-sampling diagnostics: Pareto k-hat per data point")
+    _save(fig, path)

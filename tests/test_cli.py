@@ -99,3 +99,25 @@ def test_evaluate_needs_positive_samples_and_a_run(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained), "--num-samples", "0"]) == 2
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert "not a pprogen run folder" in capsys.readouterr().err
+
+
+def test_any_estimator_and_guide_by_name_then_k_hat_bands(tmp_path, capsys):
+    out = tmp_path / "iw"
+    argv = ["train", "vae", "--out", str(out), "--guide", "amortized_iaf", "--elbo", "iwae_dreg",
+            "--particles", "3", *TINY]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--num-samples", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "Pareto k-hat: good" in text and (out / "khat-test.png").is_file()
+    bands = json.loads((out / "summary.json").read_text())["test_evaluation"]["khat_bands"]
+    assert sum(bands.values()) == json.loads((out / "summary.json").read_text())["test_evaluation"]["num_data"]
+
+
+def test_exact_evidence_for_models_with_log_prob(tmp_path, capsys):
+    out = tmp_path / "pp"
+    assert main(["train", "ppca", "--data", "moons", "--limit", "300", "--epochs", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "exact" not in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["valid_evaluation"]["method"] == "exact"

@@ -5,6 +5,7 @@ from pprogen.inference.estimators import make_elbo
 from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
+from pprogen.inference.mcmc import run_nuts
 from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "log_marginal",
     "make_elbo",
     "make_guide",
+    "run_nuts",
 ]

@@ -60,9 +60,11 @@ class Evidence:
     log_weights: torch.Tensor | None = field(default=None, repr=False)
 
     def khat_bands(self) -> dict[str, int]:
+        """Data points per k-hat band; an undefined k-hat (too few samples for a tail fit) is very bad."""
         if self.khat is None:
             return {}
-        return {name: int(((self.khat >= lo) & (self.khat < hi)).sum()) for name, lo, hi in KHAT_BANDS}
+        khat = torch.nan_to_num(self.khat, nan=math.inf)
+        return {name: int(((khat >= lo) & ((khat < hi) | (hi == math.inf))).sum()) for name, lo, hi in KHAT_BANDS}
 
     def summary(self) -> dict:
         n = self.log_prob.shape[0]

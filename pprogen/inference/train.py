@@ -21,7 +21,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pprogen.inference.elbo import ELBOLoss
+from pprogen.inference.elbo import ELBOLoss, TraceELBO
 from pprogen.inference.estimators import make_elbo
 from pprogen.registry import unknown_name_error
 
@@ -276,8 +276,9 @@ def _has_differentiable_loss(elbo: Any) -> bool:
     return callable(getattr(elbo, "differentiable_loss", None))
 
 
-def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_particles: int = 1, beta: float = 1.0):
-    estimator = make_elbo(elbo, num_particles=num_particles, beta=beta) if isinstance(elbo, str) else elbo
+def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_particles: int = 1, beta: float = 1.0,
+               **elbo_kw: Any):
+    estimator = make_elbo(elbo, num_particles=num_particles, beta=beta, **elbo_kw) if isinstance(elbo, str) else elbo
     if isinstance(estimator, pyro.infer.ELBO) or hasattr(estimator, "differentiable_loss"):
         return ELBOLoss(estimator, model, guide)
     raise TypeError(f"elbo must be an estimator name or an ELBO object, got {type(elbo).__name__}")
@@ -315,6 +316,8 @@ def fit(
     elbo: Any = "trace",
     num_particles: int = 1,
     beta: float = 1.0,
+    kl_warmup: int = 0,
+    alpha: float | None = None,
     patience: int | None = None,
     restore_best: bool = True,
     device: str | torch.device = "auto",
@@ -328,7 +331,9 @@ def fit(
 
     Each epoch draws a fresh permutation, takes minibatches by index, and evaluates the validation
     loss (negative ELBO per datum) when validation data exist; ``patience`` stops early on it and
-    ``restore_best`` leaves the best validation state in the model and guide. With a ``run``
+    ``restore_best`` leaves the best validation state in the model and guide. ``kl_warmup`` ramps the
+    KL weight linearly from ``beta / kl_warmup`` to ``beta`` over that many epochs (estimators with a
+    ``beta``: ``trace``, ``stl``). With a ``run``
     (:class:`pprogen.runs.Run`), each epoch writes metrics and an atomic checkpoint, and ``resume``
     continues from it exactly. Returns the :class:`History`.
     """
@@ -355,7 +360,9 @@ def fit(
     valid_data = valid_data.to(device) if valid_data is not None else None
     check_model_fits_data(model, guide, data)
 
-    loss_module = build_loss(model, guide, elbo, num_particles, beta)
+    loss_module = build_loss(model, guide, elbo, num_particles, beta, **({} if alpha is None else {"alpha": alpha}))
+    if kl_warmup and not isinstance(loss_module.elbo, TraceELBO):
+        raise ValueError("kl_warmup anneals the KL weight of the 'trace' and 'stl' estimators; use one of them or kl_warmup=0")
     num_data = data.shape[0]
     batch_size = min(batch_size, num_data)
     params = collect_parameters(loss_module, data[:batch_size])
@@ -429,6 +436,8 @@ def fit(
     try:
         for epoch in range(start_epoch, epochs):
             loss_module.train()
+            if kl_warmup:
+                loss_module.elbo.beta = beta * min(1.0, (epoch + 1) / kl_warmup)
             started = time.perf_counter()
             order = torch.randperm(num_data, generator=shuffle).to(device)
             epoch_loss = 0.0
