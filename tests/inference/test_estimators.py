@@ -200,3 +200,29 @@ def test_amortized_guide_refuses_global_latents_with_the_fix():
     guide = make_guide("amortized_normal", model)
     with pytest.raises(ValueError, match="'mu' sits outside the 'data' plate.*auto_"):
         guide(torch.zeros(4, 1))
+
+
+AUTO = ["auto_normal", "auto_diag", "auto_mvn", "auto_lowrank", "auto_iaf", "auto_delta", "auto_laplace"]
+
+
+@pytest.mark.parametrize("name", AUTO)
+def test_every_autoguide_fits_a_global_latent(name):
+    """mu ~ N(0, 2^2), x_n ~ N(mu, 1): the posterior of mu is Normal with a closed-form mean."""
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 2.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([1.0, -0.5]) + torch.randn(40, 2, generator=g)
+    post_mean = x.sum(0) / (len(x) + 0.25)
+    guide = make_guide(name, model)
+    fit(model, guide, x, epochs=400, batch_size=40, lr=0.02, schedule="cosine", num_particles=4, progress=False)
+    with torch.no_grad():
+        if name in ("auto_delta", "auto_laplace"):
+            fitted = guide(x)["mu"]  # the MAP point
+        elif name == "auto_iaf":
+            fitted = torch.stack([guide(x)["mu"] for _ in range(2000)]).mean(0)  # no closed-form median
+        else:
+            fitted = guide.median()["mu"]
+    assert torch.allclose(fitted, post_mean, atol=0.05)

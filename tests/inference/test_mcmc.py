@@ -31,3 +31,12 @@ def test_nuts_posterior_matches_the_conjugate_closed_form():
 def test_bad_sampler_settings():
     with pytest.raises(ValueError, match="num_samples"):
         run_nuts(normal_normal, torch.zeros(2), num_samples=0)
+
+
+def test_trace_plot_and_summary_work_on_the_result():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    data, mcmc = run_nuts(normal_normal, torch.tensor([0.3, 0.9]), num_samples=50, warmup_steps=50)
+    assert az.plot_trace(data, var_names=["mu"]) is not None
+    assert mcmc.get_samples()["mu"].shape == (50,)
