@@ -66,6 +66,8 @@ class RenyiELBO:
             raise ValueError("doubly reparameterized gradients are for the IWAE bound (alpha = 0)")
         if beta != 1.0:
             raise ValueError("beta applies to the 'trace' and 'stl' estimators; importance-weighted bounds use beta = 1")
+        if not vectorize_particles:
+            raise ValueError("importance-weighted bounds always vectorize their particles; drop vectorize_particles=False")
         self.alpha = float(alpha)
         self.num_particles = num_particles
         self.dreg = dreg

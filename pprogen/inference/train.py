@@ -207,15 +207,18 @@ def _make_scheduler(optimizer, schedule: str, epochs: int, gamma: float):
 
 
 def collect_parameters(loss_module: nn.Module, probe: torch.Tensor) -> list[nn.Parameter]:
-    """The module's parameters, plus any ``pyro.param`` the loss depends on (user-written programs)."""
-    params = [p for p in loss_module.parameters() if p.requires_grad]
-    seen = {id(p) for p in params}
+    """The module's parameters, plus any ``pyro.param`` the loss depends on (user-written programs).
+
+    The loss runs once first, so that lazily built guides (amortized, ``auto_*``) have their parameters.
+    """
     native = _has_differentiable_loss(loss_module.elbo)
     with poutine.trace(param_only=True) as tracer:
         if native:
             loss = loss_module(probe)
         else:
             loss_module.elbo.loss(loss_module.model, loss_module.guide, probe)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    seen = {id(p) for p in params}
     store = pyro.get_param_store()
     extra = []
     for name in tracer.trace.nodes:

@@ -169,3 +169,15 @@ def test_bad_data_is_rejected_with_the_fix():
         fit(model, guide, nan, progress=False)
     with pytest.raises(ValueError, match="empty"):
         fit(model, guide, x[:0], progress=False)
+
+
+def test_lazily_built_guide_parameters_are_trained():
+    from pprogen.inference import make_guide
+    from pprogen.inference.elbo import ELBOLoss, TraceELBO
+    from pprogen.inference.train import collect_parameters
+
+    model = pprogen.create_model("ppca", x_dim=3, z_dim=1)
+    guide = make_guide("amortized_normal", model, hidden_dims=(4,))
+    assert not list(guide.parameters())
+    params = collect_parameters(ELBOLoss(TraceELBO(), model, guide), model.sample(5))
+    assert {id(p) for p in guide.parameters()} <= {id(p) for p in params} and list(guide.parameters())
