@@ -101,9 +101,10 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     return config, dataset
 
 
-def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None):
+def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
+              limit: int | None = None):
     """Test NLL: exact where the model has ``log_prob``, else importance sampling with the guide."""
-    x = dataset.split(split).to(device)
+    x = dataset.split(split)[:limit].to(device)
     if hasattr(model, "log_prob"):
         with torch.no_grad():
             log_prob = torch.cat([model.log_prob(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
@@ -250,7 +251,9 @@ def cmd_evaluate(args) -> int:
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     run, config, dataset, model, guide, device = _load_run(args.run)
-    result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit)
     summary = run.read_json("summary.json")
     summary[f"{args.split}_evaluation"] = result
     run.write_json("summary.json", summary)
@@ -338,6 +341,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--split", default="test", choices=("train", "valid", "test"))
     s.add_argument("--num-samples", type=int, default=1000, help="importance samples per example")
+    s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")

@@ -95,6 +95,12 @@ def test_corrupted_checkpoint_on_resume_is_reported_and_kept(trained, capsys):
     assert ckpt.read_bytes() == damaged
 
 
+def test_evaluate_limit_takes_the_first_examples(trained, capsys):
+    assert main(["evaluate", str(trained), "--split", "valid", "--num-samples", "5", "--limit", "7"]) == 0
+    assert "over 7 examples" in capsys.readouterr().out
+    assert main(["evaluate", str(trained), "--limit", "0"]) == 2
+
+
 def test_evaluate_needs_positive_samples_and_a_run(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained), "--num-samples", "0"]) == 2
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
