@@ -82,10 +82,7 @@ class RenyiELBO:
     def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
         """Per-datum bound from log weights ``(K, B)``."""
         k = log_w.shape[0]
-        if self.alpha == 0.0:
-            return torch.logsumexp(log_w, 0) - math.log(k)
-        scaled = (1.0 - self.alpha) * log_w
-        return (torch.logsumexp(scaled, 0) - math.log(k)) / (1.0 - self.alpha)
+        return (torch.logsumexp((1.0 - self.alpha) * log_w, 0) - math.log(k)) / (1.0 - self.alpha)
 
     def per_datum_bound(self, model: Callable, guide: Callable, *args, **kwargs):
         """``(bound per datum (B,), global term, data-plate scale)``, all differentiable."""
@@ -111,8 +108,10 @@ class RenyiELBO:
         log_w = 0.0
         global_term = 0.0
         scale = None
+        self.last_terms = {}
         for site, sign in terms:
             log_prob = masked_log_prob(site)
+            self.last_terms[("guide." if sign < 0 else "") + site["name"]] = log_prob
             if in_plate(site, self.plate_name):
                 frame = next(f for f in site["cond_indep_stack"] if f.name == self.plate_name)
                 log_w = log_w + sign * per_datum(log_prob, particle_dim, frame.dim, self.max_plate_nesting + 1)
@@ -130,7 +129,6 @@ class RenyiELBO:
             for site in model_sites:
                 if site["name"] in hooked and hooked[site["name"]].requires_grad and in_plate(site, self.plate_name):
                     _scale_gradient(hooked[site["name"]], weights, site, particle_dim, self.plate_name)
-        self.last_terms = {"log_weights": log_w}
         return self._bound(log_w), global_term, (1.0 if scale is None else scale)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:

@@ -159,7 +159,7 @@ def test_global_latents_are_shared_by_the_particles_and_kept_out_of_the_log_sum_
     elbo = make_elbo("iwae", num_particles=7)
     bound, global_term, scale = elbo.per_datum_bound(model, guide, x)
     assert bound.shape == (3,) and global_term.dim() == 0 and scale == 1.0
-    assert elbo.last_terms["log_weights"].shape == (7, 3)
+    assert elbo.last_terms["z"].shape == (7, 3) and elbo.last_terms["guide.mu"].shape == ()
 
 
 @pytest.mark.parametrize(
