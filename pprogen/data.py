@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pprogen.registry import unknown_name_error
+from pprogen.errors import unknown_name_error
 
 DATA_ENV = "PPROGEN_DATA"
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"

@@ -6,11 +6,12 @@ default — which ``pprogen info NAME`` prints. Unlike timm, registering a name 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from pprogen.errors import suggest as _suggest, unknown_name_error
 
 KINDS = ("latent", "autoregressive", "flow", "mixture", "bayesnet", "gan")
 
@@ -42,17 +43,6 @@ class ModelCard:
 
 
 _REGISTRY: dict[str, ModelCard] = {}
-
-
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def unknown_name_error(what: str, name: str, choices) -> ValueError:
-    """A one-line ``ValueError`` for an unknown name that suggests the close ones."""
-    hint = _suggest(name, choices) or f"; choose one of {', '.join(sorted(choices))}"
-    return ValueError(f"unknown {what} {name!r}{hint}")
 
 
 def register_model(

@@ -20,7 +20,7 @@ import pyro
 
 from pprogen.inference.elbo import TraceELBO
 from pprogen.inference.iwae import RenyiELBO
-from pprogen.registry import unknown_name_error
+from pprogen.errors import unknown_name_error
 
 
 def _pyro_elbo(cls_name: str):

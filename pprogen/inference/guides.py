@@ -32,7 +32,7 @@ from torch.distributions import biject_to, constraints
 
 from pprogen.inference.tracing import SiteCollector, in_plate
 from pprogen.nn import MLP, ConvEncoder
-from pprogen.registry import unknown_name_error
+from pprogen.errors import unknown_name_error
 
 AUTOGUIDES = {
     "auto_normal": autoguide.AutoNormal,

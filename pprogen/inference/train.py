@@ -23,7 +23,7 @@ from torch import nn
 
 from pprogen.inference.elbo import ELBOLoss, TraceELBO
 from pprogen.inference.estimators import make_elbo
-from pprogen.registry import unknown_name_error
+from pprogen.errors import unknown_name_error
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
