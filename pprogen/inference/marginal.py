@@ -6,7 +6,8 @@ r"""Per-datum importance-sampled evidence, vectorized over particles and data po
     \qquad z_{nk} \sim q(z \mid x_n),
 
 with the guide as proposal (the prior when ``guide=None``). Discrete latents marked
-``infer={"enumerate": "parallel"}`` and left out of the guide are summed out exactly. Particles are
+``infer={"enumerate": "parallel"}`` and left out of the guide are summed out exactly (per data point:
+an enumerated site inside a further plate nested in ``data`` is not supported). Particles are
 drawn in chunks inside a ``pyro.plate`` and combined with a streaming log-sum-exp, so memory stays
 bounded for large K. Each estimate's standard error follows from the effective sample size of its
 weights, :math:`\mathrm{se} = \sqrt{1/\mathrm{ESS} - 1/K}` (delta method), and its Pareto k-hat from
@@ -139,6 +140,11 @@ def _contract(sites, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
     """Sum the model's site log-densities; enumerated dims (left of the plates) by log-sum-exp."""
     total = 0.0
     for site in sites:
+        if _enumerated(site) and any(f.vectorized and f.name not in (plate_name, PARTICLES) for f in site["cond_indep_stack"]):
+            raise ValueError(
+                f"enumerated site {site['name']!r} sits in a plate nested inside {plate_name!r}; log_marginal "
+                "sums enumerated latents per data point only: sample it in the guide instead"
+            )
         total = total + masked_log_prob(site)
     if not torch.is_tensor(total):
         raise ValueError("the model has no sample site to evaluate")

@@ -226,3 +226,19 @@ def test_every_autoguide_fits_a_global_latent(name):
         else:
             fitted = guide.median()["mu"]
     assert torch.allclose(fitted, post_mean, atol=0.05)
+
+
+def test_amortized_guide_uses_a_conv_encoder_for_images_or_the_one_passed():
+    model = pprogen.create_model("conv_vae", x_shape=(1, 8, 8), z_dim=3, hidden_dims=(16,), channels=(4, 8))
+    x = model.sample(5)
+    guide = make_guide("amortized_normal", model)
+    guide(x)
+    from pprogen.nn import ConvEncoder
+
+    assert isinstance(guide.encoder, ConvEncoder)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    mine = make_guide("amortized_lowrank", model, encoder=encoder, feature_dim=10)
+    values = mine(x)
+    assert mine.encoder is encoder and values["z"].shape == (5, 3)
+    with pytest.raises(ValueError, match="feature_dim"):
+        make_guide("amortized_normal", model, encoder=encoder)

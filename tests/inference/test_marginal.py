@@ -98,3 +98,13 @@ def test_a_model_without_a_data_plate_is_a_clear_error():
 
     with pytest.raises(ValueError, match="no 'data' plate.*pyro.plate"):
         log_marginal(model, None, torch.zeros(3, 2), num_samples=2)
+
+
+def test_enumeration_inside_a_nested_plate_is_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("pixels", x.shape[1], dim=-1):
+            c = pyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="enumerated site 'c' sits in a plate nested"):
+        log_marginal(model, None, torch.zeros(3, 2), num_samples=2)
