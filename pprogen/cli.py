@@ -75,6 +75,8 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     card = get_card(args.model)
     data_name = args.data or card.default_data
     dataset = load_dataset(data_name, args.data_dir).subset(args.limit)
+    if Path(data_name).exists():  # a user file: keep an absolute path so the run resumes from anywhere
+        data_name = str(Path(data_name).resolve())
     params = inspect.signature(card.factory).parameters
     model_args = _model_args(args.set)
     flatten = False
@@ -89,7 +91,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         "model": args.model,
         "model_args": model_args,
         "data": data_name,
-        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
         "limit": args.limit,
         "flatten": flatten,
         "guide": args.guide,
