@@ -14,6 +14,7 @@ import pyro
 import torch
 
 from pprogen import __version__
+from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, load_dataset
 from pprogen.inference import log_marginal, make_elbo, make_guide
 from pprogen.inference.train import (
@@ -75,7 +76,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     card = get_card(args.model)
     data_name = args.data or card.default_data
     dataset = load_dataset(data_name, args.data_dir).subset(args.limit)
-    if Path(data_name).exists():  # a user file: keep an absolute path so the run resumes from anywhere
+    if data_name not in DATA_NAMES and Path(data_name).exists():  # a user file: keep an absolute path so the run resumes from anywhere
         data_name = str(Path(data_name).resolve())
     params = inspect.signature(card.factory).parameters
     model_args = _model_args(args.set)
