@@ -181,3 +181,16 @@ def test_lazily_built_guide_parameters_are_trained():
     assert not list(guide.parameters())
     params = collect_parameters(ELBOLoss(TraceELBO(), model, guide), model.sample(5))
     assert {id(p) for p in guide.parameters()} <= {id(p) for p in params} and list(guide.parameters())
+
+
+def test_kl_warmup_ramps_beta_linearly_per_epoch():
+    from pprogen.inference import TraceELBO
+
+    model, guide, x = vae_setup()
+    seen = []
+    elbo = TraceELBO(beta=2.0)
+    fit(model, guide, x, epochs=3, batch_size=30, elbo=elbo, beta=2.0, kl_warmup=4, progress=False,
+        callback=lambda epoch, record: seen.append(elbo.beta))
+    assert seen == [0.5, 1.0, 1.5]
+    with pytest.raises(ValueError, match="kl_warmup anneals"):
+        fit(model, guide, x, epochs=1, elbo="iwae", num_particles=2, kl_warmup=2, progress=False)
