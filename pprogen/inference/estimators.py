@@ -4,6 +4,7 @@
 ``trace``      pprogen's lean Trace_ELBO (vectorized particles, ``beta``)
 ``stl``        sticking-the-landing: Trace_ELBO with the path-derivative guide gradient
 ``meanfield``  Pyro's TraceMeanField_ELBO (analytic KL where Pyro knows it)
+               (Pyro's estimators come wrapped in :class:`BetaELBO` so that ``beta`` applies to them)
 ``graph``      Pyro's TraceGraph_ELBO (Rao-Blackwellized score-function gradients; no torch-native path)
 ``enum``       Pyro's TraceEnum_ELBO (discrete latents marked for enumeration are summed out)
 ``renyi``      per-datum Rényi bound of order ``alpha`` in [0, 1)
@@ -18,19 +19,50 @@ from typing import Any, Callable
 
 import pyro
 
-from pprogen.inference.elbo import TraceELBO
+from pprogen.inference.elbo import ELBOLoss, TraceELBO
 from pprogen.inference.iwae import RenyiELBO
+from pprogen.inference.tracing import scale_latents
 from pprogen.errors import unknown_name_error
+
+
+class BetaELBO:
+    """One of Pyro's estimators with every latent site's log-density weighted by ``beta``.
+
+    Scaling the unobserved sites of model and guide alike turns log p(x|z) + log p(z) - log q(z) into
+    log p(x|z) + beta (log p(z) - log q(z)): the beta-VAE objective, for any Trace_ELBO-family estimator.
+    """
+
+    def __init__(self, elbo: pyro.infer.ELBO, beta: float = 1.0) -> None:
+        if beta < 0:
+            raise ValueError(f"beta must be non-negative, got {beta}")
+        self.elbo = elbo
+        self.beta = float(beta)
+        self.num_particles = elbo.num_particles
+        if hasattr(elbo, "differentiable_loss"):
+            self.differentiable_loss = self._differentiable_loss
+
+    def __call__(self, model: Callable, guide: Callable) -> ELBOLoss:
+        return ELBOLoss(self, model, guide)
+
+    def _weighted(self, fn: Callable) -> Callable:
+        return scale_latents(self.beta)(fn) if self.beta != 1.0 else fn
+
+    def _differentiable_loss(self, model, guide, *args, **kwargs):
+        return self.elbo.differentiable_loss(self._weighted(model), self._weighted(guide), *args, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return self.elbo.loss(self._weighted(model), self._weighted(guide), *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return self.elbo.loss_and_grads(self._weighted(model), self._weighted(guide), *args, **kwargs)
 
 
 def _pyro_elbo(cls_name: str):
     def build(num_particles: int = 1, vectorize_particles: bool = True, beta: float = 1.0, **kw):
-        if beta != 1.0:
-            raise ValueError(f"beta applies to the 'trace' and 'stl' estimators, not to Pyro's {cls_name}")
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         cls = getattr(pyro.infer, cls_name)
-        return cls(num_particles=num_particles, vectorize_particles=vectorize_particles, **kw)
+        return BetaELBO(cls(num_particles=num_particles, vectorize_particles=vectorize_particles, **kw), beta)
 
     return build
 
@@ -66,7 +98,7 @@ ELBOS: dict[str, Callable[..., Any]] = {
 def make_elbo(name: str, **kw: Any):
     """An ELBO estimator by name (see the module docstring).
 
-    Keyword arguments: ``num_particles``, ``beta`` (``trace``, ``stl``), ``alpha`` (``renyi``),
+    Keyword arguments: ``num_particles``, ``beta`` (the KL weight, for every estimator), ``alpha`` (``renyi``),
     ``vectorize_particles`` and the estimator's own.
     """
     if name not in ELBOS:

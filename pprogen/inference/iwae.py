@@ -64,8 +64,8 @@ class RenyiELBO:
             raise ValueError(f"alpha must lie in [0, 1) for a lower bound, got {alpha}")
         if dreg and alpha != 0:
             raise ValueError("doubly reparameterized gradients are for the IWAE bound (alpha = 0)")
-        if beta != 1.0:
-            raise ValueError("beta applies to the 'trace' and 'stl' estimators; importance-weighted bounds use beta = 1")
+        if beta < 0:
+            raise ValueError(f"beta must be non-negative, got {beta}")
         if not vectorize_particles:
             raise ValueError("importance-weighted bounds always vectorize their particles; drop vectorize_particles=False")
         self.alpha = float(alpha)
@@ -73,7 +73,7 @@ class RenyiELBO:
         self.dreg = dreg
         self.max_plate_nesting = max_plate_nesting
         self.plate_name = plate_name
-        self.beta = 1.0
+        self.beta = float(beta)
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def __call__(self, model: Callable, guide: Callable) -> ELBOLoss:
@@ -111,6 +111,8 @@ class RenyiELBO:
         self.last_terms = {}
         for site, sign in terms:
             log_prob = masked_log_prob(site)
+            if not site["is_observed"] and self.beta != 1.0:
+                log_prob = self.beta * log_prob  # beta-weighted log weights: log p(x|z) + beta log p(z)/q(z)
             self.last_terms[("guide." if sign < 0 else "") + site["name"]] = log_prob
             if in_plate(site, self.plate_name):
                 frame = next(f for f in site["cond_indep_stack"] if f.name == self.plate_name)

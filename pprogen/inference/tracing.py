@@ -54,6 +54,18 @@ class LocalParticlePlate(PlateMessenger):
             super()._process_message(msg)
 
 
+class scale_latents(Messenger):
+    """Multiplies the log-density of every unobserved sample site by ``beta`` (the KL weight)."""
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
+            msg["scale"] = msg["scale"] * self.beta
+
+
 class detach_params(Messenger):
     """Detaches the values that ``pyro.param`` returns (for guides written with ``pyro.param``)."""
 

@@ -21,7 +21,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pprogen.inference.elbo import ELBOLoss, TraceELBO
+from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
 from pprogen.errors import unknown_name_error
 
@@ -282,7 +282,7 @@ def _has_differentiable_loss(elbo: Any) -> bool:
 def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_particles: int = 1, beta: float = 1.0,
                **elbo_kw: Any):
     estimator = make_elbo(elbo, num_particles=num_particles, beta=beta, **elbo_kw) if isinstance(elbo, str) else elbo
-    if isinstance(estimator, pyro.infer.ELBO) or hasattr(estimator, "differentiable_loss"):
+    if hasattr(estimator, "loss") and (hasattr(estimator, "differentiable_loss") or hasattr(estimator, "loss_and_grads")):
         return ELBOLoss(estimator, model, guide)
     raise TypeError(f"elbo must be an estimator name or an ELBO object, got {type(elbo).__name__}")
 
@@ -364,8 +364,9 @@ def fit(
     check_model_fits_data(model, guide, data)
 
     loss_module = build_loss(model, guide, elbo, num_particles, beta, **({} if alpha is None else {"alpha": alpha}))
-    if kl_warmup and not isinstance(loss_module.elbo, TraceELBO):
-        raise ValueError("kl_warmup anneals the KL weight of the 'trace' and 'stl' estimators; use one of them or kl_warmup=0")
+    if kl_warmup and not hasattr(loss_module.elbo, "beta"):
+        raise ValueError(f"kl_warmup anneals an estimator's beta, and {type(loss_module.elbo).__name__} has none; "
+                         "use an estimator from make_elbo or kl_warmup=0")
     num_data = data.shape[0]
     batch_size = min(batch_size, num_data)
     params = collect_parameters(loss_module, data[:batch_size])

@@ -59,6 +59,20 @@ def test_beta_weights_only_the_latent_terms():
     assert torch.allclose(parts[3.0], reconstruction + 3 * kl, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["meanfield", "graph", "iwae"])
+def test_beta_applies_to_every_estimator(name):
+    model, guide = vae_pair()
+    x = model.sample(4)
+    values = {}
+    for beta in (0.0, 1.0, 3.0):
+        pyro.set_rng_seed(7)
+        elbo = make_elbo(name, beta=beta, **({"num_particles": 1} if name == "iwae" else {}))
+        values[beta] = torch.tensor(elbo.loss(model, guide, x))
+    reconstruction, kl = values[0.0], values[1.0] - values[0.0]
+    assert torch.allclose(values[3.0], reconstruction + 3 * kl, rtol=1e-4)
+    assert kl.abs() > 1e-3
+
+
 def test_data_plate_scale_multiplies_per_datum_sites_only():
     def model(x):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
@@ -117,9 +131,9 @@ def test_non_reparameterized_guide_falls_back_to_pyro():
 
 def test_make_elbo_names_and_errors():
     assert isinstance(make_elbo("trace", num_particles=2), TraceELBO)
-    assert isinstance(make_elbo("meanfield"), pyro.infer.TraceMeanField_ELBO)
-    assert isinstance(make_elbo("graph"), pyro.infer.TraceGraph_ELBO)
-    assert isinstance(make_elbo("enum"), pyro.infer.TraceEnum_ELBO)
+    assert isinstance(make_elbo("meanfield").elbo, pyro.infer.TraceMeanField_ELBO)
+    assert isinstance(make_elbo("graph").elbo, pyro.infer.TraceGraph_ELBO)
+    assert isinstance(make_elbo("enum").elbo, pyro.infer.TraceEnum_ELBO)
     with pytest.raises(ValueError, match="did you mean 'trace'"):
         make_elbo("trcae")
     with pytest.raises(ValueError, match="num_particles"):

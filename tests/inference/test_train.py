@@ -193,4 +193,4 @@ def test_kl_warmup_ramps_beta_linearly_per_epoch():
         callback=lambda epoch, record: seen.append(elbo.beta))
     assert seen == [0.5, 1.0, 1.5]
     with pytest.raises(ValueError, match="kl_warmup anneals"):
-        fit(model, guide, x, epochs=1, elbo="iwae", num_particles=2, kl_warmup=2, progress=False)
+        fit(model, guide, x, epochs=1, elbo=pyro.infer.Trace_ELBO(), kl_warmup=2, progress=False)
