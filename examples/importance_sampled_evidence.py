@@ -10,7 +10,6 @@ as proposal and for a trained amortized guide, at several K.
 import argparse
 
 import pyro
-import torch
 
 import pprogen
 from pprogen.data import load_dataset

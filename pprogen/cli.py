@@ -17,14 +17,8 @@ from pprogen import __version__
 from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, load_dataset
 from pprogen.inference import log_marginal, make_elbo, make_guide
-from pprogen.inference.train import (
-    NonFiniteLossError,
-    check_data,
-    check_hyperparameters,
-    check_model_fits_data,
-    fit,
-    resolve_device,
-)
+from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
+from pprogen.inference.train import NonFiniteLossError, fit
 from pprogen.registry import create_model, get_card, list_models
 from pprogen.runs import Run, RunError, atomic_write
 

@@ -1,5 +1,3 @@
-import math
-
 import pyro
 import pyro.distributions as dist
 import pytest
