@@ -20,7 +20,7 @@ from pprogen.inference import log_marginal, make_elbo, make_guide
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
 from pprogen.registry import create_model, get_card, list_models
-from pprogen.runs import Run, RunError, atomic_write
+from pprogen.runs import Run, RunError, atomic_write, seed_everything
 
 TRAIN_DEFAULTS = {
     "epochs": 200,
@@ -180,6 +180,7 @@ def cmd_train(args) -> int:
     )
     make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
     device = resolve_device(config["device"])
+    seed_everything(config["seed"])  # the initial weights too come from --seed
     dataset, model, guide = build(config, dataset)
     check_data(dataset.train, "training data")
     if dataset.valid is not None:

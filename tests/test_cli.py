@@ -127,3 +127,17 @@ def test_exact_evidence_for_models_with_log_prob(tmp_path, capsys):
     assert "exact" not in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["valid_evaluation"]["method"] == "exact"
+
+
+def test_cli_resume_ends_with_the_uninterrupted_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--limit", "120", "--eval-samples", "5", "--no-progress", "--set", "hidden_dims=[16]", "--set", "z_dim=3"]
+    assert main(["train", "vae", "--out", str(tmp_path / "full"), "--epochs", "3", *common]) == 0
+    assert main(["train", "vae", "--out", str(tmp_path / "cut"), "--epochs", "1", *common]) == 0
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "--no-progress"]) == 0
+    for name in ("model", "guide"):
+        full = load_file(tmp_path / "full" / f"{name}.safetensors")
+        resumed = load_file(tmp_path / "cut" / f"{name}.safetensors")
+        assert full.keys() == resumed.keys()
+        assert all((full[k] == resumed[k]).all() for k in full)
