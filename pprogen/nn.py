@@ -90,3 +90,4 @@ class ConvDecoder(nn.Module):
         out = self.head(z).reshape((-1,) + self.start)
         out = self.deconv(out)[..., : self.shape[1], : self.shape[2]]
         return out.reshape(batch + self.shape)
+

@@ -279,13 +279,20 @@ def fit(
     bad_epochs = 0
     start_epoch = 0
 
+    buffers = dict(loss_module.named_buffers())  # mask indices, running statistics: part of the state
+
     def snapshot() -> dict[str, torch.Tensor]:
-        return {f"p{i}": p.detach().clone() for i, p in enumerate(params)}
+        state = {f"p{i}": p.detach().clone() for i, p in enumerate(params)}
+        state.update({f"b.{name}": b.detach().clone() for name, b in buffers.items()})
+        return state
 
     def restore(state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for i, p in enumerate(params):
                 p.copy_(state[f"p{i}"])
+            for name, b in buffers.items():
+                if f"b.{name}" in state:
+                    b.copy_(state[f"b.{name}"])
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
@@ -304,9 +311,10 @@ def fit(
         if run is None:
             raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
         state = run.load_checkpoint()
-        if len(state["params"]) != len(params):
+        saved = sum(k.startswith("p") for k in state["params"])
+        if saved != len(params):
             raise ValueError(
-                f"checkpoint in {run.path} holds {len(state['params'])} parameter tensors but this model "
+                f"checkpoint in {run.path} holds {saved} parameter tensors but this model "
                 f"and guide have {len(params)}; resume with the configuration the run was started with"
             )
         restore(state["params"])

@@ -1,6 +1,10 @@
 """The zoo: importing this package registers every model family."""
 
+from pprogen.models.autoregressive import MADE, NADE, FVSBN, AutoregressiveBernoulli, RNNAutoregressive, fvsbn, made, nade, rnn_ar
 from pprogen.models.ppca import PPCA, ppca
 from pprogen.models.vae import VAE, AmortizedNormalGuide, conv_vae, vae
 
-__all__ = ["PPCA", "VAE", "AmortizedNormalGuide", "conv_vae", "ppca", "vae"]
+__all__ = [
+    "FVSBN", "MADE", "NADE", "PPCA", "VAE", "AmortizedNormalGuide", "AutoregressiveBernoulli", "RNNAutoregressive",
+    "conv_vae", "fvsbn", "made", "nade", "ppca", "rnn_ar", "vae",
+]

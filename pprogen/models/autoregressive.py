@@ -1,0 +1,244 @@
+r"""Fully observed autoregressive models of binary vectors: FVSBN, NADE, MADE and an LSTM.
+
+.. math::
+
+    p(x) = \prod_{i=1}^{D} \mathrm{Bernoulli}\big(x_{o_i} \mid \sigma(f_i(x_{o_{<i}}))\big)
+
+for an ordering :math:`o` of the D dimensions. Each model is a Pyro program observing ``x`` at one site
+with an :class:`AutoregressiveBernoulli` distribution (exact ``log_prob``, ancestral ``sample``), so SVI
+with the empty guide is maximum likelihood and the same trainer serves them.
+
+- ``fvsbn``: :math:`f_i = b_i + \sum_{j<i} W_{ij} x_j` (logistic regressions; Frey 1998);
+- ``nade``: :math:`h_i = \sigma(c + W_{:,<i} x_{<i})`, :math:`f_i = b_i + V_i h_i`, the :math:`O(DH)`
+  recurrence as one cumulative sum (Larochelle & Murray, AISTATS 2011);
+- ``made``: a masked MLP with any number of hidden layers; ``num_masks`` connectivity patterns (and input
+  orderings with ``order_agnostic``) are cycled during training and averaged as an ensemble at evaluation;
+  masks and orderings are buffers, so they survive save/load (Germain et al., ICML 2015, arXiv:1502.03509);
+- ``rnn_ar``: an LSTM reads :math:`x_{<i}` and predicts :math:`x_i`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.nn import PyroModule
+from torch import nn
+from torch.distributions import constraints
+
+from pprogen.registry import register_model
+
+
+class AutoregressiveBernoulli(TorchDistribution):
+    """Binary vectors with autoregressive logits; an equal-weight mixture over several orderings/nets."""
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.boolean, 1)
+    has_rsample = False
+
+    def __init__(self, nets: Sequence[Callable], orders: torch.Tensor, batch_shape=torch.Size(), validate_args=None):
+        self.nets = list(nets)
+        self.orders = orders  # (len(nets), D): the order in which each net generates the dimensions
+        super().__init__(torch.Size(batch_shape), torch.Size([orders.shape[-1]]), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return AutoregressiveBernoulli(self.nets, self.orders, batch_shape, self._validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        parts = [
+            -F.binary_cross_entropy_with_logits(net(value), value, reduction="none").sum(-1) for net in self.nets
+        ]
+        log_p = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0) - math.log(len(parts))
+        return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        x = torch.zeros(shape, device=self.orders.device)
+        flat = x.reshape(-1, shape[-1])
+        component = torch.randint(len(self.nets), (flat.shape[0],), device=x.device)
+        for k, net in enumerate(self.nets):
+            rows = (component == k).nonzero()[:, 0]
+            if len(rows) == 0:
+                continue
+            xs = flat[rows]
+            for i in self.orders[k].tolist():
+                xs[:, i] = torch.bernoulli(torch.sigmoid(net(xs)[:, i]))
+            flat[rows] = xs
+        return flat.reshape(shape)
+
+
+class EmptyGuide(PyroModule):
+    """The guide of a fully observed model: it has no latent to propose."""
+
+    def forward(self, *args, **kwargs) -> None:
+        return None
+
+
+class AutoregressiveModel(PyroModule):
+    """Shared story: ``x`` observed at one site inside the ``data`` plate; subclasses give the logits."""
+
+    def __init__(self, x_dim: int) -> None:
+        super().__init__()
+        if not isinstance(x_dim, int) or x_dim < 1:
+            raise ValueError(f"x_dim must be a positive integer, got {x_dim!r}")
+        self.x_shape = (x_dim,)
+        self.register_buffer("order", torch.arange(x_dim).unsqueeze(0))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def distribution(self) -> AutoregressiveBernoulli:
+        return AutoregressiveBernoulli([self.logits], self.order)
+
+    def default_guide(self) -> EmptyGuide:
+        return EmptyGuide()
+
+    def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
+        n = x.shape[0] if x is not None else (batch_size or 1)
+        with pyro.plate("data", n):
+            return pyro.sample("x", self.distribution(), obs=x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x) per row."""
+        return self.distribution().log_prob(x)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.distribution().sample((n,))
+
+
+class FVSBN(AutoregressiveModel):
+    def __init__(self, x_dim: int) -> None:
+        super().__init__(x_dim)
+        self.weight = nn.Parameter(torch.zeros(x_dim, x_dim))
+        self.bias = nn.Parameter(torch.zeros(x_dim))
+        self.register_buffer("mask", torch.ones(x_dim, x_dim).tril(-1))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class NADE(AutoregressiveModel):
+    def __init__(self, x_dim: int, hidden_dim: int = 500) -> None:
+        super().__init__(x_dim)
+        self.w = nn.Parameter(torch.randn(hidden_dim, x_dim) / math.sqrt(x_dim))
+        self.c = nn.Parameter(torch.zeros(hidden_dim))
+        self.v = nn.Parameter(torch.randn(x_dim, hidden_dim) / math.sqrt(hidden_dim))
+        self.b = nn.Parameter(torch.zeros(x_dim))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        # a_i = c + sum_{j<i} W_j x_j for every i at once: an exclusive cumulative sum over dimensions
+        contributions = x.unsqueeze(-2) * self.w  # (..., H, D)
+        activations = self.c.unsqueeze(-1) + contributions.cumsum(-1) - contributions
+        hidden = torch.sigmoid(activations)
+        return self.b + torch.einsum("...hd,dh->...d", hidden, self.v)
+
+
+class MADE(AutoregressiveModel):
+    def __init__(
+        self, x_dim: int, hidden_dims: Sequence[int] = (500,), num_masks: int = 1, order_agnostic: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(x_dim)
+        if num_masks < 1 or not hidden_dims or any(h < 1 for h in hidden_dims):
+            raise ValueError(f"MADE needs num_masks >= 1 and positive hidden_dims, got {num_masks}, {list(hidden_dims)}")
+        sizes = [x_dim, *hidden_dims, x_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        masks, orders = self._draw_masks(x_dim, list(hidden_dims), num_masks, order_agnostic, seed)
+        for i, layer_masks in enumerate(masks):
+            self.register_buffer(f"masks_{i}", layer_masks)
+        self.order = orders
+        self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _draw_masks(x_dim, hidden_dims, num_masks, order_agnostic, seed):
+        g = torch.Generator().manual_seed(seed)
+        per_layer = [[] for _ in range(len(hidden_dims) + 1)]
+        orders = []
+        for k in range(num_masks):
+            order = torch.randperm(x_dim, generator=g) if order_agnostic and k > 0 else torch.arange(x_dim)
+            orders.append(order)
+            degrees = [torch.empty(x_dim, dtype=torch.long)]
+            degrees[0][order] = torch.arange(x_dim)  # m[0]: the position of each input in the ordering
+            for width in hidden_dims:
+                low = int(degrees[-1].min()) if x_dim > 1 else 0
+                degrees.append(torch.randint(low, max(x_dim - 1, low + 1), (width,), generator=g))
+            for layer in range(len(hidden_dims)):
+                per_layer[layer].append((degrees[layer][None, :] <= degrees[layer + 1][:, None]).float())
+            per_layer[-1].append((degrees[-1][None, :] < degrees[0][:, None]).float())
+        return [torch.stack(m) for m in per_layer], torch.stack(orders)
+
+    def _net(self, k: int) -> Callable:
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            h = x
+            for i, layer in enumerate(self.layers):
+                h = F.linear(h, layer.weight * getattr(self, f"masks_{i}")[k], layer.bias)
+                if i < len(self.layers) - 1:
+                    h = F.relu(h)
+            return h
+
+        return logits
+
+    def logits(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        return self._net(int(self.mask_index) if k is None else k)(x)
+
+    def distribution(self) -> AutoregressiveBernoulli:
+        num_masks = self.order.shape[0]
+        if self.training and num_masks > 1:
+            k = int(self.mask_index)
+            self.mask_index.fill_((k + 1) % num_masks)  # connectivity resampling: the next mask next step
+            return AutoregressiveBernoulli([self._net(k)], self.order[k : k + 1])
+        return AutoregressiveBernoulli([self._net(k) for k in range(num_masks)], self.order)
+
+
+class RNNAutoregressive(AutoregressiveModel):
+    def __init__(self, x_dim: int, hidden_dim: int = 256, num_layers: int = 1) -> None:
+        super().__init__(x_dim)
+        self.lstm = nn.LSTM(1, hidden_dim, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_dim, 1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-1]
+        seq = x.reshape(-1, x.shape[-1])
+        shifted = F.pad(seq[:, :-1], (1, 0)).unsqueeze(-1)  # step i sees x_{<i}
+        out, _ = self.lstm(shifted)
+        return self.head(out).squeeze(-1).reshape(batch + (x.shape[-1],))
+
+
+_CARD = dict(kind="autoregressive", default_data="digits_binary")
+
+
+@register_model(reference="Frey, Graphical Models for Machine Learning and Digital Communication, MIT Press, 1998",
+                story="p(x) = prod_i Bernoulli(x_i | sigmoid(b_i + sum_{j<i} W_ij x_j))", **_CARD)
+def fvsbn(x_dim: int = 784) -> FVSBN:
+    """Fully visible sigmoid belief network."""
+    return FVSBN(x_dim)
+
+
+@register_model(reference="Larochelle & Murray, The Neural Autoregressive Distribution Estimator, AISTATS 2011",
+                story="h_i = sigmoid(c + W_{:,<i} x_{<i}); p(x_i = 1 | x_{<i}) = sigmoid(b_i + V_i h_i)", **_CARD)
+def nade(x_dim: int = 784, hidden_dim: int = 500) -> NADE:
+    """NADE with weights shared across conditionals (O(D H) per example)."""
+    return NADE(x_dim, hidden_dim)
+
+
+@register_model(reference="Germain, Gregor, Murray & Larochelle, MADE, ICML 2015, arXiv:1502.03509",
+                story="a masked MLP outputs all D conditionals at once; masks keep output i blind to inputs "
+                "at or after i in the ordering; several masks/orderings are averaged as an ensemble", **_CARD)
+def made(x_dim: int = 784, hidden_dims: Sequence[int] = (500,), num_masks: int = 1, order_agnostic: bool = False,
+         seed: int = 0) -> MADE:
+    """MADE with ``num_masks`` connectivity patterns (and input orderings when ``order_agnostic``)."""
+    return MADE(x_dim, tuple(hidden_dims), num_masks, order_agnostic, seed)
+
+
+@register_model(reference="Theis & Bethge, Generative Image Modeling Using Spatial LSTMs, NeurIPS 2015 (sequence form)",
+                story="an LSTM reads x_{<i} pixel by pixel; p(x_i = 1 | x_{<i}) = sigmoid(head(h_i))", **_CARD)
+def rnn_ar(x_dim: int = 784, hidden_dim: int = 256, num_layers: int = 1) -> RNNAutoregressive:
+    """Autoregressive LSTM over the flattened pixel sequence."""
+    return RNNAutoregressive(x_dim, hidden_dim, num_layers)
