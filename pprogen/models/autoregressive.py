@@ -34,25 +34,35 @@ from pprogen.registry import register_model
 
 
 class AutoregressiveBernoulli(TorchDistribution):
-    """Binary vectors with autoregressive logits; an equal-weight mixture over several orderings/nets."""
+    """Binary arrays with autoregressive logits; an equal-weight mixture over several orderings/nets.
+
+    ``orders[k]`` lists flat indices into the event (row-major) in the order net ``k`` generates them.
+    """
 
     arg_constraints: dict = {}
-    support = constraints.independent(constraints.boolean, 1)
     has_rsample = False
 
-    def __init__(self, nets: Sequence[Callable], orders: torch.Tensor, batch_shape=torch.Size(), validate_args=None):
+    def __init__(self, nets: Sequence[Callable], orders: torch.Tensor, batch_shape=torch.Size(), validate_args=None,
+                 event_shape: Sequence[int] | None = None):
         self.nets = list(nets)
-        self.orders = orders  # (len(nets), D): the order in which each net generates the dimensions
-        super().__init__(torch.Size(batch_shape), torch.Size([orders.shape[-1]]), validate_args=validate_args)
+        self.orders = orders  # (len(nets), numel of the event)
+        event_shape = torch.Size(event_shape if event_shape is not None else (orders.shape[-1],))
+        super().__init__(torch.Size(batch_shape), event_shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return constraints.independent(constraints.boolean, len(self.event_shape))
 
     def expand(self, batch_shape, _instance=None):
-        return AutoregressiveBernoulli(self.nets, self.orders, batch_shape, self._validate_args)
+        return AutoregressiveBernoulli(self.nets, self.orders, batch_shape, self._validate_args, self.event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        event_dims = tuple(range(-len(self.event_shape), 0))
         parts = [
-            -F.binary_cross_entropy_with_logits(net(value), value, reduction="none").sum(-1) for net in self.nets
+            -F.binary_cross_entropy_with_logits(net(value), value, reduction="none").sum(event_dims)
+            for net in self.nets
         ]
         log_p = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0) - math.log(len(parts))
         return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
@@ -60,16 +70,17 @@ class AutoregressiveBernoulli(TorchDistribution):
     @torch.no_grad()
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
-        x = torch.zeros(shape, device=self.orders.device)
-        flat = x.reshape(-1, shape[-1])
-        component = torch.randint(len(self.nets), (flat.shape[0],), device=x.device)
+        event = tuple(self.event_shape)
+        flat = torch.zeros((math.prod(shape[: len(shape) - len(event)]), math.prod(event)), device=self.orders.device)
+        component = torch.randint(len(self.nets), (flat.shape[0],), device=flat.device)
         for k, net in enumerate(self.nets):
             rows = (component == k).nonzero()[:, 0]
             if len(rows) == 0:
                 continue
             xs = flat[rows]
             for i in self.orders[k].tolist():
-                xs[:, i] = torch.bernoulli(torch.sigmoid(net(xs)[:, i]))
+                logits = net(xs.reshape((-1,) + event)).reshape(len(rows), -1)
+                xs[:, i] = torch.bernoulli(torch.sigmoid(logits[:, i]))
             flat[rows] = xs
         return flat.reshape(shape)
 

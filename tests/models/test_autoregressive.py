@@ -91,3 +91,58 @@ def test_non_binary_data_is_refused():
     model = pprogen.create_model("nade", x_dim=4, hidden_dim=3)
     with pytest.raises(ValueError, match="outside the support of observed site 'x'"):
         fit(model, model.default_guide(), torch.full((10, 4), 0.5), progress=False)
+
+
+PIXEL_CONFIGS = {
+    "plain_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=1, kernel_size=3),
+    "gated_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=2, kernel_size=3, gated=True),
+    "gated_3ch": dict(x_shape=(3, 1, 3), hidden_channels=6, num_blocks=1, kernel_size=3, gated=True),
+}
+
+
+def build_pixelcnn(config):
+    model = pprogen.create_model("pixelcnn", **PIXEL_CONFIGS[config])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("config", PIXEL_CONFIGS)
+def test_pixelcnn_probabilities_sum_to_one_and_respect_the_raster_order(config):
+    model = build_pixelcnn(config).double()
+    shape = model.x_shape
+    configs = all_configurations(shape[0] * shape[1] * shape[2]).double().reshape(-1, *shape)
+    log_p = model.log_prob(configs)
+    assert abs(torch.logsumexp(log_p, 0).exp().item() - 1.0) < 1e-5
+    x = configs[5]
+    jac = torch.autograd.functional.jacobian(model.logits, x).reshape(x.numel(), x.numel())
+    order = model.order[0]
+    for a in range(len(order)):
+        assert torch.all(jac[order[a], order[a:]] == 0)
+
+
+def test_pixelcnn_receptive_field_has_the_blind_spot():
+    model = pprogen.create_model("pixelcnn", x_shape=(1, 6, 6), hidden_channels=16, num_blocks=1, kernel_size=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    seen = torch.zeros(6, 6, dtype=torch.bool)
+    for _ in range(8):  # a union over inputs, so that no ReLU pattern hides a connection
+        x = (torch.rand(1, 6, 6) < 0.5).float()
+        seen |= torch.autograd.functional.jacobian(model.logits, x)[0, 4, 2, 0] != 0  # d logit(4, 2) / d x
+    assert seen[3, 2] and seen[4, 1] and seen[3, 1]  # the pixel above, to the left, above-left
+    before = torch.zeros(6, 6, dtype=torch.bool)
+    before[:4] = True
+    before[4, :2] = True
+    assert not seen[~before].any()  # nothing at or after the pixel itself
+    assert (before & ~seen).any()  # earlier pixels it cannot see: the blind spot and beyond the field
+    # two 3x3 layers reach (2, 4), two rows up and two right, yet not (3, 4) below it: the blind spot
+    assert seen[2, 4] and not seen[3, 4]
+
+
+def test_pixelcnn_refuses_shapes_it_cannot_take():
+    with pytest.raises(ValueError, match=r"images of shape \(C, H, W\) with 1 or 3 channels"):
+        pprogen.create_model("pixelcnn", x_shape=(2, 8, 8))
+    with pytest.raises(ValueError, match="images of shape"):
+        pprogen.create_model("pixelcnn", x_shape=(64,))
