@@ -80,7 +80,8 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         flatten = len(dataset.shape) > 1
     elif "x_shape" in params and "x_shape" not in model_args:
         model_args["x_shape"] = list(dataset.shape)
-    train = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TRAIN_DEFAULTS.items()}
+    defaults = {**TRAIN_DEFAULTS, **card.train_defaults}
+    train = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     config = {
         "pprogen_version": __version__,
         "model": args.model,

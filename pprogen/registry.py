@@ -27,6 +27,7 @@ class ModelCard:
     reference: str
     default_data: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         lines = [
@@ -36,6 +37,7 @@ class ModelCard:
             "",
             f"reference:    {self.reference or '-'}",
             f"default data: {self.default_data}",
+            "training:     " + (", ".join(f"{k}={v!r}" for k, v in self.train_defaults.items()) or "pprogen's defaults"),
             "arguments:    "
             + (", ".join(f"{k}={v!r}" for k, v in self.defaults.items()) or "-"),
         ]
@@ -53,11 +55,13 @@ def register_model(
     reference: str = "",
     default_data: str = "digits",
     story: str | None = None,
+    train_defaults: dict[str, Any] | None = None,
 ):
     """Register a model factory under ``name`` (the function's name by default).
 
     Usable bare (``@register_model``) or with card fields (``@register_model(kind="flow", ...)``).
-    The story defaults to the factory's docstring. A duplicate name raises ``ValueError``.
+    The story defaults to the factory's docstring; ``train_defaults`` (e.g. ``{"elbo": "enum"}``) replace
+    the CLI's training defaults for this model. A duplicate name raises ``ValueError``.
     """
 
     def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,6 +85,7 @@ def register_model(
             reference=reference,
             default_data=default_data,
             defaults=defaults,
+            train_defaults=dict(train_defaults or {}),
         )
         return factory
 

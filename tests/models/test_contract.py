@@ -11,7 +11,8 @@ import pprogen
 from pprogen.inference import make_elbo, make_guide
 from pprogen.registry import get_card
 
-SMALL = {"x_dim": 6, "x_shape": (1, 8, 8), "z_dim": 2, "hidden_dims": (8,), "channels": (4, 8)}
+SMALL = {"x_dim": 6, "x_shape": (1, 8, 8), "z_dim": 2, "hidden_dims": (8,), "channels": (4, 8), "num_components": 3,
+         "hidden_channels": 8, "hidden_dim": 8}
 
 
 def small_model(name):
@@ -19,9 +20,13 @@ def small_model(name):
     return pprogen.create_model(name, **{k: v for k, v in SMALL.items() if k in params})
 
 
-def loss_of(model, guide, x, seed=1):
+def elbo_for(model_name):
+    return make_elbo(get_card(model_name).train_defaults.get("elbo", "trace"))
+
+
+def loss_of(name, model, guide, x, seed=1):
     pyro.set_rng_seed(seed)
-    return make_elbo("trace")(model, guide)(x)
+    return elbo_for(name)(model, guide)(x)
 
 
 @pytest.mark.parametrize("name", pprogen.list_models())
@@ -37,7 +42,7 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(name):
     model = small_model(name)
     guide = make_guide("default", model)
     x = model.sample(7)
-    loss_module = make_elbo("trace")(model, guide)
+    loss_module = elbo_for(name)(model, guide)
     loss = loss_module(x)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
@@ -52,7 +57,7 @@ def test_save_load_round_trip_reproduces_the_loss(name, tmp_path):
     model = small_model(name)
     guide = make_guide("default", model)
     x = model.sample(4)
-    before = loss_of(model, guide, x)
+    before = loss_of(name, model, guide, x)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m.safetensors")
     save_file({k: v.contiguous() for k, v in guide.state_dict().items()}, tmp_path / "g.safetensors")
     pyro.set_rng_seed(123)  # a different initialisation, overwritten by the load
@@ -60,4 +65,4 @@ def test_save_load_round_trip_reproduces_the_loss(name, tmp_path):
     guide2 = make_guide("default", model2)
     model2.load_state_dict(load_file(tmp_path / "m.safetensors"))
     guide2.load_state_dict(load_file(tmp_path / "g.safetensors"))
-    assert torch.equal(loss_of(model2, guide2, x), before)
+    assert torch.equal(loss_of(name, model2, guide2, x), before)

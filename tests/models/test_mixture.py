@@ -1,0 +1,61 @@
+import itertools
+
+import pyro
+import pytest
+import torch
+
+import pprogen
+from pprogen.inference import fit
+
+MEANS = torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+WEIGHTS = torch.tensor([0.2, 0.3, 0.5])
+
+
+def mixture_data(n=1500, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.multinomial(WEIGHTS, n, replacement=True, generator=g)
+    return MEANS[c] + 0.5 * torch.randn(n, 2, generator=g), c
+
+
+def initialised_gmm():
+    pyro.set_rng_seed(3)
+    model = pprogen.create_model("gmm", x_dim=2, num_components=3)
+    with torch.no_grad():
+        model.locs.copy_(torch.tensor([[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+    return model
+
+
+def matched(model):
+    """Fitted (weights, means) ordered like MEANS, by nearest mean."""
+    order = torch.cdist(MEANS, model.locs.detach()).argmin(1)
+    assert len(set(order.tolist())) == 3
+    return torch.softmax(model.weight_logits.detach(), -1)[order], model.locs.detach()[order]
+
+
+def test_mixture_of_bernoullis_sums_to_one_over_all_configurations():
+    model = pprogen.create_model("mixture_of_bernoullis", x_dim=10, num_components=4).double()
+    configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=10)), dtype=torch.float64)
+    assert abs(torch.logsumexp(model.log_prob(configs), 0).exp().item() - 1) < 1e-5
+
+
+def test_svi_with_enumeration_recovers_means_and_weights_and_matches_em():
+    x, _ = mixture_data()
+    svi_model = initialised_gmm()
+    fit(svi_model, svi_model.default_guide(), x, epochs=300, batch_size=1500, lr=0.05, elbo="enum", progress=False)
+    weights, means = matched(svi_model)
+    assert torch.allclose(means, MEANS, atol=0.1)
+    assert torch.allclose(weights, WEIGHTS, atol=0.04)
+    em_model = initialised_gmm()
+    em_model.fit_em(x, num_iters=200)
+    em_ll = em_model.log_prob(x).mean().item()
+    svi_ll = svi_model.log_prob(x).mean().item()
+    assert abs(em_ll - svi_ll) < 0.01
+    history = initialised_gmm().fit_em(x, num_iters=20)
+    assert all(b >= a - 1e-6 for a, b in zip(history, history[1:]))  # EM never decreases the likelihood
+
+
+def test_map_assignments_by_infer_discrete_are_the_posterior_argmax():
+    x, _ = mixture_data(200)
+    model = initialised_gmm()
+    model.fit_em(x, num_iters=50)
+    assert torch.equal(model.map_assignments(x), model.log_joint(x).argmax(-1))
