@@ -1,7 +1,6 @@
 import itertools
 
 import pyro
-import pytest
 import torch
 
 import pprogen
