@@ -18,25 +18,14 @@ import argparse
 import math
 import statistics
 import time
-from pathlib import Path
 
 import pyro
 import torch
 import torch.nn.functional as F
 
 import pprogen
+from common import binarized_mnist_or_random
 from pprogen.inference import fit, log_marginal
-
-
-def load_images():
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist.npz"
-    if path.is_file():
-        from pprogen.data import load_binarized_mnist
-
-        ds = load_binarized_mnist(path.parent, download=False)
-        return ds.train.reshape(-1, 784), ds.valid.reshape(-1, 784), "binarized_mnist"
-    data = (torch.rand(6000, 784) < 0.13).float()
-    return data[:5000], data[5000:], "random binary data"
 
 
 @torch.no_grad()
@@ -68,7 +57,7 @@ def pyro_importance(model, guide, x, num_samples):
 
 def main(args):
     torch.manual_seed(0)
-    train, valid, name = load_images()
+    train, valid, name = binarized_mnist_or_random()
     model = pprogen.create_model("vae")
     guide = model.default_guide()
     steps_data = train[: args.train_steps * 128]

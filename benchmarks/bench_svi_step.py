@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pprogen
+from common import binarized_mnist_or_random
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
 
 X_DIM, Z_DIM, HIDDEN, BATCH, LR = 784, 50, (400, 400), 128, 1e-3
@@ -112,15 +112,6 @@ def jit_guide(x):
         pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-5).to_event(1))
 
 
-def load_data(device):
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist.npz"
-    if path.is_file():
-        from pprogen.data import load_binarized_mnist
-
-        return load_binarized_mnist(path.parent, download=False).train.reshape(-1, X_DIM).to(device), "binarized_mnist"
-    return (torch.rand(10000, X_DIM, device=device) < 0.13).float(), "random binary data"
-
-
 def make_steps(device, num_data):
     hand = HandVAE().to(device)
     hand_opt = torch.optim.Adam(hand.parameters(), lr=LR)
@@ -180,7 +171,8 @@ def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data, data_name = load_data(device)
+    train, _, data_name = binarized_mnist_or_random()
+    data = train.to(device)
     steps = make_steps(device, data.shape[0])
     timings = {name: [] for name in steps}
     failed = {}

@@ -35,10 +35,11 @@ from pprogen.inference.tracing import (
     PARTICLES,
     SiteCollector,
     direct_call,
-    guess_max_plate_nesting,
     in_plate,
     masked_log_prob,
     per_datum,
+    plate_nesting,
+    probe_sites,
 )
 
 KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
@@ -162,13 +163,6 @@ def _contract(sites, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
     return per_datum(total, particle_dim, data_dims.pop(), nesting + 1)
 
 
-def _global_latents(model, guide, x, plate_name) -> list[str]:
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), SiteCollector() as run:
-        direct_call(guide if guide is not None else model)(x)
-    return [s["name"] for s in run.sites if not s["is_observed"] and not in_plate(s, plate_name)]
-
-
 def _khat(log_weights: np.ndarray) -> np.ndarray:
     import arviz as az
 
@@ -202,8 +196,10 @@ def log_marginal(
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     probe = data[:1]
-    nesting = max(1, guess_max_plate_nesting(model, guide, (probe,), {}))
-    global_sites = _global_latents(model, guide, probe, plate_name)
+    guide_sites, model_sites = probe_sites(model, guide, (probe,), {})
+    nesting = max(1, plate_nesting(guide_sites + model_sites))
+    proposal_sites = guide_sites if guide is not None else model_sites
+    global_sites = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, plate_name)]
     joint = bool(global_sites)
     if joint:
         warnings.warn(

@@ -164,26 +164,27 @@ def detached_guide_sites(guide: Callable, replay: dict[str, torch.Tensor], args,
     return run.sites
 
 
-def guess_max_plate_nesting(model: Callable, guide: Callable | None, args, kwargs) -> int:
-    """How many plate dimensions the program uses (0 when none), found by running it once.
-
-    The run leaves the random number generators as it found them.
-    """
-    nesting = 0
+def probe_sites(model: Callable, guide: Callable | None, args, kwargs) -> tuple[list[dict], list[dict]]:
+    """Guide and model sites from one run without gradients; the random generators are left as found."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         if guide is None:
             with SiteCollector() as model_run:
-                model(*args, **kwargs)
-            sites = model_run.sites
-        else:
-            guide_sites, model_sites, _ = run_pair(direct_call(model), direct_call(guide), args, kwargs)
-            sites = guide_sites + model_sites
-    for site in sites:
-        for frame in site["cond_indep_stack"]:
-            if frame.vectorized:
-                nesting = max(nesting, -frame.dim)
-    return nesting
+                direct_call(model)(*args, **kwargs)
+            return [], model_run.sites
+        guide_sites, model_sites, _ = run_pair(direct_call(model), direct_call(guide), args, kwargs)
+        return guide_sites, model_sites
+
+
+def plate_nesting(sites: list[dict]) -> int:
+    """How many plate dimensions the sites use (0 when none)."""
+    return max((-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized), default=0)
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable | None, args, kwargs) -> int:
+    """How many plate dimensions the program uses, found by running it once (see :func:`probe_sites`)."""
+    guide_sites, model_sites = probe_sites(model, guide, args, kwargs)
+    return plate_nesting(guide_sites + model_sites)
 
 
 def check_reparameterized(sites: list[dict], estimator: str) -> None:

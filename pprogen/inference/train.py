@@ -143,8 +143,7 @@ class TrainStep:
         self.params = list(params)
         self.optimizer = optimizer
         self.clip_norm = clip_norm
-        elbo = getattr(loss_module, "elbo", None)
-        self.native = elbo is None or _has_differentiable_loss(elbo)
+        self.native = _has_differentiable_loss(loss_module.elbo)
 
     def __call__(self, batch: torch.Tensor, scale: float = 1.0) -> tuple[float, float | None]:
         """Returns the loss and the gradient norm; non-finite values are returned, never applied."""
@@ -162,11 +161,10 @@ class TrainStep:
                 )
                 if not math.isfinite(value):
                     return value, None
-        grads = [p.grad for p in self.params if p.grad is not None]
         if self.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         else:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         norm = norm.item()
         if math.isfinite(norm):
             self.optimizer.step()

@@ -34,11 +34,10 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 class AmortizedNormalGuide(PyroModule):
     """q(z | x) = N(loc(x), diag scale(x)^2), one draw per data point inside the ``data`` plate."""
 
-    def __init__(self, encoder: nn.Module, z_dim: int, event_dims: int) -> None:
+    def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.z_dim = z_dim
-        self.event_dims = event_dims
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw_scale = self.encoder(x).split(self.z_dim, -1)
@@ -78,7 +77,7 @@ class VAE(PyroModule):
 
     def default_guide(self) -> AmortizedNormalGuide:
         """A fresh amortized diagonal-Normal guide whose encoder mirrors the decoder."""
-        return AmortizedNormalGuide(self._encoder_factory(), self.z_dim, len(self.x_shape))
+        return AmortizedNormalGuide(self._encoder_factory(), self.z_dim)
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         out = self.decoder(z)
