@@ -43,19 +43,24 @@ class Mixture(PyroModule):
         """The K component distributions, batch shape (K,), event shape (x_dim,)."""
         raise NotImplementedError
 
+    def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_n | theta_k) for every row and component, shape (..., N, K)."""
+        return self.components().log_prob(x.unsqueeze(-2))
+
     def default_guide(self) -> EmptyGuide:
         return EmptyGuide()
 
     def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
         n = x.shape[0] if x is not None else (batch_size or 1)
-        components = self.components()
         with pyro.plate("data", n):
             c = pyro.sample("c", dist.Categorical(logits=self.weight_logits), infer={"enumerate": "parallel"})
-            return pyro.sample("x", _select(components, c), obs=x)
+            if x is None:
+                return pyro.sample("x", _select(self.components(), c))
+            return pyro.sample("x", Selected(self, c), obs=x)
 
     def log_joint(self, x: torch.Tensor) -> torch.Tensor:
         """log pi_k + log p(x_n | theta_k), shape (N, K)."""
-        return F.log_softmax(self.weight_logits, -1) + self.components().log_prob(x.unsqueeze(-2))
+        return F.log_softmax(self.weight_logits, -1) + self.component_log_prob(x)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) per row."""
@@ -90,6 +95,36 @@ class Mixture(PyroModule):
         raise NotImplementedError
 
 
+class Selected(dist.TorchDistribution):
+    """Component ``c`` of a mixture, scored through the (N, K) table of every row under every component.
+
+    Under parallel enumeration ``c`` is ``arange(K)`` shaped ``(K, 1)``; gathering from one (N, K) table
+    costs a matrix product where broadcasting the components against the data would build (K, N, D).
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, mixture: "Mixture", c: torch.Tensor, validate_args=None) -> None:
+        self.mixture, self.c = mixture, c
+        super().__init__(c.shape, torch.Size(mixture.x_shape), validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self.mixture.components().support
+
+    def expand(self, batch_shape, _instance=None):
+        return Selected(self.mixture, self.c.expand(batch_shape), self._validate_args)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.mixture.component_log_prob(x)
+        shape = torch.broadcast_shapes(self.c.shape, table.shape[:-1])
+        index = self.c.expand(shape).unsqueeze(-1)
+        return table.expand(shape + table.shape[-1:]).gather(-1, index).squeeze(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return _select(self.mixture.components(), self.c).sample(sample_shape)
+
+
 def _select(components: dist.TorchDistribution, c: torch.Tensor) -> dist.TorchDistribution:
     """The component distribution picked by (possibly enumerated) indices ``c``."""
     base = components.base_dist
@@ -121,6 +156,10 @@ class BernoulliMixture(Mixture):
 
     def components(self) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=self.logits).to_event(1)
+
+    def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        # sum_d x_d l_kd - softplus(l_kd): one matrix product instead of a (N, K, D) tensor
+        return x @ self.logits.T - F.softplus(self.logits).sum(-1)
 
     def _m_step(self, x, resp, counts) -> None:
         probs = (resp.T @ x / counts[:, None]).clamp(1e-4, 1 - 1e-4)

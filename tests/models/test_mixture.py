@@ -58,3 +58,15 @@ def test_map_assignments_by_infer_discrete_are_the_posterior_argmax():
     model = initialised_gmm()
     model.fit_em(x, num_iters=50)
     assert torch.equal(model.map_assignments(x), model.log_joint(x).argmax(-1))
+
+
+def test_enumerated_elbo_of_the_mixture_of_bernoullis_is_its_exact_log_likelihood():
+    # the model scores x through an (N, K) table gathered by the enumerated c; TraceEnum_ELBO must still
+    # sum c out exactly, matching logsumexp over the components broadcast against the data
+    pyro.set_rng_seed(0)
+    model = pprogen.create_model("mixture_of_bernoullis", x_dim=12, num_components=5).double()
+    x = (torch.rand(7, 12, dtype=torch.float64) < 0.4).double()
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, model.default_guide(), x)
+    broadcast = torch.distributions.Bernoulli(logits=model.logits).log_prob(x[:, None]).sum(-1)
+    expected = torch.logsumexp(torch.log_softmax(model.weight_logits, -1) + broadcast, -1).sum()
+    assert torch.allclose(-loss, expected, atol=1e-10)
