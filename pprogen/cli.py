@@ -103,7 +103,7 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
               limit: int | None = None):
     """Test NLL: exact where the model has ``log_prob``, else importance sampling with the guide."""
     x = dataset.split(split)[:limit].to(device)
-    if hasattr(model, "log_prob"):
+    if callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True):
         with torch.no_grad():
             log_prob = torch.cat([model.log_prob(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
         nll = -log_prob.double()
@@ -139,7 +139,12 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
     from pprogen import plots
 
     made = []
-    if hasattr(model, "sample"):
+    if hasattr(model, "fitted_network"):  # a Bayesian network: its learned tables say more than samples
+        network = model.fitted_network(guide)
+        run.write_json("network.json", network.to_spec())
+        atomic_write(run.path / "network.txt", lambda tmp: Path(tmp).write_text(network.describe() + "\n"))
+        made += ["network.json", "network.txt"]
+    elif hasattr(model, "sample"):
         samples = model.sample(64, mean=True) if "mean" in inspect.signature(model.sample).parameters else model.sample(64)
         plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=f"{run.config['model']} samples")
         made.append("samples.png")
@@ -183,9 +188,10 @@ def cmd_train(args) -> int:
     device = resolve_device(config["device"])
     seed_everything(config["seed"])  # the initial weights too come from --seed
     dataset, model, guide = build(config, dataset)
-    check_data(dataset.train, "training data")
+    missing_ok = getattr(model, "accepts_missing", False)
+    check_data(dataset.train, "training data", missing_ok)
     if dataset.valid is not None:
-        check_data(dataset.valid, "validation data")
+        check_data(dataset.valid, "validation data", missing_ok)
     check_model_fits_data(model, guide, dataset.train)
     if args.resume:
         run.write_json("config.json", config)

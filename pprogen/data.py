@@ -10,7 +10,10 @@
 - ``mnist``, ``fashion_mnist``, ``cifar10`` through torchvision (the last 10 000 training images are the
   validation split);
 - 2-D toys: ``moons``, ``circles``, ``ring8``, ``grid25``, ``pinwheel``, ``checkerboard``, ``swiss_roll``;
-- a user file or folder: ``.npy``, ``.npz``, ``.pt``, ``.csv`` or a folder of images (one subfolder per label).
+- discrete toys: ``sprinkler`` (samples of the sprinkler Bayesian network) and ``sprinkler_missing``
+  (20% of its entries missing, as NaN);
+- a user file or folder: ``.npy``, ``.npz``, ``.pt``, ``.csv`` (empty cells read as NaN, a missing value)
+  or a folder of images (one subfolder per label).
 """
 
 from __future__ import annotations
@@ -287,6 +290,20 @@ def _swiss_roll(n, g):
     return pts + 0.1 * torch.randn(n, 2, generator=g), None
 
 
+def _sprinkler(missing: float):
+    def sample(n, g):
+        from pprogen.models.bayesnet import BayesianNetwork
+
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(2**31 - 1, (), generator=g)))
+            x = BayesianNetwork("sprinkler", cpt="fixed").sample(n)
+        if missing:
+            x[torch.rand(x.shape, generator=g) < missing] = float("nan")
+        return x, None
+
+    return sample
+
+
 TOYS: dict[str, Callable] = {
     "moons": _moons,
     "circles": _circles,
@@ -295,6 +312,8 @@ TOYS: dict[str, Callable] = {
     "pinwheel": _pinwheel,
     "checkerboard": _checkerboard,
     "swiss_roll": _swiss_roll,
+    "sprinkler": _sprinkler(0.0),  # ancestral samples of the textbook network (columns Cloudy, Sprinkler, Rain, GrassWet)
+    "sprinkler_missing": _sprinkler(0.2),  # the same with 20% of the entries missing at random (NaN)
 }
 
 
@@ -305,7 +324,7 @@ def load_toy(name: str, num_train: int = 10000, num_eval: int = 2000, seed: int 
     labels = {}
     if y is not None:
         labels = {"train": y[:num_train], "valid": y[num_train : num_train + num_eval], "test": y[num_train + num_eval :]}
-    return Dataset(name, *[s.float() for s in splits], (2,), False, labels,
+    return Dataset(name, *[s.float() for s in splits], tuple(x.shape[1:]), False, labels,
                    int(y.max()) + 1 if y is not None else None)
 
 
@@ -350,7 +369,7 @@ def load_file(path: str | os.PathLike) -> Dataset:
             with open(path) as fh:
                 first = fh.readline()
             skip = 0 if all(_is_number(c) for c in first.strip().split(",")) else 1
-            return _from_arrays(path.stem, torch.from_numpy(np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)))
+            return _from_arrays(path.stem, torch.from_numpy(np.atleast_2d(np.genfromtxt(path, delimiter=",", skip_header=skip, dtype=np.float64))))
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: torch.from_numpy(archive[k]) for k in archive.files}

@@ -28,6 +28,7 @@ class ModelCard:
     default_data: str
     defaults: dict[str, Any] = field(default_factory=dict)
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    details: Callable[[], str] | None = None
 
     def describe(self) -> str:
         lines = [
@@ -41,6 +42,8 @@ class ModelCard:
             "arguments:    "
             + (", ".join(f"{k}={v!r}" for k, v in self.defaults.items()) or "-"),
         ]
+        if self.details is not None:
+            lines += ["", self.details()]
         return "\n".join(lines)
 
 
@@ -56,12 +59,14 @@ def register_model(
     default_data: str = "digits",
     story: str | None = None,
     train_defaults: dict[str, Any] | None = None,
+    details: Callable[[], str] | None = None,
 ):
     """Register a model factory under ``name`` (the function's name by default).
 
     Usable bare (``@register_model``) or with card fields (``@register_model(kind="flow", ...)``).
     The story defaults to the factory's docstring; ``train_defaults`` (e.g. ``{"elbo": "enum"}``) replace
-    the CLI's training defaults for this model. A duplicate name raises ``ValueError``.
+    the CLI's training defaults for this model; ``details()`` adds text to ``pprogen info`` (a network's
+    tables, say). A duplicate name raises ``ValueError``.
     """
 
     def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,6 +91,7 @@ def register_model(
             default_data=default_data,
             defaults=defaults,
             train_defaults=dict(train_defaults or {}),
+            details=details,
         )
         return factory
 

@@ -141,3 +141,16 @@ def test_cli_resume_ends_with_the_uninterrupted_weights(tmp_path):
         resumed = load_file(tmp_path / "cut" / f"{name}.safetensors")
         assert full.keys() == resumed.keys()
         assert all((full[k] == resumed[k]).all() for k in full)
+
+
+def test_info_shows_the_network_and_training_writes_its_learned_tables(tmp_path, capsys):
+    assert main(["info", "sprinkler"]) == 0
+    out = capsys.readouterr().out
+    assert "Cloudy -> Sprinkler" in out and "Sprinkler=on Rain=yes        no 0.010  yes 0.990" in out
+    run = tmp_path / "run"
+    assert main(["train", "sprinkler", "--data", "sprinkler_missing", "--set", "init=uniform", "--epochs", "2",
+                 "--limit", "2000", "--no-progress", "--out", str(run)]) == 0
+    learned = json.loads((run / "network.json").read_text())
+    assert learned["GrassWet"]["cpt"][0][0][1] < 0.2  # from uniform towards the true 0 (dry without sprinkler or rain)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["valid_evaluation"]["method"] == "exact"

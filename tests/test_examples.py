@@ -8,11 +8,13 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED_OUTPUT = {
+    "bayesian_network_queries.py": "P(Rain = yes | GrassWet = yes)      = 0.7079",
     "train_vae.py": "validation NLL",
     "write_a_generative_story.py": "amortized_iaf  stl",
     "importance_sampled_evidence.py": "guide K =     5",
 }
 TINY_ARGS = {
+    "bayesian_network_queries.py": ["--num-rows", "2000", "--epochs", "1", "--quiet"],
     "train_vae.py": ["--epochs", "2", "--num-samples", "5", "--hidden", "16", "--quiet"],
     "write_a_generative_story.py": ["--epochs", "1", "--num-train", "300", "--num-valid", "50", "--num-samples", "5",
                                     "--quiet"],

@@ -51,16 +51,21 @@ def check_hyperparameters(**hp: Any) -> None:
         raise unknown_name_error("learning-rate schedule", hp["schedule"], SCHEDULES)
 
 
-def check_data(data: torch.Tensor, what: str = "data") -> None:
+def check_data(data: torch.Tensor, what: str = "data", missing_ok: bool = False) -> None:
+    """Type, emptiness and finiteness; ``missing_ok`` lets NaN through (models that sum missing values out)."""
     if not isinstance(data, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of shape (N, ...), got {type(data).__name__}")
     if data.ndim == 0 or data.shape[0] == 0:
         raise ValueError(f"{what} is empty: it needs at least one example along its first dimension")
-    if data.is_floating_point() and not torch.isfinite(data).all():
-        bad = (~torch.isfinite(data)).reshape(data.shape[0], -1).any(1).nonzero()[:, 0]
+    if not data.is_floating_point():
+        return
+    bad = torch.isinf(data) if missing_ok else ~torch.isfinite(data)
+    if bad.any():
+        bad = bad.reshape(data.shape[0], -1).any(1).nonzero()[:, 0]
         raise ValueError(
-            f"{what} holds NaN or Inf in {len(bad)} example(s) (first at index {int(bad[0])}); "
-            "clean or drop them before training"
+            f"{what} holds {'Inf' if missing_ok else 'NaN or Inf'} in {len(bad)} example(s) (first at index "
+            f"{int(bad[0])}); clean or drop them before training"
+            + ("" if missing_ok else " (only models that sum out missing values, like bayesnet, take NaN)")
         )
 
 

@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 from typing import Any, Callable
 
 import pyro
@@ -48,13 +51,24 @@ class BetaELBO:
         return scale_latents(self.beta)(fn) if self.beta != 1.0 else fn
 
     def _differentiable_loss(self, model, guide, *args, **kwargs):
-        return self.elbo.differentiable_loss(self._weighted(model), self._weighted(guide), *args, **kwargs)
+        with _quiet():
+            return self.elbo.differentiable_loss(self._weighted(model), self._weighted(guide), *args, **kwargs)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        return self.elbo.loss(self._weighted(model), self._weighted(guide), *args, **kwargs)
+        with _quiet():
+            return self.elbo.loss(self._weighted(model), self._weighted(guide), *args, **kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        return self.elbo.loss_and_grads(self._weighted(model), self._weighted(guide), *args, **kwargs)
+        with _quiet():
+            return self.elbo.loss_and_grads(self._weighted(model), self._weighted(guide), *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet():
+    # a batch with nothing to enumerate (complete data for a model that enumerates missing values) is fine
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured for enumeration")
+        yield
 
 
 def _pyro_elbo(cls_name: str):

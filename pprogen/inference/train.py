@@ -243,9 +243,10 @@ def fit(
         epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr,
         clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule,
     )
-    check_data(data, "training data")
+    missing_ok = getattr(model, "accepts_missing", False)
+    check_data(data, "training data", missing_ok)
     if valid_data is not None:
-        check_data(valid_data, "validation data")
+        check_data(valid_data, "validation data", missing_ok)
     if patience is not None and valid_data is None:
         raise ValueError("early stopping (patience) needs validation data; pass valid_data or patience=None")
     device = resolve_device(device)
