@@ -101,14 +101,19 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
 
 def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
               limit: int | None = None):
-    """Test NLL: exact where the model has ``log_prob``, else importance sampling with the guide."""
+    """Test NLL: exact where the model has ``log_prob``; for models whose latents are all global, the
+    posterior predictive log p(x_n | training data) under the guide; else importance sampling with the guide."""
     x = dataset.split(split)[:limit].to(device)
-    if callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True):
+    exact = callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True)
+    predictive = callable(getattr(model, "predictive_log_prob", None))
+    if exact or predictive:
         with torch.no_grad():
-            log_prob = torch.cat([model.log_prob(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
+            score = model.log_prob if exact else lambda rows: model.predictive_log_prob(rows, guide, num_samples)
+            log_prob = torch.cat([score(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
         nll = -log_prob.double()
         result = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),
-                  "num_data": nll.numel(), "method": "exact"}
+                  "num_data": nll.numel(),
+                  "method": "exact" if exact else f"posterior predictive ({num_samples} guide draws of the globals)"}
         if dataset.binary:
             result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
         return result
@@ -145,7 +150,9 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
         atomic_write(run.path / "network.txt", lambda tmp: Path(tmp).write_text(network.describe() + "\n"))
         made += ["network.json", "network.txt"]
     elif hasattr(model, "sample"):
-        samples = model.sample(64, mean=True) if "mean" in inspect.signature(model.sample).parameters else model.sample(64)
+        params = inspect.signature(model.sample).parameters
+        extra = {"mean": True} if "mean" in params else {"guide": guide} if "guide" in params else {}
+        samples = model.sample(64, **extra)
         plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=f"{run.config['model']} samples")
         made.append("samples.png")
     if hasattr(model, "reconstruct") and dataset.is_image:

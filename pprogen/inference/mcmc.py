@@ -19,12 +19,14 @@ def run_nuts(
     num_chains: int = 1,
     seed: int | None = 0,
     progress: bool = False,
+    log_likelihood: bool = True,
     **kwargs,
 ):
     """Sample the posterior of ``model(*args, **kwargs)`` with NUTS.
 
     Returns ``(InferenceData, MCMC)``: ``az.summary``, ``az.plot_trace`` and ``az.plot_posterior``
-    work on the first; the second keeps Pyro's sampler (``get_samples``, diagnostics).
+    work on the first; the second keeps Pyro's sampler (``get_samples``, diagnostics). Pass
+    ``log_likelihood=False`` when the model cannot be vectorized over draws (enumerated sites).
     """
     import arviz as az
 
@@ -38,4 +40,4 @@ def run_nuts(
     mcmc = MCMC(NUTS(model), num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
                 disable_progbar=not progress, mp_context="spawn" if num_chains > 1 else None)
     mcmc.run(*args, **kwargs)
-    return az.from_pyro(mcmc), mcmc
+    return az.from_pyro(mcmc, log_likelihood=log_likelihood), mcmc

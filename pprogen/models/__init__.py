@@ -3,13 +3,13 @@
 from pprogen.models.autoregressive import MADE, NADE, FVSBN, AutoregressiveBernoulli, RNNAutoregressive, fvsbn, made, nade, rnn_ar
 from pprogen.models.bayesnet import BayesianNetwork, DirichletCPTGuide, bayesnet, sprinkler
 from pprogen.models.dag import SpecError, fully_connected_spec, parse_spec
-from pprogen.models.mixture import BernoulliMixture, GaussianMixture, gmm, mixture_of_bernoullis
+from pprogen.models.mixture import BayesianGaussianMixture, BernoulliMixture, GaussianMixture, bayesian_gmm, gmm, mixture_of_bernoullis
 from pprogen.models.pixelcnn import PixelCNN, pixelcnn
 from pprogen.models.ppca import PPCA, ppca
 from pprogen.models.vae import VAE, AmortizedNormalGuide, conv_vae, vae
 
 __all__ = [
     "BayesianNetwork", "DirichletCPTGuide", "SpecError", "bayesnet", "fully_connected_spec", "parse_spec", "sprinkler",
-    "BernoulliMixture", "GaussianMixture", "gmm", "mixture_of_bernoullis", "FVSBN", "MADE", "NADE", "PPCA", "PixelCNN", "pixelcnn", "VAE", "AmortizedNormalGuide", "AutoregressiveBernoulli", "RNNAutoregressive",
+    "BayesianGaussianMixture", "bayesian_gmm", "BernoulliMixture", "GaussianMixture", "gmm", "mixture_of_bernoullis", "FVSBN", "MADE", "NADE", "PPCA", "PixelCNN", "pixelcnn", "VAE", "AmortizedNormalGuide", "AutoregressiveBernoulli", "RNNAutoregressive",
     "conv_vae", "fvsbn", "made", "nade", "ppca", "rnn_ar", "vae",
 ]

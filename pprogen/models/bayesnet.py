@@ -46,7 +46,7 @@ from torch import nn
 
 from pprogen.errors import suggest
 from pprogen.models.autoregressive import EmptyGuide
-from pprogen.models.dag import Node, parse_spec, render
+from pprogen.models.dag import parse_spec, render
 from pprogen.registry import register_model
 
 SPRINKLER = {

@@ -30,7 +30,6 @@ def random_network(num_nodes=6, seed=0, max_states=3, edge_prob=0.5):
 def brute_force_joint(spec):
     """log p(x) of every configuration, multiplying the spec's tables directly (no pprogen code)."""
     names = list(spec)
-    cards = [len(spec[n]["cpt"][0]) if spec[n]["parents"] else len(spec[n]["cpt"]) for n in names]
     cards = [torch.tensor(spec[n]["cpt"]).shape[-1] for n in names]
     configs = torch.tensor(list(itertools.product(*(range(c) for c in cards))), dtype=torch.float64)
     log_p = torch.zeros(len(configs), dtype=torch.float64)
