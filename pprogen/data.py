@@ -312,6 +312,8 @@ TOYS: dict[str, Callable] = {
     "pinwheel": _pinwheel,
     "checkerboard": _checkerboard,
     "swiss_roll": _swiss_roll,
+}
+DISCRETE_TOYS: dict[str, Callable] = {
     "sprinkler": _sprinkler(0.0),  # ancestral samples of the textbook network (columns Cloudy, Sprinkler, Rain, GrassWet)
     "sprinkler_missing": _sprinkler(0.2),  # the same with 20% of the entries missing at random (NaN)
 }
@@ -319,7 +321,7 @@ TOYS: dict[str, Callable] = {
 
 def load_toy(name: str, num_train: int = 10000, num_eval: int = 2000, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
-    x, y = TOYS[name](num_train + 2 * num_eval, g)
+    x, y = {**TOYS, **DISCRETE_TOYS}[name](num_train + 2 * num_eval, g)
     splits = x[:num_train], x[num_train : num_train + num_eval], x[num_train + num_eval :]
     labels = {}
     if y is not None:
@@ -410,7 +412,7 @@ def _from_mapping(name: str, arrays: dict[str, torch.Tensor], path: Path) -> Dat
 
 # ---------------------------------------------------------------- entry point
 
-NAMES = ("digits", "digits_binary", "binarized_mnist", *_TORCHVISION, *TOYS)
+NAMES = ("digits", "digits_binary", "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
@@ -423,7 +425,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return load_binarized_mnist(data_dir, download)
     if name in _TORCHVISION:
         return load_torchvision(name, data_dir, download)
-    if name in TOYS:
+    if name in TOYS or name in DISCRETE_TOYS:
         return load_toy(name)
     if os.sep in name or Path(name).suffix or Path(name).exists():
         return load_file(name)

@@ -150,3 +150,15 @@ def test_torchvision_mnist_read_from_local_files(tmp_path):
 def test_torchvision_data_missing_offline_names_the_folder(tmp_path):
     with pytest.raises(DataError, match="put torchvision's FashionMNIST files under"):
         load_dataset("fashion_mnist", data_dir=tmp_path, download=False)
+
+
+def test_sprinkler_data_are_network_samples_with_the_stated_missing_fraction():
+    from pprogen.models import BayesianNetwork
+
+    full, missing = load_dataset("sprinkler"), load_dataset("sprinkler_missing")
+    assert full.shape == (4,) and torch.equal(full.train, load_dataset("sprinkler").train)
+    assert set(full.train.unique().tolist()) == {0.0, 1.0}
+    marginals = BayesianNetwork("sprinkler", cpt="fixed").marginals()
+    for i, name in enumerate(["Cloudy", "Sprinkler", "Rain", "GrassWet"]):
+        assert abs(full.train[:, i].mean().item() - marginals[name][1].item()) < 0.02
+    assert abs(torch.isnan(missing.train).float().mean().item() - 0.2) < 0.01

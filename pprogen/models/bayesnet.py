@@ -46,6 +46,7 @@ from torch import nn
 
 from pprogen.errors import suggest
 from pprogen.models.autoregressive import EmptyGuide
+from pprogen.models.cpt_learning import CPTLearning, DirichletCPTGuide
 from pprogen.models.dag import parse_spec, render
 from pprogen.registry import register_model
 
@@ -60,7 +61,7 @@ NETWORKS = {"sprinkler": SPRINKLER}
 Evidence = Mapping[str, "int | str"]
 
 
-class BayesianNetwork(PyroModule):
+class BayesianNetwork(CPTLearning, PyroModule):
     """A discrete Bayesian network; see the module docstring for ``cpd`` and ``cpt``."""
 
     accepts_missing = True  # NaN entries are summed out
@@ -330,51 +331,6 @@ class BayesianNetwork(PyroModule):
             out.append(probs.reshape(self.table_shape(i)))
         return out
 
-    def counts(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per node, how often each (parent configuration, state) occurs in complete data."""
-        x = self.check_data(x)
-        if torch.isnan(x).any():
-            raise ValueError("counting needs complete data; fit data with missing values by SVI (--elbo enum) instead")
-        states = x.long()
-        out = []
-        for i, node in enumerate(self.nodes):
-            table = torch.zeros(self.table_shape(i), device=x.device)
-            index = tuple(states[:, p] for p in node.parents) + (states[:, i],)
-            out.append(table.index_put_(index, torch.ones(len(x), device=x.device), accumulate=True))
-        return out
-
-    @torch.no_grad()
-    def fit_counts(self, x: torch.Tensor, prior: float = 1.0) -> "BayesianNetwork":
-        """Closed form: each CPT becomes its posterior mean (counts + prior) / (row total + K * prior)."""
-        if self.cpd != "table" or self.cpt_mode != "learned":
-            raise ValueError("fit_counts sets learned tables; build the network with cpd='table', cpt='learned'")
-        if prior < 0:
-            raise ValueError(f"prior must be non-negative, got {prior}")
-        for i, table in enumerate(self.counts(x)):
-            smoothed = table + prior
-            probs = smoothed / smoothed.sum(-1, keepdim=True)  # an unseen row with prior 0 is NaN: keep it uniform
-            probs = torch.nan_to_num(probs, nan=1.0 / table.shape[-1])
-            getattr(self, f"log_cpt_{i}").copy_(probs.clamp_min(1e-12).log())
-        return self
-
-    def posterior_concentrations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The exact Dirichlet posterior of each CPT row from complete data: prior + counts."""
-        return [self.prior_concentration + c for c in self.counts(x)]
-
-    def log_evidence(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) of complete data with every CPT integrated out (the Bayesian-Dirichlet score, in closed form).
-
-        Each row of each table contributes log B(alpha + n) - log B(alpha), B the multivariate Beta function.
-        """
-        def log_beta(a: torch.Tensor) -> torch.Tensor:
-            return torch.lgamma(a).sum(-1) - torch.lgamma(a.sum(-1))
-
-        total = torch.zeros((), dtype=torch.float64)
-        for counts in self.counts(x):
-            alpha = torch.full_like(counts, self.prior_concentration).double()
-            total = total + (log_beta(alpha + counts.double()) - log_beta(alpha)).sum()
-        return total
-
     def to_spec(self) -> dict[str, Any]:
         """The network with its current tables, as a JSON-ready spec."""
         return {node.name: {"states": list(node.states), "parents": [self.names[p] for p in node.parents],
@@ -393,49 +349,6 @@ class BayesianNetwork(PyroModule):
     def describe(self) -> str:
         tables = None if self.cpt_mode == "dirichlet" else [t.cpu() for t in self.cpts()]
         return render(self.nodes, self.order, tables)
-
-
-class DirichletCPTGuide(PyroModule):
-    """Mean-field Dirichlet posteriors over every CPT row of a ``cpt="dirichlet"`` network.
-
-    Conjugate to the model with complete data: the optimum is the exact posterior, prior + counts.
-    """
-
-    def __init__(self, network: BayesianNetwork) -> None:
-        super().__init__()
-        self.names = list(network.names)
-        self.shapes = [network.table_shape(i) for i in range(len(network.nodes))]
-        # mean and total concentration apart: the total moves over orders of magnitude (prior to prior +
-        # counts) while the mean needs fine steps, which one log-concentration per cell conditions badly
-        for i, shape in enumerate(self.shapes):
-            self.register_parameter(f"mean_logits_{i}", nn.Parameter(torch.zeros(shape)))
-            total = math.log(network.prior_concentration * shape[-1])
-            self.register_parameter(f"log_total_{i}", nn.Parameter(torch.full(shape[:-1], total)))
-
-    def concentration(self, name: str) -> torch.Tensor:
-        i = self.names.index(name)
-        mean = torch.softmax(getattr(self, f"mean_logits_{i}"), -1)
-        return getattr(self, f"log_total_{i}").exp().unsqueeze(-1) * mean
-
-    def mean(self, name: str) -> torch.Tensor:
-        return torch.softmax(getattr(self, f"mean_logits_{self.names.index(name)}").detach(), -1)
-
-    @torch.no_grad()
-    def set_concentrations(self, concentrations: list[torch.Tensor]) -> None:
-        """Put the guide at given Dirichlet parameters (e.g. ``network.posterior_concentrations(x)``)."""
-        for i, c in enumerate(concentrations):
-            getattr(self, f"mean_logits_{i}").copy_(c.log())
-            getattr(self, f"log_total_{i}").copy_(c.sum(-1).log())
-
-    def forward(self, *args, **kwargs) -> None:
-        for i, name in enumerate(self.names):
-            posterior = dist.Dirichlet(self.concentration(name))
-            pyro.sample(f"cpt_{name}", posterior.to_event(len(self.shapes[i]) - 1))
-
-
-def _enumerate_latent(site: dict) -> dict:
-    # pyro.sample does not pass `infer` on to the two sites it makes from obs_mask; this handler does
-    return {} if site["is_observed"] else {"enumerate": "parallel"}
 
 
 def _network_details(name: str):
