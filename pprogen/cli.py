@@ -203,6 +203,8 @@ def cmd_train(args) -> int:
     if args.resume:
         run.write_json("config.json", config)
     else:
+        if hasattr(model, "init_from_data"):  # mixtures: components start at data points, not at noise
+            model.init_from_data(dataset.train)
         run = Run.create(config, args.out)
     print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples) -> {run.path}")
     started = time.perf_counter()

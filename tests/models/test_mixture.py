@@ -1,6 +1,7 @@
 import itertools
 
 import pyro
+import pytest
 import torch
 
 import pprogen
@@ -91,3 +92,13 @@ def test_bayesian_gmm_nuts_recovers_the_mixture_and_reports_pointwise_likelihood
         torch.distributions.Independent(torch.distributions.Normal(draws["locs"][7], draws["scales"][7]), 1))
     stored = torch.as_tensor(idata.log_likelihood["x"].values[0, 7])
     assert torch.allclose(stored, mixture.log_prob(x).to(stored.dtype), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gmm", "mixture_of_bernoullis"])
+def test_components_start_at_training_examples(name):
+    torch.manual_seed(0)
+    x = (torch.rand(50, 6) < 0.3).float()
+    model = pprogen.create_model(name, x_dim=6, num_components=4).init_from_data(x)
+    centers = model.locs if name == "gmm" else (torch.sigmoid(model.logits) - 0.05) / 0.9
+    assert torch.cdist(centers.detach(), x).min(1).values.max() < 1e-5
+    assert torch.allclose(torch.softmax(model.weight_logits, -1), torch.full((4,), 0.25))
