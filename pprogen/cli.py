@@ -299,9 +299,11 @@ def cmd_sample(args) -> int:
 
 
 def cmd_list(args) -> int:
-    for name in list_models(args.pattern):
+    names = list_models(args.pattern)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
         card = get_card(name)
-        print(f"{name:16s} {card.kind:15s} default data: {card.default_data}")
+        print(f"{name:{width}s}  {card.kind:15s} default data: {card.default_data}")
     return 0
 
 
