@@ -215,12 +215,17 @@ class BayesianNetwork(CPTLearning, PyroModule):
             )
         return x
 
-    def _row(self, evidence: Evidence | None) -> torch.Tensor:
-        """One data row: evidence states filled in, every other node missing (NaN)."""
-        row = torch.full((1, len(self.nodes)), math.nan, device=self._like().device, dtype=self._like().dtype)
+    def _evidence_row(self, evidence: Evidence | None, what: str) -> torch.Tensor:
+        """One data row with the evidence filled in and every other node missing (NaN); refused when the
+        network has no point tables or the evidence has probability 0."""
+        self._check_point_network(what)
+        like = self._like()
+        row = torch.full((1, len(self.nodes)), math.nan, device=like.device, dtype=like.dtype)
         for name, value in (evidence or {}).items():
             i = self.node_index(name)
             row[0, i] = self.state_index(i, value)
+        if not torch.isfinite(self._log_evidence(row)):
+            raise ValueError(f"the evidence {dict(evidence or {})} has probability 0 under this network; it cannot be conditioned on")
         return row
 
     def node_index(self, name: str) -> int:
@@ -248,31 +253,24 @@ class BayesianNetwork(CPTLearning, PyroModule):
     @torch.no_grad()
     def query(self, targets: str | list[str], evidence: Evidence | None = None) -> torch.Tensor:
         """P(targets | evidence) as a table over the targets' states (one axis per target, in order)."""
-        self._check_point_network("query")
         targets = [targets] if isinstance(targets, str) else list(targets)
         ids = [self.node_index(t) for t in targets]
         overlap = set(targets) & set(evidence or {})
         if overlap or len(set(ids)) != len(ids):
             raise ValueError(f"a target appears twice or also in the evidence ({', '.join(sorted(overlap)) or targets}); query each node once")
-        base = self._row(evidence)
+        base = self._evidence_row(evidence, "query")
         cards = [self.nodes[i].cardinality for i in ids]
         scores = []
         for config in itertools.product(*(range(c) for c in cards)):
             row = base.clone()
             row[0, ids] = torch.tensor(config, dtype=row.dtype, device=row.device)
             scores.append(self._log_evidence(row))
-        scores = torch.stack(scores)
-        if not torch.isfinite(scores.logsumexp(0)):
-            raise ValueError(f"the evidence {dict(evidence or {})} has probability 0 under this network; it cannot be conditioned on")
-        return torch.softmax(scores, 0).reshape(cards)
+        return torch.softmax(torch.stack(scores), 0).reshape(cards)
 
     @torch.no_grad()
     def marginals(self, evidence: Evidence | None = None) -> dict[str, torch.Tensor]:
         """P(node | evidence) for every node, from one variable-elimination pass (evidence nodes one-hot)."""
-        self._check_point_network("marginals")
-        row = self._row(evidence)
-        if not torch.isfinite(self._log_evidence(row)):
-            raise ValueError(f"the evidence {dict(evidence or {})} has probability 0 under this network; it cannot be conditioned on")
+        row = self._evidence_row(evidence, "marginals")
         # two copies of the row: Pyro's marginal contraction trips over a data plate of size 1
         found = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(self, EmptyGuide(), row.expand(2, -1))
         out = {}
@@ -286,11 +284,7 @@ class BayesianNetwork(CPTLearning, PyroModule):
     @torch.no_grad()
     def most_probable(self, evidence: Evidence | None = None) -> dict[str, str]:
         """The most probable joint state of the unobserved nodes given the evidence (``infer_discrete``)."""
-        self._check_point_network("most_probable")
-        row = self._row(evidence)
-        if not torch.isfinite(self._log_evidence(row)):
-            raise ValueError(f"the evidence {dict(evidence or {})} has probability 0 under this network")
-        states = self._decode(row, temperature=0)[0]
+        states = self._decode(self._evidence_row(evidence, "most_probable"), temperature=0)[0]
         return {name: self.nodes[i].states[int(states[i])] for i, name in enumerate(self.names)}
 
     @torch.no_grad()
@@ -298,11 +292,7 @@ class BayesianNetwork(CPTLearning, PyroModule):
         """``n`` rows of states: ancestral sampling, or exact posterior draws given ``evidence``."""
         if not evidence:
             return self(batch_size=n)
-        self._check_point_network("sample with evidence")
-        row = self._row(evidence)
-        if not torch.isfinite(self._log_evidence(row)):
-            raise ValueError(f"the evidence {dict(evidence)} has probability 0 under this network")
-        return self._decode(row.expand(n, -1), temperature=1)
+        return self._decode(self._evidence_row(evidence, "sample with evidence").expand(n, -1), temperature=1)
 
     def _decode(self, rows: torch.Tensor, temperature: int) -> torch.Tensor:
         decoded = infer_discrete(self, first_available_dim=-2, temperature=temperature)
@@ -319,7 +309,7 @@ class BayesianNetwork(CPTLearning, PyroModule):
     def cpts(self) -> list[torch.Tensor]:
         """Every node's full table p(node | parents), shape ``table_shape(i)`` (logistic CPDs evaluated)."""
         self._check_point_network("cpts")
-        out = []
+        out, tables = [], self._tables()
         for i, node in enumerate(self.nodes):
             configs = torch.cartesian_prod(*[torch.arange(c) for c in self.table_shape(i)[:-1]]) if node.parents else None
             if configs is None:
@@ -327,7 +317,7 @@ class BayesianNetwork(CPTLearning, PyroModule):
             else:
                 configs = configs.reshape(-1, len(node.parents)).to(self._like().device)
                 parent_values = list(configs.T)
-            probs = self._conditional(i, parent_values, self._tables()).probs
+            probs = self._conditional(i, parent_values, tables).probs
             out.append(probs.reshape(self.table_shape(i)))
         return out
 

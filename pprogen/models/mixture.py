@@ -256,9 +256,13 @@ class BayesianGaussianMixture(PyroModule):
         idata.add_groups({"log_likelihood": {"x": per_draw.detach().cpu().numpy()}})
         return idata, mcmc
 
-    def _globals(self, guide=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weights, locs, scales) drawn from the guide, or from the prior without one."""
-        trace = pyro.poutine.trace(guide if guide is not None else self.sample_globals).get_trace()
+    def _globals(self, guide=None, num_draws: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weights, locs, scales) drawn from the guide, or from the prior without one; ``num_draws`` of
+        them at once (a leading dimension) inside one vectorized plate."""
+        program = guide if guide is not None else self.sample_globals
+        if num_draws is not None:
+            program = pyro.plate("draws", num_draws, dim=-1)(program)
+        trace = pyro.poutine.trace(program).get_trace()
         return tuple(trace.nodes[name]["value"] for name in ("weights", "locs", "scales"))
 
     @torch.no_grad()
@@ -271,8 +275,7 @@ class BayesianGaussianMixture(PyroModule):
     @torch.no_grad()
     def predictive_log_prob(self, x: torch.Tensor, guide, num_samples: int = 100) -> torch.Tensor:
         """log (1/S) sum_s p(x_n | globals_s), globals_s drawn from the guide: held-out fit after SVI."""
-        draws = [self._globals(guide) for _ in range(num_samples)]
-        weights, locs, scales = (torch.stack(d) for d in zip(*draws))
+        weights, locs, scales = self._globals(guide, num_samples)
         return self.pointwise_log_likelihood(weights, locs, scales, x).logsumexp(0) - math.log(num_samples)
 
     @staticmethod

@@ -98,7 +98,26 @@ def test_bayesian_gmm_nuts_recovers_the_mixture_and_reports_pointwise_likelihood
 def test_components_start_at_training_examples(name):
     torch.manual_seed(0)
     x = (torch.rand(50, 6) < 0.3).float()
-    model = pprogen.create_model(name, x_dim=6, num_components=4).init_from_data(x)
+    model = pprogen.create_model(name, x_dim=6, num_components=4)
+    with torch.no_grad():
+        model.weight_logits.normal_()  # unequal weights, which init_from_data must reset
+    model.init_from_data(x)
     centers = model.locs if name == "gmm" else (torch.sigmoid(model.logits) - 0.05) / 0.9
     assert torch.cdist(centers.detach(), x).min(1).values.max() < 1e-5
     assert torch.allclose(torch.softmax(model.weight_logits, -1), torch.full((4,), 0.25))
+
+
+def test_bayesian_gmm_predictive_log_prob_at_a_point_guide_is_the_mixture_density():
+    # guide scales near zero: every vectorized draw sits at the guide's median, so the predictive density
+    # must equal the mixture density there; a broadcasting slip in the batched draws would break this
+    pyro.set_rng_seed(0)
+    model = pprogen.create_model("bayesian_gmm", x_dim=2, num_components=3)
+    guide = model.default_guide()
+    for name in ("weights", "locs", "scales"):
+        setattr(guide.scales, name, torch.full_like(getattr(guide.scales, name), 1e-6))
+    x = torch.randn(20, 2)
+    point = guide.median()
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(point["weights"]),
+        torch.distributions.Independent(torch.distributions.Normal(point["locs"], point["scales"]), 1))
+    assert torch.allclose(model.predictive_log_prob(x, guide, num_samples=50), mixture.log_prob(x), atol=1e-4)
