@@ -6,6 +6,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -91,3 +92,48 @@ class ConvDecoder(nn.Module):
         out = self.deconv(out)[..., : self.shape[1], : self.shape[2]]
         return out.reshape(batch + self.shape)
 
+
+
+class MaskedMLP(nn.Module):
+    """A MADE conditioner for flows: ``(..., D) -> (..., P * D)`` where output ``p * D + i`` depends only on
+    the inputs before ``i`` in ``order`` (a permutation of ``range(D)``; the identity by default).
+
+    Hidden units get degrees ``1 .. D-1`` in turn; masks are buffers and multiply the weights once per
+    call. The last layer starts at zero, so a flow built from these starts at the identity.
+    """
+
+    def __init__(self, dim: int, hidden_dims: Sequence[int], params_per_dim: int = 2,
+                 order: Sequence[int] | None = None, act: str = "relu") -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        order = torch.arange(dim) if order is None else torch.as_tensor(list(order))
+        if sorted(order.tolist()) != list(range(dim)):
+            raise ValueError(f"order must be a permutation of range({dim}), got {order.tolist()}")
+        degree_in = torch.empty(dim, dtype=torch.long)
+        degree_in[order] = torch.arange(1, dim + 1)
+        degrees = [degree_in]
+        for width in hidden_dims:
+            degrees.append(torch.arange(width) % max(1, dim - 1) + 1)
+        degree_out = degree_in.repeat(params_per_dim)
+        self.layers = nn.ModuleList()
+        widths = [dim, *hidden_dims, dim * params_per_dim]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            self.layers.append(nn.Linear(a, b))
+            if i < len(hidden_dims):
+                mask = degrees[i + 1][:, None] >= degrees[i][None, :]
+            else:
+                mask = degree_out[:, None] > degrees[i][None, :]
+            self.register_buffer(f"mask_{i}", mask.float())
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+        self.act = activation(act)
+        self.register_buffer("order", order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = F.linear(x, layer.weight * getattr(self, f"mask_{i}"), layer.bias)
+            if i < last:
+                x = self.act(x)
+        return x
