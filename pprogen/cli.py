@@ -15,7 +15,7 @@ import torch
 
 from pprogen import __version__
 from pprogen.data import NAMES as DATA_NAMES
-from pprogen.data import DataError, Dataset, load_dataset
+from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
 from pprogen.inference import log_marginal, make_elbo, make_guide
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
@@ -80,6 +80,14 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         flatten = len(dataset.shape) > 1
     elif "x_shape" in params and "x_shape" not in model_args:
         model_args["x_shape"] = list(dataset.shape)
+    if "num_levels" in params and "num_levels" not in model_args and dataset.is_image:
+        levels = intensity_levels(dataset.train)  # flows dequantize images on their own grid of levels
+        if levels is None:
+            raise DataError(
+                f"{args.model} dequantizes images, but the pixels of {data_name!r} are not on a grid of evenly "
+                "spaced levels in [0, 1]; pass --set num_levels=L for data with L levels"
+            )
+        model_args["num_levels"] = levels
     defaults = {**TRAIN_DEFAULTS, **card.train_defaults}
     train = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     config = {
@@ -111,10 +119,11 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
             score = model.log_prob if exact else lambda rows: model.predictive_log_prob(rows, guide, num_samples)
             log_prob = torch.cat([score(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
         nll = -log_prob.double()
+        method = getattr(model, "log_prob_method", "exact")
         result = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),
                   "num_data": nll.numel(),
-                  "method": "exact" if exact else f"posterior predictive ({num_samples} guide draws of the globals)"}
-        if dataset.binary:
+                  "method": method if exact else f"posterior predictive ({num_samples} guide draws of the globals)"}
+        if dataset.binary or getattr(model, "reports_bits_per_dim", False):
             result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
         return result
     evidence = log_marginal(model, guide, x, num_samples=num_samples, dim=dataset.dim if dataset.binary else None)
@@ -131,6 +140,8 @@ def _format_eval(split: str, result: dict[str, Any]) -> str:
     text = f"{split} NLL: {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over {result['num_data']} examples"
     if "bits_per_dim" in result:
         text += f" ({result['bits_per_dim']:.4f} bits/dim)"
+    if result.get("method", "").startswith("dequantization"):
+        text += f"; {result['method']}"
     if "num_samples" in result:
         text += f", K = {result['num_samples']} importance samples (mean ESS {result['mean_ess']:.1f})"
     if result.get("khat_bands"):
@@ -150,6 +161,10 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
         atomic_write(run.path / "network.txt", lambda tmp: Path(tmp).write_text(network.describe() + "\n"))
         made += ["network.json", "network.txt"]
     elif hasattr(model, "sample"):
+        if tuple(dataset.shape) == (2,) and getattr(model, "invertible", False):  # a 2-D flow: draw its density
+            plots.save_density_2d(model.log_prob, dataset.split("test" if dataset.test is not None else "train"),
+                                  run.path / "density.png", title=f"{run.config['model']} on {run.config['data']}")
+            made.append("density.png")
         params = inspect.signature(model.sample).parameters
         extra = {"mean": True} if "mean" in params else {"guide": guide} if "guide" in params else {}
         samples = model.sample(64, **extra)

@@ -114,6 +114,18 @@ def _split(x: torch.Tensor, y: torch.Tensor | None, fractions=(0.8, 0.1), seed: 
     return xs, labels
 
 
+def intensity_levels(x: torch.Tensor) -> int | None:
+    """The number of evenly spaced intensity levels of images in [0, 1] (17 for the 8x8 digits, 256 for
+    8-bit images, 2 for binary ones), or None when the values are not on such a grid."""
+    values = torch.unique(x.detach().float().flatten()).cpu()
+    if values.numel() < 2 or values[0] < 0 or values[-1] > 1:
+        return None
+    gap = (values[1:] - values[:-1]).min().item()
+    levels = int(round(1 / gap)) + 1
+    scaled = values * (levels - 1)
+    return levels if bool(((scaled - scaled.round()).abs() < 1e-3).all()) else None
+
+
 def _is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 

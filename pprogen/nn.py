@@ -99,7 +99,7 @@ class MaskedMLP(nn.Module):
     the inputs before ``i`` in ``order`` (a permutation of ``range(D)``; the identity by default).
 
     Hidden units get degrees ``1 .. D-1`` in turn; masks are buffers and multiply the weights once per
-    call. The last layer starts at zero, so a flow built from these starts at the identity.
+    call. The last layer starts small, so a flow built from these starts close to the identity.
     """
 
     def __init__(self, dim: int, hidden_dims: Sequence[int], params_per_dim: int = 2,
@@ -125,8 +125,9 @@ class MaskedMLP(nn.Module):
             else:
                 mask = degree_out[:, None] > degrees[i][None, :]
             self.register_buffer(f"mask_{i}", mask.float())
-        nn.init.zeros_(self.layers[-1].weight)
-        nn.init.zeros_(self.layers[-1].bias)
+        with torch.no_grad():
+            self.layers[-1].weight.mul_(1e-2)
+            self.layers[-1].bias.zero_()
         self.act = activation(act)
         self.register_buffer("order", order)
 

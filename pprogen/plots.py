@@ -94,3 +94,37 @@ def save_khat(khat: torch.Tensor, path: Path) -> None:
         az.plot_khat(khat.detach().cpu().numpy(), ax=ax, show_hlines=True, show_bins=True)
     ax.set_title("importance-sampling diagnostics: Pareto k-hat per data point")
     _save(fig, path)
+
+
+def density_grid(log_prob, lims: tuple[float, float, float, float], n: int = 200, device=None):
+    """exp(log_prob) on an ``n x n`` grid over ``(x0, x1, y0, y1)``: returns ``xs, ys, density`` (numpy)."""
+    x0, x1, y0, y1 = lims
+    xs, ys = torch.linspace(x0, x1, n), torch.linspace(y0, y1, n)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        lp = torch.cat([log_prob(chunk.to(device)).cpu() for chunk in grid.split(10000)])
+    return xs.numpy(), ys.numpy(), lp.exp().reshape(n, n).numpy()
+
+
+def data_limits(data: torch.Tensor, margin: float = 0.1) -> tuple[float, float, float, float]:
+    lo, hi = data.min(0).values, data.max(0).values
+    pad = (hi - lo) * margin
+    return (lo[0] - pad[0]).item(), (hi[0] + pad[0]).item(), (lo[1] - pad[1]).item(), (hi[1] + pad[1]).item()
+
+
+def save_density_2d(log_prob, data: torch.Tensor, path: Path, title: str = "") -> None:
+    """The data (left) next to a model's density exp(log_prob) on a grid over the data's range (right)."""
+    data = data.detach().cpu().float()
+    lims = data_limits(data)
+    param = next(iter(getattr(getattr(log_prob, "__self__", None), "parameters", lambda: iter([]))()), None)
+    xs, ys, density = density_grid(log_prob, lims, device=param.device if param is not None else None)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+    axes[0].hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=150, range=[lims[:2], lims[2:]], cmap="viridis")
+    axes[0].set_title("data")
+    axes[1].pcolormesh(xs, ys, density, cmap="viridis", shading="auto")
+    axes[1].set_title(title or "model density")
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)

@@ -83,6 +83,12 @@ class Bijection(TransformModule):
             return last[2]
         return self.forward_ladj(x)[1]
 
+    def clear_cache(self) -> None:
+        """Forget the last call. The cache lets a flow score its own samples without an inverse, but it
+        would return stale values for a tensor scored again after the parameters changed."""
+        self._cached_x_y = None, None
+        self._last = None
+
     def _sum_event(self, t: torch.Tensor) -> torch.Tensor:
         return t.sum(tuple(range(-self._event_dim, 0))) if self._event_dim else t
 
@@ -157,7 +163,7 @@ class RationalQuadratic:
     def _gather(t, idx):
         return t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
 
-    def _apply(self, v, p, inverse: bool):
+    def _spline(self, v, p, inverse: bool):
         inside = (v > -self.bound) & (v < self.bound)
         xs, widths, ys, heights, d = self._knots(p)
         knots = ys if inverse else xs
@@ -187,10 +193,10 @@ class RationalQuadratic:
         return torch.where(inside, out, v), ladj
 
     def forward(self, x, p):
-        return self._apply(x, p, inverse=False)
+        return self._spline(x, p, inverse=False)
 
     def inverse(self, y, p):
-        return self._apply(y, p, inverse=True)
+        return self._spline(y, p, inverse=True)
 
 
 ELEMENTWISE = ("affine", "additive", "spline")
@@ -296,8 +302,9 @@ class Coupling(Bijection):
         else:
             self.net = ConvNet(n_in, n_out * self.map.num_params, hidden_channels)
             last = self.net.net[-1]
-        nn.init.zeros_(last.weight)  # the layer starts as the identity
-        nn.init.zeros_(last.bias)
+        with torch.no_grad():  # the layer starts close to the identity (not at it: gradients must flow)
+            last.weight.mul_(1e-2)
+            last.bias.zero_()
 
     def _halves(self, v):
         dim = -len(self.shape)
@@ -419,7 +426,7 @@ class InvertibleLinear(Bijection):
     def _logdet(self):
         return self.log_diag.sum() if self.lu else torch.linalg.slogdet(self.weight)[1]
 
-    def _apply(self, v, w):
+    def _mix(self, v, w):
         if len(self.shape) == 1:
             return v @ w.T
         return torch.einsum("ij,...jhw->...ihw", w, v)
@@ -428,10 +435,10 @@ class InvertibleLinear(Bijection):
         return (self._logdet() * _pixels(self.shape)).expand(v.shape[: v.dim() - self._event_dim])
 
     def forward_ladj(self, x):
-        return self._apply(x, self.matrix()), self._ladj(x)
+        return self._mix(x, self.matrix()), self._ladj(x)
 
     def inverse_ladj(self, y):
-        return self._apply(y, torch.linalg.inv(self.matrix())), self._ladj(y)
+        return self._mix(y, torch.linalg.inv(self.matrix())), self._ladj(y)
 
 
 class Reverse(Bijection):
@@ -494,8 +501,9 @@ class FlowBatchNorm(Bijection):
 def squeeze(x: torch.Tensor) -> torch.Tensor:
     """``(..., C, H, W) -> (..., 4C, H/2, W/2)``: each 2x2 patch becomes 4 channels."""
     *batch, c, h, w = x.shape
-    x = x.reshape(*batch, c, h // 2, 2, w // 2, 2)
-    x = x.movedim(-3, -4).movedim(-1, -4)  # (..., C, 2, 2, H/2, W/2)
+    x = x.reshape(*batch, c, h // 2, 2, w // 2, 2)  # (..., c, h2, i, w2, j)
+    nb = len(batch)
+    x = x.permute(*range(nb), nb, nb + 2, nb + 4, nb + 1, nb + 3)  # (..., c, i, j, h2, w2)
     return x.reshape(*batch, 4 * c, h // 2, w // 2)
 
 
@@ -503,8 +511,9 @@ def unsqueeze(x: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`squeeze`."""
     *batch, c4, h, w = x.shape
     c = c4 // 4
-    x = x.reshape(*batch, c, 2, 2, h, w)
-    x = x.movedim(-4, -1).movedim(-4, -2)  # (..., C, H/2, 2, W/2, 2)
+    x = x.reshape(*batch, c, 2, 2, h, w)  # (..., c, i, j, h, w)
+    nb = len(batch)
+    x = x.permute(*range(nb), nb, nb + 3, nb + 1, nb + 4, nb + 2)  # (..., c, h, i, w, j)
     return x.reshape(*batch, c, 2 * h, 2 * w)
 
 

@@ -192,10 +192,21 @@ def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int) -
     return total / data.shape[0]
 
 
-def _site_hint(loss_module: nn.Module) -> str:
+def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str:
+    """Where a non-finite loss came from: the site, and the layer when the model can say
+    (``model.locate_nonfinite(batch)``, which flows offer)."""
     terms = getattr(getattr(loss_module, "elbo", None), "last_terms", {}) or {}
     bad = [name for name, term in terms.items() if not torch.isfinite(term).all()]
-    return f" at site {bad[0]!r}" if bad else ""
+    hint = f" at site {bad[0]!r}" if bad else ""
+    locate = getattr(loss_module.model, "locate_nonfinite", None)
+    if callable(locate) and batch is not None:
+        try:
+            layer = locate(batch)
+        except Exception:  # a diagnostic must never mask the error it explains
+            layer = None
+        if layer:
+            hint += f" (first non-finite value from the data side: {layer})"
+    return hint
 
 
 def fit(
@@ -358,7 +369,7 @@ def fit(
                     history.stop_reason = "non_finite"
                     message = (
                         f"non-finite {what} at epoch {epoch + 1}, step {i + 1} "
-                        f"(global step {epoch * steps_per_epoch + i + 1}){_site_hint(loss_module)}; "
+                        f"(global step {epoch * steps_per_epoch + i + 1}){_site_hint(loss_module, data[index])}; "
                         "parameters were left at the last good step. Lower the learning rate, set "
                         "clip_norm, or check the data"
                     )

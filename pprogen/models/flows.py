@@ -160,9 +160,16 @@ class Flow(PyroModule):
                     f"{bad:g} lies between levels; set num_levels to the data's number of intensity levels"
                 )
 
+    def clear_cache(self) -> None:
+        """Forget the transforms' cached last calls (see :meth:`Bijection.clear_cache`): data are scored
+        through the inverse, never through the cache."""
+        for layer in self.transforms():
+            layer.clear_cache()
+
     def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
         if x is not None:
             self.check(x)
+            self.clear_cache()
         n = x.shape[0] if x is not None else (batch_size or 1)
         with pyro.plate("data", n):
             return pyro.sample("x", self.distribution(), obs=x)
@@ -170,11 +177,14 @@ class Flow(PyroModule):
     def log_prob(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """log p(x) per row: exact, or the dequantization bound for images (see the module docstring)."""
         self.check(x)
+        self.clear_cache()
         return self.distribution(num_samples or self.eval_samples).log_prob(x)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        return self.distribution().sample((n,))
+        # a copy: the transforms cache their last call, and a later log_prob of the very tensor they
+        # returned would reuse the gradient-free values computed here
+        return self.distribution().sample((n,)).clone()
 
     def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized draws of the continuous flow and their exact log-density (works for planar and
