@@ -80,6 +80,8 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         flatten = len(dataset.shape) > 1
     elif "x_shape" in params and "x_shape" not in model_args:
         model_args["x_shape"] = list(dataset.shape)
+    if "num_classes" in params and "num_classes" not in model_args and dataset.num_classes:
+        model_args["num_classes"] = dataset.num_classes
     if "num_levels" in params and "num_levels" not in model_args and dataset.is_image:
         levels = intensity_levels(dataset.train)  # flows dequantize images on their own grid of levels
         if levels is None:
@@ -107,6 +109,17 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     return config, dataset
 
 
+def _condition(model, dataset: Dataset, split: str, limit: int | None = None, device=None) -> dict[str, torch.Tensor]:
+    """The per-datum keyword arguments a conditional model needs: the split's labels as ``y``."""
+    if not getattr(model, "conditional", False):
+        return {}
+    labels = dataset.labels.get(split)
+    if labels is None:
+        raise DataError(f"{type(model).__name__.lower()} is conditioned on labels, but the {split!r} split of "
+                        f"{dataset.name!r} has none; use a labelled data set (digits, digits_binary, mnist, ...)")
+    return {"y": labels[:limit].to(device) if device is not None else labels[:limit]}
+
+
 def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
               limit: int | None = None):
     """Test NLL: exact where the model has ``log_prob``; for models whose latents are all global, the
@@ -126,8 +139,12 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
         if dataset.binary or getattr(model, "reports_bits_per_dim", False):
             result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
         return result
-    evidence = log_marginal(model, guide, x, num_samples=num_samples, dim=dataset.dim if dataset.binary else None)
-    result = {**evidence.summary(), "method": "importance sampling (guide as proposal)"}
+    evidence = log_marginal(model, guide, x, num_samples=num_samples, dim=dataset.dim if dataset.binary else None,
+                            condition=_condition(model, dataset, split, limit, device))
+    method = "importance sampling (guide as proposal)"
+    if getattr(model, "conditional", False):
+        method += ", log p(x | y) given the labels"
+    result = {**evidence.summary(), "method": method}
     if run is not None and evidence.khat is not None:
         from pprogen.plots import save_khat
 
@@ -171,8 +188,10 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
         plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=f"{run.config['model']} samples")
         made.append("samples.png")
     if hasattr(model, "reconstruct") and dataset.is_image:
-        x = dataset.split("valid" if dataset.valid is not None else "train")[:12].to(device)
-        plots.save_reconstructions(x, model.reconstruct(x, guide), dataset.image_shape, run.path / "reconstructions.png")
+        split = "valid" if dataset.valid is not None else "train"
+        x = dataset.split(split)[:12].to(device)
+        recon = model.reconstruct(x, guide, **_condition(model, dataset, split, 12, device))
+        plots.save_reconstructions(x, recon, dataset.image_shape, run.path / "reconstructions.png")
         made.append("reconstructions.png")
     plots.save_curves(run.read_metrics(), run.path / "curves.png")
     made.append("curves.png")
@@ -183,11 +202,11 @@ def _alpha(train: dict[str, Any]) -> dict[str, Any]:
     return {} if train.get("alpha") is None else {"alpha": train["alpha"]}
 
 
-def _materialize(guide, x: torch.Tensor) -> None:
+def _materialize(guide, x: torch.Tensor, **condition) -> None:
     """Run a lazily built guide (amortized, auto_*) once so that its parameters exist."""
     if isinstance(guide, torch.nn.Module):
         with torch.no_grad(), pyro.poutine.block():
-            guide(x)
+            guide(x, **condition)
 
 
 def cmd_train(args) -> int:
@@ -214,7 +233,9 @@ def cmd_train(args) -> int:
     check_data(dataset.train, "training data", missing_ok)
     if dataset.valid is not None:
         check_data(dataset.valid, "validation data", missing_ok)
-    check_model_fits_data(model, guide, dataset.train)
+    condition = _condition(model, dataset, "train")
+    valid_condition = _condition(model, dataset, "valid") if dataset.valid is not None else None
+    check_model_fits_data(model, guide, dataset.train, **condition)
     if args.resume:
         run.write_json("config.json", config)
     else:
@@ -232,7 +253,7 @@ def cmd_train(args) -> int:
             alpha=train.get("alpha"),
             patience=train["patience"] if dataset.valid is not None else None,
             device=device, seed=config["seed"], progress=not args.no_progress, run=run,
-            resume=bool(args.resume),
+            resume=bool(args.resume), condition=condition, valid_condition=valid_condition,
         )
     except NonFiniteLossError as err:
         run.save_weights("model", model)
@@ -266,7 +287,7 @@ def _load_run(path: str):
     run = Run.open(path)
     config = run.config
     dataset, model, guide = build(config)
-    _materialize(guide, dataset.train[:2])
+    _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
     run.load_weights("model", model)
     run.load_weights("guide", guide)
     device = resolve_device(config.get("device", "auto"))

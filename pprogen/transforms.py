@@ -566,11 +566,11 @@ def planar_map(z, u, w, b):
     r"""Rezende & Mohamed's planar map :math:`z + \hat u\, \tanh(w^\top z + b)` with :math:`\hat u` chosen so
     that :math:`w^\top \hat u \ge -1` (invertible), and its log|det J|. Parameters broadcast with ``z``."""
     wu = (w * u).sum(-1, keepdim=True)
-    u_hat = u + (F.softplus(wu) - 1 - wu) * w / (w.pow(2).sum(-1, keepdim=True) + 1e-12)
-    a = (w * z).sum(-1, keepdim=True) + b
-    t = torch.tanh(a)
-    psi = (1 - t.pow(2)) * w
-    ladj = torch.log1p((psi * u_hat).sum(-1)).clamp_min(-1e6)
+    m = F.softplus(wu)  # w'u_hat = m - 1 > -1
+    u_hat = u + (m - 1 - wu) * w / (w.pow(2).sum(-1, keepdim=True) + 1e-12)
+    t = torch.tanh((w * z).sum(-1, keepdim=True) + b)
+    # det J = 1 + (1 - t^2) w'u_hat = t^2 + (1 - t^2) m: a sum of non-negative terms, no cancellation
+    ladj = torch.log(t.pow(2) + (1 - t.pow(2)) * m).squeeze(-1)
     return z + u_hat * t, ladj
 
 

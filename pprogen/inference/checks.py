@@ -69,8 +69,9 @@ def check_data(data: torch.Tensor, what: str = "data", missing_ok: bool = False)
         )
 
 
-def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor) -> None:
-    """Shape and support checks of the data against the model's observed sites."""
+def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, **condition) -> None:
+    """Shape and support checks of the data against the model's observed sites (``condition``: per-datum
+    keyword arguments such as labels)."""
     expected = getattr(model, "x_shape", None)
     if expected is not None and tuple(data.shape[1:]) != tuple(expected):
         raise ValueError(
@@ -78,10 +79,11 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor) 
             f"{tuple(expected)}; build the model for this data (e.g. x_dim / x_shape) or pick other data"
         )
     probe = data[: min(8, data.shape[0])]
+    kw = {k: v[: probe.shape[0]] for k, v in condition.items()}
     try:
         with torch.no_grad(), pyro.validation_enabled(False):
-            guide_trace = poutine.trace(guide).get_trace(probe)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(probe)
+            guide_trace = poutine.trace(guide).get_trace(probe, **kw)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(probe, **kw)
     except (RuntimeError, ValueError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(

@@ -8,7 +8,10 @@ an encoder maps each :math:`x_n` to features :math:`h_n`, and each site gets
 - ``amortized_lowrank``: :math:`\mathcal{N}(\mu(h_n), F(h_n) F(h_n)^\top + \mathrm{diag}\,d(h_n))`;
 - ``amortized_iaf``: the diagonal Normal followed by inverse autoregressive flow steps conditioned on
   :math:`h_n` (Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, 2016,
-  arXiv:1606.04934).
+  arXiv:1606.04934);
+- ``amortized_planar``: the diagonal Normal followed by ``num_flows`` planar steps whose parameters the
+  encoder outputs for each :math:`x_n` (Rezende & Mohamed, Variational Inference with Normalizing Flows,
+  2015, arXiv:1505.05770).
 
 Constrained latents are sampled in unconstrained space and mapped by ``biject_to(support)``. The encoder
 is an MLP for vectors and a conv net for images ``(C, H, W)``, or any module passed as ``encoder`` with
@@ -31,6 +34,7 @@ from torch import nn
 from torch.distributions import biject_to, constraints
 
 from pprogen.inference.tracing import SiteCollector, in_plate
+from pprogen.transforms import ConditionalPlanar
 from pprogen.nn import MLP, ConvEncoder
 from pprogen.errors import unknown_name_error
 
@@ -43,7 +47,7 @@ AUTOGUIDES = {
     "auto_delta": autoguide.AutoDelta,
     "auto_laplace": autoguide.AutoLaplaceApproximation,
 }
-FAMILIES = ("normal", "lowrank", "iaf")
+FAMILIES = ("normal", "lowrank", "iaf", "planar")
 GUIDES = ("default", *(f"amortized_{f}" for f in FAMILIES), *AUTOGUIDES)
 
 
@@ -59,6 +63,7 @@ class AmortizedGuide(PyroModule):
         hidden_dims: Sequence[int] = (256, 256),
         rank: int = 2,
         num_iaf: int = 2,
+        num_flows: int = 8,
         plate_name: str = "data",
     ) -> None:
         super().__init__()
@@ -71,6 +76,9 @@ class AmortizedGuide(PyroModule):
         self.hidden_dims = tuple(hidden_dims)
         self.rank = rank
         self.num_iaf = num_iaf
+        if not isinstance(num_flows, int) or num_flows < 1:
+            raise ValueError(f"num_flows must be a positive integer, got {num_flows!r}")
+        self.num_flows = num_flows
         self.plate_name = plate_name
         self.encoder = encoder
         self.feature_dim = feature_dim
@@ -109,7 +117,16 @@ class AmortizedGuide(PyroModule):
         for name, shape, _ in self.sites:
             dim = math.prod(shape)
             extra = dim * self.rank if self.family == "lowrank" else 0
+            if self.family == "planar":
+                extra = self.num_flows * (2 * dim + 1)
             self.heads[name] = nn.Linear(self.feature_dim, 2 * dim + extra)
+            if self.family == "planar":  # start each step mild: u ~ 0, |w| = 1 (u_hat ~ 1/|w| blows up for small w)
+                with torch.no_grad():
+                    steps = self.heads[name].weight[2 * dim :].view(self.num_flows, 2 * dim + 1, -1)
+                    steps.mul_(1e-2)
+                    bias = self.heads[name].bias[2 * dim :].view(self.num_flows, 2 * dim + 1)
+                    bias.zero_()
+                    bias[:, dim : 2 * dim] = 1 / math.sqrt(dim)
             if self.family == "iaf":
                 self.flows[name] = nn.ModuleList(
                     ConditionalAutoRegressiveNN(dim, self.feature_dim, [max(2 * dim, 32)])
@@ -129,6 +146,8 @@ class AmortizedGuide(PyroModule):
         transforms = []
         if self.family == "iaf":
             transforms += [ConditionalAffineAutoregressive(nn_).condition(h) for nn_ in self.flows[name]]
+        if self.family == "planar":
+            transforms.append(ConditionalPlanar(out[..., 2 * dim :], dim))
         if shape != (dim,):
             transforms.append(torch.distributions.ReshapeTransform((dim,), shape))
         if not _is_real(support):

@@ -99,18 +99,19 @@ class Evidence:
         return data
 
 
-def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: str, joint: bool) -> torch.Tensor:
+def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: str, joint: bool,
+                 condition: dict | None = None) -> torch.Tensor:
     """Log importance weights ``(K, B)`` (``(K, 1)`` for the joint), enumerated sites summed out."""
     particle_dim = -1 - nesting
     with pyro.plate(PARTICLES, num_particles, dim=particle_dim):
         replay, guide_sites = None, []
         if guide is not None:
             with SiteCollector() as guide_run:
-                direct_call(guide)(x)
+                direct_call(guide)(x, **(condition or {}))
             guide_sites = guide_run.sites
             replay = {s["name"]: s["value"] for s in guide_sites}
         with pyro.poutine.enum(first_available_dim=particle_dim - 1), SiteCollector(replay) as model_run:
-            direct_call(model)(x)
+            direct_call(model)(x, **(condition or {}))
     model_sites = model_run.sites if guide is not None else [s for s in model_run.sites if s["is_observed"] or _enumerated(s)]
     log_w = _contract(model_sites, particle_dim, nesting, plate_name, joint)
     for site in guide_sites:
@@ -184,19 +185,25 @@ def log_marginal(
     dim: int | None = None,
     khat: bool = True,
     keep_weights: bool = False,
+    condition: dict[str, torch.Tensor] | None = None,
 ) -> Evidence:
     """Importance-sampled log p(x) for each row of ``data``; see the module docstring.
 
     ``max_elements`` bounds particles x data points per chunk; ``dim`` (the data dimension) turns on
     bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
-    datum) for Pareto k-hat; ``keep_weights`` returns them too.
+    datum) for Pareto k-hat; ``keep_weights`` returns them too. ``condition`` maps keyword names to
+    per-datum tensors passed to model and guide with each chunk (labels: log p(x_n | y_n)).
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
+    condition = dict(condition or {})
+    for key, value in condition.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != data.shape[0]:
+            raise ValueError(f"condition {key!r} must hold one row per data point ({data.shape[0]})")
     probe = data[:1]
-    guide_sites, model_sites = probe_sites(model, guide, (probe,), {})
+    guide_sites, model_sites = probe_sites(model, guide, (probe,), {k: v[:1] for k, v in condition.items()})
     nesting = max(1, plate_nesting(guide_sites + model_sites))
     proposal_sites = guide_sites if guide is not None else model_sites
     global_sites = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, plate_name)]
@@ -211,12 +218,13 @@ def log_marginal(
     rows = []
     for start in range(0, data.shape[0], batch_size):
         x = data[start : start + batch_size]
+        kw = {k: v[start : start + batch_size] for k, v in condition.items()}
         chunk = max(1, min(num_samples, max_elements // x.shape[0]))
         parts = []
         done = 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            parts.append(_log_weights(model, guide, x, k, nesting, plate_name, joint).double().T.cpu())
+            parts.append(_log_weights(model, guide, x, k, nesting, plate_name, joint, kw).double().T.cpu())
             done += k
         rows.append(_streaming_stats(parts, num_samples, keep=khat or keep_weights))
     log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))

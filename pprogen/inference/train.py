@@ -104,7 +104,7 @@ def _make_scheduler(optimizer, schedule: str, epochs: int, gamma: float):
     return None
 
 
-def collect_parameters(loss_module: nn.Module, probe: torch.Tensor) -> list[nn.Parameter]:
+def collect_parameters(loss_module: nn.Module, probe: torch.Tensor, **condition) -> list[nn.Parameter]:
     """The module's parameters, plus any ``pyro.param`` the loss depends on (user-written programs).
 
     The loss runs once first, so that lazily built guides (amortized, ``auto_*``) have their parameters.
@@ -112,9 +112,9 @@ def collect_parameters(loss_module: nn.Module, probe: torch.Tensor) -> list[nn.P
     native = _has_differentiable_loss(loss_module.elbo)
     with poutine.trace(param_only=True) as tracer:
         if native:
-            loss = loss_module(probe)
+            loss = loss_module(probe, **condition)
         else:
-            loss_module.elbo.loss(loss_module.model, loss_module.guide, probe)
+            loss_module.elbo.loss(loss_module.model, loss_module.guide, probe, **condition)
     params = [p for p in loss_module.parameters() if p.requires_grad]
     seen = {id(p) for p in params}
     store = pyro.get_param_store()
@@ -145,19 +145,20 @@ class TrainStep:
         self.clip_norm = clip_norm
         self.native = _has_differentiable_loss(loss_module.elbo)
 
-    def __call__(self, batch: torch.Tensor, scale: float = 1.0) -> tuple[float, float | None]:
-        """Returns the loss and the gradient norm; non-finite values are returned, never applied."""
+    def __call__(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> tuple[float, float | None]:
+        """Returns the loss and the gradient norm; non-finite values are returned, never applied.
+        ``condition`` holds the batch's per-datum keyword arguments (labels of a conditional model)."""
         self.optimizer.zero_grad(set_to_none=True)
         with scale_data_plate(scale):
             if self.native:
-                loss = self.loss_module(batch)
+                loss = self.loss_module(batch, **condition)
                 value = loss.item()
                 if not math.isfinite(value):
                     return value, None
                 loss.backward()
             else:
                 value = self.loss_module.elbo.loss_and_grads(
-                    self.loss_module.model, self.loss_module.guide, batch
+                    self.loss_module.model, self.loss_module.guide, batch, **condition
                 )
                 if not math.isfinite(value):
                     return value, None
@@ -184,12 +185,25 @@ def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_partic
 
 
 @torch.no_grad()
-def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int) -> float:
+def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
+                  condition: dict[str, torch.Tensor] | None = None) -> float:
     """The estimator's negative ELBO per datum over ``data`` (no gradients)."""
     total = 0.0
     for start in range(0, data.shape[0], batch_size):
-        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[start : start + batch_size])
+        rows = slice(start, start + batch_size)
+        kw = {k: v[rows] for k, v in (condition or {}).items()}
+        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
     return total / data.shape[0]
+
+
+def check_condition(condition: dict[str, torch.Tensor] | None, data: torch.Tensor, what: str) -> dict:
+    """Per-datum keyword arguments must be tensors with one row per example."""
+    condition = dict(condition or {})
+    for key, value in condition.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != data.shape[0]:
+            rows = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else "no"
+            raise ValueError(f"{what}: condition {key!r} must hold one row per example ({data.shape[0]}), got {rows}")
+    return condition
 
 
 def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str:
@@ -236,6 +250,8 @@ def fit(
     run: Any = None,
     resume: bool = False,
     callback: Callable[[int, dict], None] | None = None,
+    condition: dict[str, torch.Tensor] | None = None,
+    valid_condition: dict[str, torch.Tensor] | None = None,
 ) -> History:
     """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
 
@@ -245,7 +261,9 @@ def fit(
     KL weight linearly from ``beta / kl_warmup`` to ``beta`` over that many epochs (estimators with a
     ``beta``: ``trace``, ``stl``). With a ``run``
     (:class:`pprogen.runs.Run`), each epoch writes metrics and an atomic checkpoint, and ``resume``
-    continues from it exactly. Returns the :class:`History`.
+    continues from it exactly. ``condition`` (and ``valid_condition``) map keyword names to per-datum
+    tensors, sliced with each minibatch and passed to model and guide: the labels of a conditional
+    model, ``condition={"y": labels}``. Returns the :class:`History`.
     """
     if hasattr(data, "train"):
         valid_data = data.valid if valid_data is None else valid_data
@@ -267,9 +285,16 @@ def fit(
     for part in (model, guide):
         if isinstance(part, nn.Module):
             part.to(device)
+    condition = {k: v.to(device) for k, v in check_condition(condition, data, "training data").items()}
+    if valid_data is not None:
+        valid_condition = check_condition(valid_condition, valid_data, "validation data")
+        if set(valid_condition) != set(condition):
+            raise ValueError(f"validation data need the same condition as the training data ({sorted(condition)}), "
+                             f"got {sorted(valid_condition)}")
+        valid_condition = {k: v.to(device) for k, v in valid_condition.items()}
     data = data.to(device)
     valid_data = valid_data.to(device) if valid_data is not None else None
-    check_model_fits_data(model, guide, data)
+    check_model_fits_data(model, guide, data, **condition)
 
     loss_module = build_loss(model, guide, elbo, num_particles, beta, **({} if alpha is None else {"alpha": alpha}))
     if kl_warmup and not hasattr(loss_module.elbo, "beta"):
@@ -277,7 +302,7 @@ def fit(
                          "use an estimator from make_elbo or kl_warmup=0")
     num_data = data.shape[0]
     batch_size = min(batch_size, num_data)
-    params = collect_parameters(loss_module, data[:batch_size])
+    params = collect_parameters(loss_module, data[:batch_size], **{k: v[:batch_size] for k, v in condition.items()})
     if not params:
         raise ValueError("the model and guide have no trainable parameters: nothing to fit")
     opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
@@ -363,7 +388,7 @@ def fit(
             epoch_loss = 0.0
             for i in range(steps_per_epoch):
                 index = order[i * batch_size : (i + 1) * batch_size]
-                value, norm = step(data[index], num_data / index.shape[0])
+                value, norm = step(data[index], num_data / index.shape[0], **{k: v[index] for k, v in condition.items()})
                 if not (math.isfinite(value) and norm is not None and math.isfinite(norm)):
                     what = "loss" if not math.isfinite(value) else "gradient"
                     history.stop_reason = "non_finite"
@@ -388,7 +413,7 @@ def fit(
                 "lr": opt.param_groups[0]["lr"],
             }
             if valid_data is not None:
-                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512))
+                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition)
                 if record["valid_loss"] < history.best_valid_loss:
                     history.best_valid_loss = record["valid_loss"]
                     history.best_epoch = epoch + 1

@@ -7,11 +7,11 @@ from pprogen.models.flows import ENERGIES, EnergyTarget, Flow, FlowGuide, glow, 
 from pprogen.models.mixture import BayesianGaussianMixture, BernoulliMixture, GaussianMixture, bayesian_gmm, gmm, mixture_of_bernoullis
 from pprogen.models.pixelcnn import PixelCNN, pixelcnn
 from pprogen.models.ppca import PPCA, ppca
-from pprogen.models.vae import VAE, AmortizedNormalGuide, conv_vae, vae
+from pprogen.models.vae import CVAE, HVAE, VAE, AmortizedNormalGuide, conv_vae, cvae, hvae, vae
 
 __all__ = [
     "ENERGIES", "EnergyTarget", "Flow", "FlowGuide", "glow", "iaf", "maf", "nice", "nsf", "planar", "radial", "realnvp",
     "BayesianNetwork", "DirichletCPTGuide", "SpecError", "bayesnet", "fully_connected_spec", "parse_spec", "sprinkler",
     "BayesianGaussianMixture", "bayesian_gmm", "BernoulliMixture", "GaussianMixture", "gmm", "mixture_of_bernoullis", "FVSBN", "MADE", "NADE", "PPCA", "PixelCNN", "pixelcnn", "VAE", "AmortizedNormalGuide", "AutoregressiveBernoulli", "RNNAutoregressive",
-    "conv_vae", "fvsbn", "made", "nade", "ppca", "rnn_ar", "vae",
+    "CVAE", "HVAE", "conv_vae", "cvae", "hvae", "fvsbn", "made", "nade", "ppca", "rnn_ar", "vae",
 ]

@@ -59,6 +59,7 @@ class VAE(PyroModule):
         decoder: nn.Module,
         encoder_factory,
         likelihood: str = "bernoulli",
+        prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -74,13 +75,25 @@ class VAE(PyroModule):
             self.log_scale = nn.Parameter(torch.full(self.x_shape, math.log(0.3)))
         self.register_buffer("z_loc", torch.zeros(z_dim))
         self.register_buffer("z_scale", torch.ones(z_dim))
+        self.prior_flow = prior  # a pprogen Flow on z, or None for N(0, I)
+
+    def prior(self) -> dist.TorchDistribution:
+        """p(z): N(0, I), or the learned flow prior (MAF: log p(z) of the guide's draws in one pass)."""
+        if self.prior_flow is None:
+            return dist.Normal(self.z_loc, self.z_scale).to_event(1)
+        self.prior_flow.clear_cache()
+        return self.prior_flow.flow_distribution()
+
+    def decode(self, z: torch.Tensor, **condition) -> torch.Tensor:
+        """The decoder's output (the likelihood's parameters) at ``z``."""
+        return self.decoder(z)
 
     def default_guide(self) -> AmortizedNormalGuide:
         """A fresh amortized diagonal-Normal guide whose encoder mirrors the decoder."""
         return AmortizedNormalGuide(self._encoder_factory(), self.z_dim)
 
-    def likelihood_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        out = self.decoder(z)
+    def likelihood_dist(self, z: torch.Tensor, **condition) -> dist.TorchDistribution:
+        out = self.decode(z, **condition)
         if self.likelihood == "bernoulli":
             fn = dist.Bernoulli(logits=out)
         elif self.likelihood == "continuous_bernoulli":
@@ -92,7 +105,7 @@ class VAE(PyroModule):
     def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
         n = x.shape[0] if x is not None else (batch_size or 1)
         with pyro.plate("data", n):
-            z = pyro.sample("z", dist.Normal(self.z_loc, self.z_scale).to_event(1))
+            z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood_dist(z), obs=x)
 
     @torch.no_grad()
@@ -122,8 +135,9 @@ def _check_sizes(z_dim: int, hidden_dims: Sequence[int], what: str = "hidden_dim
     kind="latent",
     reference="Kingma & Welling, Auto-Encoding Variational Bayes, 2014, arXiv:1312.6114",
     default_data="digits_binary",
-    story="z ~ N(0, I); x | z ~ Bernoulli / Normal / ContinuousBernoulli(MLP decoder(z)); "
-    "guide q(z | x) = N(MLP encoder(x)) amortized over the data plate.",
+    story="z ~ N(0, I) (or a learned MAF / spline-flow prior: prior=maf|nsf); x | z ~ Bernoulli / Normal / "
+    "ContinuousBernoulli(MLP decoder(z)); guide q(z | x) = N(MLP encoder(x)) amortized over the data plate "
+    "(or --guide amortized_iaf / amortized_planar for flow posteriors).",
 )
 def vae(
     x_dim: int = 784,
@@ -131,8 +145,12 @@ def vae(
     hidden_dims: Sequence[int] = (400, 400),
     likelihood: str = "bernoulli",
     activation: str = "relu",
+    prior: str = "normal",
+    prior_layers: int = 4,
+    prior_hidden_dims: Sequence[int] = (256, 256),
 ) -> VAE:
-    """A VAE with MLP encoder and decoder on flat data of dimension ``x_dim``."""
+    """A VAE with MLP encoder and decoder on flat data of dimension ``x_dim``; ``prior="maf"`` learns
+    p(z) as a masked autoregressive flow."""
     hidden = _check_sizes(z_dim, hidden_dims)
     return VAE(
         (x_dim,),
@@ -140,7 +158,29 @@ def vae(
         MLP(z_dim, hidden, x_dim, activation),
         lambda: MLP(x_dim, hidden[::-1], 2 * z_dim, activation),
         likelihood,
+        flow_prior(prior, z_dim, prior_layers, prior_hidden_dims),
     )
+
+
+PRIORS = ("normal", "maf", "nsf")
+
+
+def flow_prior(kind: str, z_dim: int, num_layers: int, hidden_dims: Sequence[int]):
+    """None for N(0, I); else a flow on z whose layers start near the identity (no data-side ActNorm:
+    the guide's draws move during training)."""
+    if kind == "normal":
+        return None
+    if kind not in PRIORS:
+        raise ValueError(f"unknown prior {kind!r}; choose one of {', '.join(PRIORS)}")
+    from pprogen.models.flows import Flow
+    from pprogen.transforms import MaskedAutoregressive
+
+    element = "affine" if kind == "maf" else "spline"
+    layers = [
+        MaskedAutoregressive(z_dim, hidden_dims, "density", element, order=list(range(z_dim))[:: 1 if i % 2 == 0 else -1])
+        for i in range(num_layers)
+    ]
+    return Flow((z_dim,), layers, name=f"{kind} prior")
 
 
 @register_model(
@@ -170,3 +210,191 @@ def conv_vae(
         lambda: ConvEncoder(x_shape, 2 * z_dim, chans, hidden, activation),
         likelihood,
     )
+
+
+# ----------------------------------------------------------------------------- conditional VAE
+
+
+def check_labels(y: torch.Tensor | None, num_classes: int, n: int | None, model: str = "cvae") -> torch.Tensor:
+    """Integer labels 0..num_classes-1, one per example; a one-line error otherwise."""
+    if y is None:
+        raise ValueError(f"{model} is conditioned on labels: pass y=labels (one integer per example); "
+                         "pprogen train takes them from a labelled data set such as digits or mnist")
+    y = torch.as_tensor(y)
+    if y.is_floating_point():
+        if not bool((y == y.round()).all()):
+            raise ValueError(f"{model} labels must be integers 0..{num_classes - 1}, got non-integer values")
+        y = y.long()
+    if n is not None and (y.dim() != 1 or y.shape[0] != n):
+        raise ValueError(f"{model} needs one label per example: {n} examples, labels of shape {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.max()) if int(y.max()) >= num_classes else int(y.min())
+        raise ValueError(f"label {bad} is out of range for num_classes={num_classes}; labels must be 0..{num_classes - 1} "
+                         "(build the model with the data's number of classes: --set num_classes=K)")
+    return y
+
+
+def _with_onehot(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    onehot = F.one_hot(y, num_classes).to(h.dtype)
+    return torch.cat([h, onehot.expand(h.shape[:-1] + (num_classes,))], -1)
+
+
+class ConditionalNormalGuide(PyroModule):
+    """q(z | x, y) = N(loc(x, y), diag scale(x, y)^2): the encoder reads the image and its one-hot label."""
+
+    def __init__(self, encoder: nn.Module, z_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.encoder, self.z_dim, self.num_classes = encoder, z_dim, num_classes
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **condition) -> None:
+        y = check_labels(y, self.num_classes, x.shape[0])
+        loc, raw_scale = self.encoder(_with_onehot(x, y, self.num_classes)).split(self.z_dim, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw_scale) + 1e-5).to_event(1))
+
+
+class CVAE(VAE):
+    """p(x, z | y) = N(z; 0, I) p(x | decoder(z, y)) with a label-conditioned guide (Sohn et al. 2015)."""
+
+    conditional = True
+
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int], num_classes: int, likelihood: str,
+                 act: str) -> None:
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        super().__init__((x_dim,), z_dim, MLP(z_dim + num_classes, hidden, x_dim, act),
+                         lambda: MLP(x_dim + num_classes, hidden[::-1], 2 * z_dim, act), likelihood)
+        self.num_classes = num_classes
+
+    def default_guide(self) -> ConditionalNormalGuide:
+        return ConditionalNormalGuide(self._encoder_factory(), self.z_dim, self.num_classes)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(_with_onehot(z, y, self.num_classes))
+
+    def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                batch_size: int | None = None) -> torch.Tensor:
+        n = x.shape[0] if x is not None else y.shape[0] if y is not None else (batch_size or 1)
+        y = check_labels(y, self.num_classes, n)
+        with pyro.plate("data", n):
+            z = pyro.sample("z", self.prior())
+            return pyro.sample("x", self.likelihood_dist(z, y=y), obs=x)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, mean: bool = False) -> torch.Tensor:
+        """``n`` draws of x given labels ``y`` (labels 0, 1, ..., K-1 in turn when not given)."""
+        if y is None:
+            y = torch.arange(n, device=self.z_loc.device) % self.num_classes
+        y = check_labels(y, self.num_classes, n).to(self.z_loc.device)
+        site = poutine.trace(self).get_trace(y=y).nodes["x"]
+        return site["fn"].mean if mean else site["value"]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, guide, y: torch.Tensor | None = None) -> torch.Tensor:
+        z = poutine.trace(guide).get_trace(x, y=y).nodes["z"]["value"]
+        return self.likelihood_dist(z, y=check_labels(y, self.num_classes, x.shape[0])).mean
+
+
+@register_model(
+    kind="latent",
+    reference="Sohn, Lee & Yan, Learning Structured Output Representation using Deep Conditional Generative "
+    "Models, NeurIPS 2015",
+    default_data="digits_binary",
+    story="z ~ N(0, I); x | z, y ~ Bernoulli / Normal(MLP decoder([z, onehot(y)])); guide q(z | x, y) = "
+    "N(MLP encoder([x, onehot(y)])); sample(n, y=labels) draws digits of the given classes.",
+)
+def cvae(
+    x_dim: int = 784,
+    num_classes: int = 10,
+    z_dim: int = 20,
+    hidden_dims: Sequence[int] = (400, 400),
+    likelihood: str = "bernoulli",
+    activation: str = "relu",
+) -> CVAE:
+    """A label-conditioned VAE on flat data."""
+    return CVAE(x_dim, z_dim, _check_sizes(z_dim, hidden_dims), num_classes, likelihood, activation)
+
+
+# ----------------------------------------------------------------------------- two stochastic layers
+
+
+class _GaussianLayer(nn.Module):
+    """h -> N(loc(h), diag scale(h)^2) through an MLP."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, act: str) -> None:
+        super().__init__()
+        self.net = MLP(in_dim, hidden, 2 * out_dim, act)
+        self.out_dim = out_dim
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw = self.net(h).split(self.out_dim, -1)
+        return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
+
+
+class HVAEGuide(PyroModule):
+    """q(z1 | x) q(z2 | z1), the bottom-up inference network of the IWAE paper."""
+
+    def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[Sequence[int]], act: str) -> None:
+        super().__init__()
+        self.q1 = _GaussianLayer(x_dim, hidden[0], z_dims[0], act)
+        self.q2 = _GaussianLayer(z_dims[0], hidden[1], z_dims[1], act)
+
+    def forward(self, x: torch.Tensor, **condition) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", self.q1(x))
+            pyro.sample("z2", self.q2(z1))
+
+
+class HVAE(PyroModule):
+    """p(z2) p(z1 | z2) p(x | z1): two stochastic layers (Burda, Grosse & Salakhutdinov 2016)."""
+
+    def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[Sequence[int]], act: str) -> None:
+        super().__init__()
+        self.x_shape = (x_dim,)
+        self.x_dim, self.z_dims, self.hidden, self.act = x_dim, tuple(z_dims), hidden, act
+        self.p_z1 = _GaussianLayer(z_dims[1], hidden[1], z_dims[0], act)
+        self.decoder = MLP(z_dims[0], hidden[0], x_dim, act)
+        self.register_buffer("z_loc", torch.zeros(z_dims[1]))
+        self.register_buffer("z_scale", torch.ones(z_dims[1]))
+
+    def default_guide(self) -> HVAEGuide:
+        return HVAEGuide(self.x_dim, self.z_dims, self.hidden, self.act)
+
+    def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
+        n = x.shape[0] if x is not None else (batch_size or 1)
+        with pyro.plate("data", n):
+            z2 = pyro.sample("z2", dist.Normal(self.z_loc, self.z_scale).to_event(1))
+            z1 = pyro.sample("z1", self.p_z1(z2))
+            return pyro.sample("x", dist.Bernoulli(logits=self.decoder(z1)).to_event(1), obs=x)
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> torch.Tensor:
+        site = poutine.trace(self).get_trace(batch_size=n).nodes["x"]
+        return site["fn"].mean if mean else site["value"]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, guide) -> torch.Tensor:
+        z1 = poutine.trace(guide).get_trace(x).nodes["z1"]["value"]
+        return torch.sigmoid(self.decoder(z1))
+
+
+@register_model(
+    kind="latent",
+    reference="Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519",
+    default_data="digits_binary",
+    story="z2 ~ N(0, I_50); z1 | z2 ~ N(MLP 100-100(z2)); x | z1 ~ Bernoulli(MLP 200-200(z1)); guide "
+    "q(z1 | x) q(z2 | z1) with the mirrored networks (the IWAE paper's two-layer architecture).",
+)
+def hvae(
+    x_dim: int = 784,
+    z_dims: Sequence[int] = (100, 50),
+    hidden_dims: Sequence[int] = (200, 200),
+    top_hidden_dims: Sequence[int] = (100, 100),
+    activation: str = "tanh",
+) -> HVAE:
+    """A VAE with two stochastic layers; train it with --elbo iwae for the IWAE paper's model."""
+    if len(z_dims) != 2:
+        raise ValueError(f"hvae has two stochastic layers: z_dims needs two sizes, got {list(z_dims)}")
+    z1 = _check_sizes(int(z_dims[0]), hidden_dims)
+    _check_sizes(int(z_dims[1]), top_hidden_dims, "top_hidden_dims")
+    return HVAE(x_dim, (int(z_dims[0]), int(z_dims[1])), (z1, tuple(int(h) for h in top_hidden_dims)), activation)

@@ -41,7 +41,13 @@ def test_closed_form_mle_is_a_maximum(ppca_data):
 
 
 ESTIMATORS = ["trace", "stl", "meanfield", "graph", "enum", "renyi", "iwae", "iwae_dreg"]
-GUIDES = ["default", "amortized_normal", "amortized_lowrank", "amortized_iaf"]
+GUIDES = ["default", "amortized_normal", "amortized_lowrank", "amortized_iaf", "amortized_planar"]
+
+
+def test_every_amortized_family_is_covered():
+    from pprogen.inference.guides import FAMILIES
+
+    assert sorted(GUIDES[1:]) == sorted(f"amortized_{f}" for f in FAMILIES)
 
 
 def test_every_estimator_name_is_covered():

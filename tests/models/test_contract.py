@@ -26,20 +26,22 @@ def quadratic(z):
 
 
 def program(model, x):
-    """The (model, guide, data) a zoo model trains with. Flows without an inverse (planar, radial) cannot
-    score data: they train as the guide of an unnormalized target, by reverse KL."""
-    if getattr(model, "invertible", True):
-        return model, make_guide("default", model), x
-    return EnergyTarget(quadratic, dim=model.x_shape[0]), model.as_guide("z"), torch.zeros_like(x)
+    """The (model, guide, data, per-datum keyword arguments) a zoo model trains with. Flows without an
+    inverse (planar, radial) cannot score data: they train as the guide of an unnormalized target, by
+    reverse KL. Conditional models get labels."""
+    if not getattr(model, "invertible", True):
+        return EnergyTarget(quadratic, dim=model.x_shape[0]), model.as_guide("z"), torch.zeros_like(x), {}
+    kw = {"y": torch.arange(x.shape[0]) % model.num_classes} if getattr(model, "conditional", False) else {}
+    return model, make_guide("default", model), x, kw
 
 
 def elbo_for(model_name):
     return make_elbo(get_card(model_name).train_defaults.get("elbo", "trace"))
 
 
-def loss_of(name, model, guide, x, seed=1):
+def loss_of(name, model, guide, x, seed=1, **kw):
     pyro.set_rng_seed(seed)
-    return elbo_for(name)(model, guide)(x)
+    return elbo_for(name)(model, guide)(x, **kw)
 
 
 @pytest.mark.parametrize("name", pprogen.list_models())
@@ -53,9 +55,9 @@ def test_sample_shape_matches_the_data_shape(name):
 @pytest.mark.parametrize("name", pprogen.list_models())
 def test_loss_is_finite_and_gradients_reach_every_parameter(name):
     zoo_model = small_model(name)
-    model, guide, x = program(zoo_model, zoo_model.sample(7))
+    model, guide, x, kw = program(zoo_model, zoo_model.sample(7))
     loss_module = elbo_for(name)(model, guide)
-    loss = loss_module(x)
+    loss = loss_module(x, **kw)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     for pname, param in loss_module.named_parameters():
@@ -67,12 +69,12 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", pprogen.list_models())
 def test_save_load_round_trip_reproduces_the_loss(name, tmp_path):
     zoo_model = small_model(name)
-    model, guide, x = program(zoo_model, zoo_model.sample(4))
-    before = loss_of(name, model, guide, x)
+    model, guide, x, kw = program(zoo_model, zoo_model.sample(4))
+    before = loss_of(name, model, guide, x, **kw)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m.safetensors")
     save_file({k: v.contiguous() for k, v in guide.state_dict().items()}, tmp_path / "g.safetensors")
     pyro.set_rng_seed(123)  # a different initialisation, overwritten by the load
-    model2, guide2, _ = program(small_model(name), x)
+    model2, guide2, _, _ = program(small_model(name), x)
     model2.load_state_dict(load_file(tmp_path / "m.safetensors"))
     guide2.load_state_dict(load_file(tmp_path / "g.safetensors"))
-    assert torch.equal(loss_of(name, model2, guide2, x), before)
+    assert torch.equal(loss_of(name, model2, guide2, x, **kw), before)
