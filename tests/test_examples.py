@@ -12,6 +12,7 @@ EXPECTED_OUTPUT = {
     "train_vae.py": "validation NLL",
     "write_a_generative_story.py": "amortized_iaf  stl",
     "importance_sampled_evidence.py": "guide K =     5",
+    "flow_energy_2d.py": "  2 u4     radial",
 }
 TINY_ARGS = {
     "bayesian_network_queries.py": ["--num-rows", "2000", "--epochs", "1", "--quiet"],
@@ -20,6 +21,7 @@ TINY_ARGS = {
                                     "--quiet"],
     "importance_sampled_evidence.py": ["--epochs", "1", "--num-train", "300", "--num-test", "20", "--num-samples", "5",
                                        "--quiet"],
+    "flow_energy_2d.py": ["--lengths", "2", "--steps", "2", "--batch", "16"],
 }
 
 
@@ -30,6 +32,7 @@ def test_every_example_is_listed():
 @pytest.mark.parametrize("script", sorted(TINY_ARGS))
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     args = TINY_ARGS[script] + (["--out", str(tmp_path)] if script == "train_vae.py" else [])
+    args += ["--out-dir", str(tmp_path)] if script == "flow_energy_2d.py" else []
     monkeypatch.setattr(sys, "argv", [script, *args])
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     assert EXPECTED_OUTPUT[script] in capsys.readouterr().out

@@ -1,0 +1,132 @@
+"""MAF log_prob and IAF sample speed against zuko's and nflows' MAF (and Pyro's AffineAutoregressive).
+
+Issue 5's setting: 8 dimensions, 5 layers, MADE hidden [64, 64], batch 1024. Each library's flow is
+built at the same size and timed in this process on the same inputs (a fresh input for every call, since
+transforms cache their last call). Prints the median time per call over ``--repeats`` rounds and the ratio
+of pprogen's time to the faster peer's (below 1 means pprogen is faster).
+
+zuko and nflows are installed only for this script (``pip install zuko nflows``), never as dependencies;
+a peer that is not installed is left out of the table.
+
+    python benchmarks/bench_flows.py [--device cpu|cuda] [--threads 1] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import pprogen
+
+D, LAYERS, HIDDEN, BATCH = 8, 5, [64, 64], 1024
+
+
+def timed(fn, inputs, device, repeats: int, calls: int = 10) -> float:
+    """Median seconds per call over ``repeats`` rounds of ``calls`` calls (inputs cycled)."""
+    for x in inputs[:3]:
+        fn(x)  # warm-up
+    rounds = []
+    for r in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(calls):
+            fn(inputs[(r * calls + i) % len(inputs)])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) / calls)
+    return statistics.median(rounds)
+
+
+def build(device):
+    flows = {}
+    maf = pprogen.create_model("maf", x_dim=D, num_layers=LAYERS, hidden_dims=HIDDEN).to(device).eval()
+    iaf = pprogen.create_model("iaf", x_dim=D, num_layers=LAYERS, hidden_dims=HIDDEN).to(device).eval()
+    flows["pprogen"] = {"log_prob": lambda x: maf.log_prob(x), "sample": lambda n: iaf.sample(n),
+                        "train": lambda x: -maf.log_prob(x).mean()}
+    try:
+        import zuko
+
+        zmaf = zuko.flows.MAF(D, transforms=LAYERS, hidden_features=HIDDEN).to(device)
+        flows["zuko"] = {"log_prob": lambda x: zmaf().log_prob(x), "sample": lambda n: zmaf().sample((n,)),
+                         "train": lambda x: -zmaf().log_prob(x).mean()}
+    except ImportError:
+        pass
+    try:
+        from nflows.flows.autoregressive import MaskedAutoregressiveFlow
+
+        nmaf = MaskedAutoregressiveFlow(D, HIDDEN[0], LAYERS, num_blocks_per_layer=len(HIDDEN) - 1,
+                                        use_residual_blocks=False).to(device)
+        flows["nflows"] = {"log_prob": lambda x: nmaf.log_prob(x), "sample": lambda n: nmaf.sample(n),
+                           "train": lambda x: -nmaf.log_prob(x).mean()}
+    except ImportError:
+        pass
+    import pyro.distributions as dist
+    from pyro.distributions.transforms import AffineAutoregressive, Permute
+    from pyro.nn import AutoRegressiveNN
+
+    layers = []
+    for i in range(LAYERS):
+        layers.append(AffineAutoregressive(AutoRegressiveNN(D, HIDDEN)).to(device))
+        if i < LAYERS - 1:
+            layers.append(Permute(torch.arange(D - 1, -1, -1, device=device)))
+    base = dist.Normal(torch.zeros(D, device=device), torch.ones(D, device=device)).to_event(1)
+    flows["pyro (AffineAutoregressive)"] = {
+        "log_prob": lambda x: dist.TransformedDistribution(base, layers).log_prob(x),
+        "sample": lambda n: dist.TransformedDistribution(base, layers).sample((n,)),
+        "train": lambda x: -dist.TransformedDistribution(base, layers).log_prob(x).mean(),
+    }
+    return flows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is the least noisy here)")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    import pyro
+
+    pyro.enable_validation(False)
+    flows = build(device)
+    inputs = [torch.randn(BATCH, D, device=device) for _ in range(40)]
+    sizes = [BATCH] * 40
+
+    def backward(fn):
+        def run(x):
+            fn(x).backward()
+        return run
+
+    table = {}
+    for name, ops in flows.items():
+        with torch.no_grad():
+            lp = timed(ops["log_prob"], inputs, device, args.repeats)
+            sample = timed(ops["sample"], sizes, device, args.repeats, calls=3)
+        train = timed(backward(ops["train"]), inputs, device, args.repeats)
+        table[name] = (lp, sample, train)
+
+    print(f"flows of {D} dims, {LAYERS} layers, MADE hidden {HIDDEN}, batch {BATCH}, device {device}, "
+          f"{args.threads} thread(s); median ms per call over {args.repeats} rounds")
+    print(f"{'library':30s} {'MAF log_prob':>13s} {'sample':>10s} {'log_prob+backward':>18s}")
+    for name, (lp, sample, train) in table.items():
+        label = name + (" (MAF log_prob, IAF sample)" if name == "pprogen" else "")
+        print(f"{label:30s} {lp * 1e3:13.3f} {sample * 1e3:10.3f} {train * 1e3:18.3f}")
+    peers = [n for n in table if n in ("zuko", "nflows")]
+    if peers:
+        mine = table["pprogen"]
+        for i, what in enumerate(("MAF log_prob", "IAF sample (peers: their MAF sample)", "log_prob+backward")):
+            fastest = min(peers, key=lambda n: table[n][i])
+            print(f"ratio pprogen / fastest peer ({fastest}) for {what}: {mine[i] / table[fastest][i]:.2f}")
+    pyro_name = "pyro (AffineAutoregressive)"
+    print(f"ratio pprogen / pyro for MAF log_prob: {table['pprogen'][0] / table[pyro_name][0]:.2f}; "
+          f"for IAF sample: {table['pprogen'][1] / table[pyro_name][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
