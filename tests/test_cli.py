@@ -154,3 +154,35 @@ def test_info_shows_the_network_and_training_writes_its_learned_tables(tmp_path,
     assert learned["GrassWet"]["cpt"][0][0][1] < 0.2  # from uniform towards the true 0 (dry without sprinkler or rain)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["valid_evaluation"]["method"] == "exact"
+
+
+def test_two_d_flow_draws_its_density_and_image_flow_reports_bits_per_dim(tmp_path, capsys):
+    out = tmp_path / "realnvp"
+    assert main(["train", "realnvp", "--data", "moons", "--epochs", "1", "--limit", "500", "--set", "num_layers=2",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert (out / "density.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["valid_evaluation"]["method"] == "exact"
+    out = tmp_path / "glow"
+    assert main(["train", "glow", "--data", "digits", "--epochs", "1", "--limit", "200", "--set", "steps=1",
+                 "--set", "hidden_channels=8", "--no-progress", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_args"]["num_levels"] == 17  # the digits' 17 intensity levels, found in the data
+    printed = capsys.readouterr().out
+    assert "bits/dim" in printed and "dequantization bound" in printed
+    assert main(["train", "planar", "--data", "moons", "--epochs", "1", "--out", str(tmp_path / "planar")]) == 2
+    assert "no closed-form inverse" in capsys.readouterr().err
+
+
+def test_cvae_trains_on_the_data_sets_labels(tmp_path, capsys):
+    out = tmp_path / "cvae"
+    assert main(["train", "cvae", "--epochs", "1", "--limit", "200", "--set", "hidden_dims=[16]", "--no-progress",
+                 "--eval-samples", "10", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_args"]["num_classes"] == 10
+    assert "log p(x | y)" in json.loads((out / "summary.json").read_text())["valid_evaluation"]["method"]
+    assert main(["evaluate", str(out), "--num-samples", "5"]) == 0
+    unlabelled = tmp_path / "bits.npy"
+    np.save(unlabelled, (np.random.default_rng(0).random((50, 6)) < 0.5).astype(np.float32))
+    capsys.readouterr()
+    assert main(["train", "cvae", "--data", str(unlabelled), "--set", "num_classes=3", "--epochs", "1",
+                 "--out", str(tmp_path / "c2")]) == 2
+    assert "has none; use a labelled data set" in capsys.readouterr().err
