@@ -2,7 +2,7 @@
 
 Issue 5's setting: 8 dimensions, 5 layers, MADE hidden [64, 64], batch 1024. Each library's flow is
 built at the same size and timed in this process on the same inputs (a fresh input for every call, since
-transforms cache their last call). Prints the median time per call over ``--repeats`` rounds and the ratio
+transforms cache their last call). Prints the median time per call over ``--repeats`` rounds (each round times every library in turn) and the ratio
 of pprogen's time to the faster peer's (below 1 means pprogen is faster).
 
 zuko and nflows are installed only for this script (``pip install zuko nflows``), never as dependencies;
@@ -24,21 +24,24 @@ import pprogen
 D, LAYERS, HIDDEN, BATCH = 8, 5, [64, 64], 1024
 
 
-def timed(fn, inputs, device, repeats: int, calls: int = 10) -> float:
-    """Median seconds per call over ``repeats`` rounds of ``calls`` calls (inputs cycled)."""
-    for x in inputs[:3]:
-        fn(x)  # warm-up
-    rounds = []
+def interleaved(fns: dict, inputs, device, repeats: int, calls: int = 10) -> dict[str, float]:
+    """Median seconds per call of each function over ``repeats`` rounds; every round times each
+    function in turn (inputs cycled), so slow spells on a shared machine hit all of them alike."""
+    for fn in fns.values():
+        for x in inputs[:3]:
+            fn(x)  # warm-up
+    rounds: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(calls):
-            fn(inputs[(r * calls + i) % len(inputs)])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - start) / calls)
-    return statistics.median(rounds)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for i in range(calls):
+                fn(inputs[(r * calls + i) % len(inputs)])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rounds[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(times) for name, times in rounds.items()}
 
 
 def build(device):
@@ -103,13 +106,11 @@ def main() -> None:
             fn(x).backward()
         return run
 
-    table = {}
-    for name, ops in flows.items():
-        with torch.no_grad():
-            lp = timed(ops["log_prob"], inputs, device, args.repeats)
-            sample = timed(ops["sample"], sizes, device, args.repeats, calls=3)
-        train = timed(backward(ops["train"]), inputs, device, args.repeats)
-        table[name] = (lp, sample, train)
+    with torch.no_grad():
+        lp = interleaved({n: ops["log_prob"] for n, ops in flows.items()}, inputs, device, args.repeats)
+        sample = interleaved({n: ops["sample"] for n, ops in flows.items()}, sizes, device, args.repeats, calls=3)
+    train = interleaved({n: backward(ops["train"]) for n, ops in flows.items()}, inputs, device, args.repeats)
+    table = {n: (lp[n], sample[n], train[n]) for n in flows}
 
     print(f"flows of {D} dims, {LAYERS} layers, MADE hidden {HIDDEN}, batch {BATCH}, device {device}, "
           f"{args.threads} thread(s); median ms per call over {args.repeats} rounds")

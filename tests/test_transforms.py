@@ -170,6 +170,8 @@ def grid_integral(log_prob, lim=9.0, n=500):
 def test_flow_density_integrates_to_one(name, kw):
     flow = small_flow(name, **kw)
     assert abs(grid_integral(flow.log_prob) - 1) < 0.01
+    x = torch.randn(9, 2)  # the direct pass equals Pyro's TransformedDistribution on the same transforms
+    assert torch.allclose(flow.log_prob(x), flow.flow_distribution().log_prob(x.clone()), atol=1e-10)
 
 
 def planar_inverse(layer, y, iters=200):

@@ -44,6 +44,9 @@ from pprogen.transforms import (
 )
 
 
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
 class Dequantized(TorchDistribution):
     """Pixels on a grid of ``num_levels`` levels in [0, 1], modelled by a continuous ``flow`` on (0, 1)^D
     through uniform dequantization; ``log_prob`` is the (importance-weighted, ``num_samples`` draws)
@@ -174,17 +177,39 @@ class Flow(PyroModule):
         with pyro.plate("data", n):
             return pyro.sample("x", self.distribution(), obs=x)
 
+    def flow_log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """The continuous density at ``y`` in one pass from the data side to the base: each transform's
+        ``inverse_ladj`` directly, without the distribution objects and caches (the same value as
+        ``flow_distribution().log_prob(y)``, tested)."""
+        event = tuple(range(-len(self.x_shape), 0))
+        ladj = 0
+        for layer in reversed(self.transforms()):
+            y, step = layer.inverse_ladj(y)
+            ladj = ladj + step
+        base = -0.5 * ((y - self.base_loc) / self.base_scale).pow(2) - self.base_scale.log() - _HALF_LOG_2PI
+        return base.sum(event) - ladj
+
     def log_prob(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """log p(x) per row: exact, or the dequantization bound for images (see the module docstring)."""
         self.check(x)
-        self.clear_cache()
-        return self.distribution(num_samples or self.eval_samples).log_prob(x)
+        if self.num_levels is None:
+            return self.flow_log_prob(x)
+        k = num_samples or self.eval_samples
+        u = torch.rand((k,) + x.shape, dtype=x.dtype, device=x.device)
+        lp = self.flow_log_prob((x * (self.num_levels - 1) + u) / self.num_levels)
+        lp = lp - math.prod(self.x_shape) * math.log(self.num_levels)
+        return torch.logsumexp(lp, 0) - math.log(k)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        # a copy: the transforms cache their last call, and a later log_prob of the very tensor they
-        # returned would reuse the gradient-free values computed here
-        return self.distribution().sample((n,)).clone()
+        """``n`` draws, passing base noise through each transform's ``forward_ladj`` directly."""
+        y = self.base_loc + self.base_scale * torch.randn((n,) + self.x_shape, device=self.base_loc.device,
+                                                          dtype=self.base_loc.dtype)
+        for layer in self.transforms():
+            y = layer.forward_ladj(y)[0]
+        if self.num_levels is None:
+            return y
+        return (y * self.num_levels).floor().clamp(0, self.num_levels - 1) / (self.num_levels - 1)
 
     def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized draws of the continuous flow and their exact log-density (works for planar and
