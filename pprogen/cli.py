@@ -180,7 +180,8 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
     elif hasattr(model, "sample"):
         if tuple(dataset.shape) == (2,) and getattr(model, "invertible", False):  # a 2-D flow: draw its density
             plots.save_density_2d(model.log_prob, dataset.split("test" if dataset.test is not None else "train"),
-                                  run.path / "density.png", title=f"{run.config['model']} on {run.config['data']}")
+                                  run.path / "density.png", title=f"{run.config['model']} on {run.config['data']}",
+                                  device=device)
             made.append("density.png")
         params = inspect.signature(model.sample).parameters
         extra = {"mean": True} if "mean" in params else {"guide": guide} if "guide" in params else {}

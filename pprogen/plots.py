@@ -112,12 +112,12 @@ def data_limits(data: torch.Tensor, margin: float = 0.1) -> tuple[float, float, 
     return (lo[0] - pad[0]).item(), (hi[0] + pad[0]).item(), (lo[1] - pad[1]).item(), (hi[1] + pad[1]).item()
 
 
-def save_density_2d(log_prob, data: torch.Tensor, path: Path, title: str = "") -> None:
-    """The data (left) next to a model's density exp(log_prob) on a grid over the data's range (right)."""
+def save_density_2d(log_prob, data: torch.Tensor, path: Path, title: str = "", device=None) -> None:
+    """The data (left) next to a model's density exp(log_prob) on a grid over the data's range (right);
+    the grid goes to ``device`` (the model's)."""
     data = data.detach().cpu().float()
     lims = data_limits(data)
-    param = next(iter(getattr(getattr(log_prob, "__self__", None), "parameters", lambda: iter([]))()), None)
-    xs, ys, density = density_grid(log_prob, lims, device=param.device if param is not None else None)
+    xs, ys, density = density_grid(log_prob, lims, device=device)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     axes[0].hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=150, range=[lims[:2], lims[2:]], cmap="viridis")
     axes[0].set_title("data")

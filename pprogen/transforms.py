@@ -65,7 +65,10 @@ class Bijection(TransformModule):
         raise NotImplementedError
 
     def inverse_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NoInverseError(f"{type(self).__name__} has no closed-form inverse")
+        raise NoInverseError(
+            f"{type(self).__name__} has no closed-form inverse: it scores only its own samples (sample, then "
+            "log_prob of that very tensor); to fit data by maximum likelihood use realnvp, maf or nsf"
+        )
 
     def _call(self, x):
         y, ladj = self.forward_ladj(x)
@@ -601,12 +604,6 @@ class Planar(Bijection):
     def forward_ladj(self, x):
         return planar_map(x, self.u, self.w, self.b)
 
-    def inverse_ladj(self, y):
-        raise NoInverseError(
-            "planar flows have no closed-form inverse: they score only their own samples (sample, then "
-            "log_prob of that sample); to fit data by maximum likelihood use realnvp, maf or nsf"
-        )
-
 
 class Radial(Bijection):
     """A radial flow step on vectors of size ``dim``; no closed-form inverse."""
@@ -620,12 +617,6 @@ class Radial(Bijection):
 
     def forward_ladj(self, x):
         return radial_map(x, self.z0, self.log_alpha, self.beta)
-
-    def inverse_ladj(self, y):
-        raise NoInverseError(
-            "radial flows have no closed-form inverse: they score only their own samples (sample, then "
-            "log_prob of that sample); to fit data by maximum likelihood use realnvp, maf or nsf"
-        )
 
 
 class ConditionalPlanar(Bijection):

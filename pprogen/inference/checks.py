@@ -104,3 +104,13 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
                 "use data that fits the likelihood (e.g. a binarized data set for a Bernoulli decoder) "
                 "or another likelihood"
             )
+
+
+def check_condition(condition: dict[str, torch.Tensor] | None, data: torch.Tensor, what: str) -> dict:
+    """Per-datum keyword arguments must be tensors with one row per example."""
+    condition = dict(condition or {})
+    for key, value in condition.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != data.shape[0]:
+            rows = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else "no"
+            raise ValueError(f"{what}: condition {key!r} must hold one row per example ({data.shape[0]}), got {rows}")
+    return condition

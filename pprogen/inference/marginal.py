@@ -31,6 +31,7 @@ import numpy as np
 import pyro
 import torch
 
+from pprogen.inference.checks import check_condition
 from pprogen.inference.tracing import (
     PARTICLES,
     SiteCollector,
@@ -198,10 +199,7 @@ def log_marginal(
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
-    condition = dict(condition or {})
-    for key, value in condition.items():
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != data.shape[0]:
-            raise ValueError(f"condition {key!r} must hold one row per data point ({data.shape[0]})")
+    condition = check_condition(condition, data, "data")
     probe = data[:1]
     guide_sites, model_sites = probe_sites(model, guide, (probe,), {k: v[:1] for k, v in condition.items()})
     nesting = max(1, plate_nesting(guide_sites + model_sites))

@@ -26,6 +26,7 @@ from pprogen.inference.checks import (
     OPTIMIZERS,
     check_data,
     check_hyperparameters,
+    check_condition,
     check_model_fits_data,
     resolve_device,
 )
@@ -194,16 +195,6 @@ def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
         kw = {k: v[rows] for k, v in (condition or {}).items()}
         total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
     return total / data.shape[0]
-
-
-def check_condition(condition: dict[str, torch.Tensor] | None, data: torch.Tensor, what: str) -> dict:
-    """Per-datum keyword arguments must be tensors with one row per example."""
-    condition = dict(condition or {})
-    for key, value in condition.items():
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != data.shape[0]:
-            rows = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else "no"
-            raise ValueError(f"{what}: condition {key!r} must hold one row per example ({data.shape[0]}), got {rows}")
-    return condition
 
 
 def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str:

@@ -40,7 +40,7 @@ from pprogen.models.autoregressive import EmptyGuide
 from pprogen.registry import register_model
 from pprogen.transforms import (
     ActNorm, Bijection, Coupling, FlowBatchNorm, InvertibleLinear, Logit, MaskedAutoregressive, MultiScale,
-    NoInverseError, Planar, Radial, Reverse, Scaling,
+    NoInverseError, Planar, Radial, Scaling,
 )
 
 
@@ -68,19 +68,29 @@ class Dequantized(TorchDistribution):
         return Dequantized(self.flow.expand(batch_shape), self.num_levels, self.num_samples)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        levels = self.num_levels
-        dim = math.prod(self.event_shape)
-        u = torch.rand((self.num_samples,) + value.shape, dtype=value.dtype, device=value.device)
-        y = (value * (levels - 1) + u) / levels
-        lp = self.flow.log_prob(y) - dim * math.log(levels)
-        if self.num_samples == 1:
-            return lp[0]
-        return torch.logsumexp(lp, 0) - math.log(self.num_samples)
+        return dequantized_log_prob(self.flow.log_prob, value, self.num_levels, self.num_samples,
+                                    math.prod(self.event_shape))
 
     @torch.no_grad()
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        y = self.flow.sample(sample_shape)
-        return (y * self.num_levels).floor().clamp(0, self.num_levels - 1) / (self.num_levels - 1)
+        return quantize(self.flow.sample(sample_shape), self.num_levels)
+
+
+def dequantize(x: torch.Tensor, levels: int, num_samples: int | None = None) -> torch.Tensor:
+    """``(x (L - 1) + u) / L`` with ``u ~ U(0, 1)``; ``num_samples`` draws stacked in front when given."""
+    shape = x.shape if num_samples is None else (num_samples,) + x.shape
+    return (x * (levels - 1) + torch.rand(shape, dtype=x.dtype, device=x.device)) / levels
+
+
+def quantize(y: torch.Tensor, levels: int) -> torch.Tensor:
+    """The level of each continuous value in (0, 1), back on the grid ``k / (L - 1)``."""
+    return (y * levels).floor().clamp(0, levels - 1) / (levels - 1)
+
+
+def dequantized_log_prob(log_density: Callable, x: torch.Tensor, levels: int, num_samples: int, dim: int):
+    """The dequantization bound ``log mean_k p(y_k) - D log L`` over ``num_samples`` draws of ``u``."""
+    lp = log_density(dequantize(x, levels, num_samples)) - dim * math.log(levels)
+    return lp[0] if num_samples == 1 else torch.logsumexp(lp, 0) - math.log(num_samples)
 
 
 class Flow(PyroModule):
@@ -126,9 +136,10 @@ class Flow(PyroModule):
         """The continuous density (on (0, 1)^D for dequantized images) as a Pyro TransformedDistribution."""
         return dist.TransformedDistribution(self.base(), self.transforms())
 
-    def distribution(self, num_samples: int = 1) -> TorchDistribution:
+    def distribution(self) -> TorchDistribution:
+        """What the site ``x`` observes: the flow, or its dequantized version (one draw of ``u``)."""
         flow = self.flow_distribution()
-        return Dequantized(flow, self.num_levels, num_samples) if self.num_levels else flow
+        return Dequantized(flow, self.num_levels) if self.num_levels else flow
 
     # -- the Pyro program
     def default_guide(self) -> EmptyGuide:
@@ -194,11 +205,8 @@ class Flow(PyroModule):
         self.check(x)
         if self.num_levels is None:
             return self.flow_log_prob(x)
-        k = num_samples or self.eval_samples
-        u = torch.rand((k,) + x.shape, dtype=x.dtype, device=x.device)
-        lp = self.flow_log_prob((x * (self.num_levels - 1) + u) / self.num_levels)
-        lp = lp - math.prod(self.x_shape) * math.log(self.num_levels)
-        return torch.logsumexp(lp, 0) - math.log(k)
+        return dequantized_log_prob(self.flow_log_prob, x, self.num_levels, num_samples or self.eval_samples,
+                                    math.prod(self.x_shape))
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -207,9 +215,7 @@ class Flow(PyroModule):
                                                           dtype=self.base_loc.dtype)
         for layer in self.transforms():
             y = layer.forward_ladj(y)[0]
-        if self.num_levels is None:
-            return y
-        return (y * self.num_levels).floor().clamp(0, self.num_levels - 1) / (self.num_levels - 1)
+        return y if self.num_levels is None else quantize(y, self.num_levels)
 
     def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized draws of the continuous flow and their exact log-density (works for planar and
@@ -225,9 +231,7 @@ class Flow(PyroModule):
     # -- data-dependent init and diagnostics
     def data_side(self, x: torch.Tensor) -> torch.Tensor:
         """The continuous values the flow sees: dequantized pixels (one draw) or the data itself."""
-        if self.num_levels is None:
-            return x
-        return (x * (self.num_levels - 1) + torch.rand_like(x)) / self.num_levels
+        return x if self.num_levels is None else dequantize(x, self.num_levels)
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, max_rows: int = 2048) -> None:
@@ -570,5 +574,5 @@ def _max_levels(h: int, w: int) -> int:
 
 __all__ = [
     "Dequantized", "ENERGIES", "EnergyTarget", "Flow", "FlowGuide", "NoInverseError", "Permutation", "glow", "iaf",
-    "maf", "nice", "nsf", "planar", "radial", "realnvp", "Reverse",
+    "maf", "nice", "nsf", "planar", "radial", "realnvp", "dequantize", "quantize",
 ]

@@ -25,8 +25,10 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
+from pprogen.models.flows import Flow
 from pprogen.nn import MLP, ConvDecoder, ConvEncoder
 from pprogen.registry import register_model
+from pprogen.transforms import MaskedAutoregressive
 
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 
@@ -172,9 +174,6 @@ def flow_prior(kind: str, z_dim: int, num_layers: int, hidden_dims: Sequence[int
         return None
     if kind not in PRIORS:
         raise ValueError(f"unknown prior {kind!r}; choose one of {', '.join(PRIORS)}")
-    from pprogen.models.flows import Flow
-    from pprogen.transforms import MaskedAutoregressive
-
     element = "affine" if kind == "maf" else "spline"
     layers = [
         MaskedAutoregressive(z_dim, hidden_dims, "density", element, order=list(range(z_dim))[:: 1 if i % 2 == 0 else -1])
