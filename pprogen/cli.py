@@ -36,6 +36,20 @@ TRAIN_DEFAULTS = {
     "alpha": None,
     "kl_warmup": 0,
 }
+GAN_TRAIN_DEFAULTS = {
+    "epochs": 100,
+    "batch_size": 64,
+    "lr": 2e-4,
+    "lr_d": 2e-4,
+    "betas": [0.5, 0.999],
+    "loss": "nonsaturating",
+    "critic_steps": 1,
+    "gp_weight": None,
+    "r1_weight": 0.0,
+    "spectral_norm": False,
+    "ema": 0.999,
+    "schedule": "constant",
+}
 
 
 def _parse_value(text: str) -> Any:
@@ -74,6 +88,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         data_name = str(Path(data_name).resolve())
     params = inspect.signature(card.factory).parameters
     model_args = _model_args(args.set)
+    given = set(model_args)
     flatten = False
     if "x_dim" in params and "x_dim" not in model_args:
         model_args["x_dim"] = dataset.dim
@@ -82,6 +97,10 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         model_args["x_shape"] = list(dataset.shape)
     if "num_classes" in params and "num_classes" not in model_args and dataset.num_classes:
         model_args["num_classes"] = dataset.num_classes
+    if dataset.pairing and "x_shape" in params and "x_shape" not in given:  # one domain's image
+        model_args["x_shape"] = [dataset.shape[0] // 2, *dataset.shape[1:]]
+    if "bounded" in params and "bounded" not in model_args and dataset.is_image:
+        model_args["bounded"] = True  # generated pixels in [0, 1]
     if "num_levels" in params and "num_levels" not in model_args and dataset.is_image:
         levels = intensity_levels(dataset.train)  # flows dequantize images on their own grid of levels
         if levels is None:
@@ -90,11 +109,12 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
                 "spaced levels in [0, 1]; pass --set num_levels=L for data with L levels"
             )
         model_args["num_levels"] = levels
-    defaults = {**TRAIN_DEFAULTS, **card.train_defaults}
-    train = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
+    train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
     config = {
         "pprogen_version": __version__,
         "model": args.model,
+        "kind": card.kind,
         "model_args": model_args,
         "data": data_name,
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
@@ -220,6 +240,8 @@ def cmd_train(args) -> int:
             config["train"]["epochs"] = args.epochs
     else:
         config, dataset = _config_from_args(args)
+    if config.get("kind") == "gan":
+        return _train_gan(args, config, dataset, run if args.resume else None)
     train = config["train"]
     check_hyperparameters(
         epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
@@ -284,9 +306,184 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- GANs: adversarial training and metrics
+
+
+def _gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool):
+    from pprogen.inference.adversarial import AdversarialTrainer
+
+    return AdversarialTrainer(
+        model, loss=train["loss"], critic_steps=train["critic_steps"], lr_g=train["lr"], lr_d=train["lr_d"],
+        betas=tuple(train["betas"]), gp_weight=train["gp_weight"], r1_weight=train["r1_weight"],
+        spectral_norm=train["spectral_norm"], ema=train["ema"], schedule=train["schedule"],
+        batch_size=train["batch_size"], device=device, seed=seed, progress=progress,
+    )
+
+
+def _translates(model) -> bool:
+    return hasattr(model, "split") and hasattr(model, "translator")
+
+
+def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: str = "valid") -> None:
+    """Samples over the data (2-D), a sample grid (images) or source / translation / target rows."""
+    from pprogen import plots
+
+    torch.manual_seed(0)  # the same noise every epoch, so the grids show training progress
+    if _translates(model):
+        a, b = model.split(dataset.split(split)[:12].to(device))
+        rows, labels = [a, model.sample(12, a)], ["A (source)", "G_ab(A)"]
+        if dataset.pairing == "paired":
+            rows, labels = rows + [b], labels + ["B (target)"]
+        elif "ba" in model.generator:
+            rows, labels = rows + [b, model.sample(12, b, "ba")], labels + ["B (source)", "G_ba(B)"]
+        plots.save_translations(rows, labels, path)
+        return
+    samples = model.sample(64 if dataset.is_image else 2500)
+    if dataset.is_image:
+        plots.save_samples(samples, dataset.image_shape, path, title=f"{run.config['model']} samples")
+    else:
+        plots.save_samples(samples, dataset.shape, path, title=f"{run.config['model']} samples")
+
+
+def _evaluate_gan(model, dataset: Dataset, split: str, num_samples: int, device) -> dict[str, Any]:
+    """Mode coverage on ring8 / grid25, kernel MMD, and Fréchet distance, precision, recall and the
+    classifier score in the features of a digit classifier cached for labelled image data."""
+    from pprogen.data import MODES
+    from pprogen.inference import metrics
+
+    real = dataset.split(split).to(device)
+    torch.manual_seed(0)
+    result: dict[str, Any] = {"split": split}
+    if _translates(model):
+        a, b = model.split(real)
+        fake = model.sample(a.shape[0], a)
+        result["method"] = f"translations of the {a.shape[0]} {split} sources"
+        if dataset.pairing == "paired":
+            result["l1_to_target"] = (fake - b).abs().mean().item()
+        if "ba" in model.generator:
+            with torch.no_grad():
+                result["cycle_l1"] = (model.cycle_loss(a, b, model.generator_ema) / 2).item()
+        real, labels = b, dataset.labels.get("train")
+        train_images = model.split(dataset.train)[1]
+    else:
+        fake_labels = None
+        if model.conditional:
+            fake_labels = torch.arange(num_samples, device=device) % model.num_classes
+        fake = model.sample(num_samples, y=fake_labels) if model.conditional else model.sample(num_samples)
+        result["method"] = f"{num_samples} samples from the moving-average generator"
+        labels, train_images = dataset.labels.get("train"), dataset.train
+        if dataset.name in MODES:
+            centers, sigma = MODES[dataset.name]
+            result.update(metrics.mode_metrics(fake, centers, sigma))
+    result["mmd"] = metrics.mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))
+    if dataset.is_image and labels is not None and dataset.num_classes:
+        shape = dataset.image_shape if not _translates(model) else tuple(model.x_shape)
+        valid = None
+        if dataset.valid is not None and dataset.labels.get("valid") is not None:
+            valid_images = model.split(dataset.valid)[1] if _translates(model) else dataset.valid
+            valid = (valid_images.reshape(-1, *shape), dataset.labels["valid"])
+        classifier, card = metrics.cached_classifier(dataset.name, train_images.reshape(-1, *shape), labels,
+                                                     dataset.num_classes, valid=valid)
+        feats = metrics.image_metrics(classifier, real.reshape(-1, *shape), fake.reshape(-1, *shape),
+                                      None if _translates(model) or not model.conditional else fake_labels)
+        result.update(feats)
+        result["classifier"] = card
+    return result
+
+
+def _format_gan_eval(result: dict[str, Any]) -> str:
+    parts = []
+    if "modes" in result:
+        parts.append(f"modes {result['modes']}/{result['num_modes']}, high quality {100 * result['high_quality']:.1f}%, "
+                     f"reverse KL {result['reverse_kl']:.4f}")
+    if "frechet_distance" in result:
+        parts.append(f"Fréchet distance {result['frechet_distance']:.3f}, precision {result['precision']:.3f}, "
+                     f"recall {result['recall']:.3f}, classifier score {result['classifier_score']:.2f}")
+    if "label_agreement" in result:
+        parts.append(f"label agreement {100 * result['label_agreement']:.1f}%")
+    for key in ("l1_to_target", "cycle_l1"):
+        if key in result:
+            parts.append(f"{key.replace('_', ' ')} {result[key]:.4f}")
+    parts.append(f"MMD^2 {result['mmd']:.5f}")
+    return f"{result['split']}: " + "; ".join(parts) + f" ({result['method']})"
+
+
+def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run | None) -> int:
+    from pprogen.data import MODES
+    from pprogen.inference.adversarial import LOSSES
+    from pprogen.inference.metrics import mode_metrics
+    from pprogen.errors import unknown_name_error
+
+    train = config["train"]
+    if train["loss"] not in LOSSES:
+        raise unknown_name_error("GAN loss", train["loss"], LOSSES)
+    device = resolve_device(config["device"])
+    seed_everything(config["seed"])
+    if dataset is None:
+        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
+    if config.get("flatten"):
+        dataset = dataset.flat()
+    model = create_model(config["model"], **config["model_args"])
+    trainer = _gan_trainer(model, train, device, config["seed"], not args.no_progress)
+    condition = _condition(model, dataset, "train")
+    check_data(dataset.train, "training data")
+    model.check_data(dataset.train, pairing=dataset.pairing, **condition)
+    if run is None:
+        run = Run.create(config, args.out)
+    else:
+        run.write_json("config.json", config)
+    modes = MODES.get(dataset.name) if not dataset.is_image else None
+    (run.path / "grids").mkdir(exist_ok=True)
+
+    def each_epoch(epoch: int, record: dict) -> None:
+        if modes is not None:
+            with torch.no_grad():
+                found = mode_metrics(model.sample(2500), *modes)
+            record.update(modes=found["modes"], high_quality=found["high_quality"])
+        _gan_pictures(run, model, dataset, device, run.path / "grids" / f"epoch-{epoch:03d}.png")
+        run.save_weights("model", model)
+
+    print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples, "
+          f"{train['loss']} loss) -> {run.path}")
+    started = time.perf_counter()
+    try:
+        history = trainer.fit(dataset.train, epochs=train["epochs"], condition=condition, run=run,
+                              resume=bool(args.resume), callback=each_epoch)
+    except NonFiniteLossError as err:
+        print(f"pprogen: training stopped: {err}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - started
+    run.save_weights("model", model)
+    split = "valid" if dataset.valid is not None else "train"
+    result = _evaluate_gan(model, dataset, split, config.get("eval_samples", 2500), device)
+    run.write_json("summary.json", {"epochs_run": len(history.records), "stop_reason": history.stop_reason,
+                                    "train_seconds": round(seconds, 2), "device": str(device),
+                                    f"{split}_evaluation": result})
+    from pprogen import plots
+
+    _gan_pictures(run, model, dataset, device, run.path / "samples.png", split)
+    plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel="loss per step",
+                      keys=("d_loss", "g_adv", "cycle", "l1", "high_quality"))
+    print(f"trained {len(history.records)} epochs in {seconds:.1f} s on {device}")
+    print(_format_gan_eval(result))
+    print(f"run folder: {run.path}   pictures: {run.path / 'samples.png'}, {run.path / 'curves.png'}, {run.path / 'grids'}")
+    return 0
+
+
 def _load_run(path: str):
     run = Run.open(path)
     config = run.config
+    if config.get("kind") == "gan":
+        from pprogen.nn import apply_spectral_norm
+
+        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
+        dataset = dataset.flat() if config.get("flatten") else dataset
+        model = create_model(config["model"], **config["model_args"])
+        if config["train"].get("spectral_norm"):
+            apply_spectral_norm(model.discriminator)
+        run.load_weights("model", model)
+        device = resolve_device(config.get("device", "auto"))
+        return run, config, dataset, model.to(device).eval(), None, device
     dataset, model, guide = build(config)
     _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
     run.load_weights("model", model)
@@ -304,11 +501,16 @@ def cmd_evaluate(args) -> int:
     run, config, dataset, model, guide, device = _load_run(args.run)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit)
+    if config.get("kind") == "gan":
+        result = _evaluate_gan(model, dataset.subset(args.limit), args.split, args.num_samples, device)
+        text = _format_gan_eval(result)
+    else:
+        result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit)
+        text = _format_eval(args.split, result)
     summary = run.read_json("summary.json")
     summary[f"{args.split}_evaluation"] = result
     run.write_json("summary.json", summary)
-    print(_format_eval(args.split, result))
+    print(text)
     return 0
 
 
@@ -320,11 +522,15 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--out must end in .png, .pdf, .npy or .pt, got {out.name!r}")
     run, config, dataset, model, guide, device = _load_run(args.run)
     torch.manual_seed(args.seed)
-    samples = model.sample(args.n).cpu()
+    if _translates(model):  # translations of the test split's A images
+        samples = model.sample(args.n, model.split(dataset.split("test").to(device))[0]).cpu()
+    else:
+        samples = model.sample(args.n).cpu()
     if out.suffix.lower() in (".png", ".pdf"):
         from pprogen.plots import save_samples
 
-        save_samples(samples, dataset.image_shape or dataset.shape, out, title=f"{config['model']} samples")
+        shape = tuple(model.x_shape) if _translates(model) else dataset.image_shape or dataset.shape
+        save_samples(samples, shape, out, title=f"{config['model']} samples")
     elif out.suffix.lower() == ".npy":
         import numpy as np
 
@@ -371,7 +577,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)
     s.add_argument("--optimizer")
-    s.add_argument("--schedule", help="constant, cosine, exponential or plateau")
+    s.add_argument("--schedule", help="constant, cosine, exponential or plateau (GANs: constant or linear)")
     s.add_argument("--clip-norm", type=float)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     s.add_argument("--elbo", help="ELBO estimator: trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg")
@@ -379,6 +585,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--kl-warmup", type=int, help="epochs over which the KL weight ramps up to --beta")
     s.add_argument("--particles", type=int, help="particles per ELBO estimate (vectorized)")
     s.add_argument("--beta", type=float, help="KL weight (beta-VAE)")
+    s.add_argument("--loss", help="GANs: minimax, nonsaturating, wgan_gp, hinge or lsgan")
+    s.add_argument("--critic-steps", type=int, help="GANs: discriminator updates per generator update")
+    s.add_argument("--lr-d", type=float, help="GANs: the discriminator's learning rate (--lr is the generator's)")
+    s.add_argument("--gp-weight", type=float, help="GANs: gradient-penalty weight (default 10 for wgan_gp, else 0)")
+    s.add_argument("--r1-weight", type=float, help="GANs: R1 penalty weight gamma on real data")
+    s.add_argument("--spectral-norm", action="store_true", default=None, help="GANs: spectral norm in the discriminator")
+    s.add_argument("--ema", type=float, help="GANs: decay of the generator's moving average used for sampling")
     s.add_argument("--guide", default="default",
                    help="default (the model's own), amortized_normal, amortized_lowrank, amortized_iaf or auto_*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
@@ -393,7 +606,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="test NLL of a trained run")
     s.add_argument("run")
     s.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    s.add_argument("--num-samples", type=int, default=1000, help="importance samples per example")
+    s.add_argument("--num-samples", type=int, default=1000,
+                   help="importance samples per example (GANs: generated samples scored)")
     s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
     s.set_defaults(func=cmd_evaluate)
 

@@ -2,8 +2,12 @@
 
 ``load_dataset(name)`` knows:
 
-- ``digits`` (scikit-learn's 8x8 digits in [0, 1], shipped with scikit-learn: the offline default) and
-  ``digits_binary`` (the same images thresholded at 0.5);
+- ``digits`` (scikit-learn's 8x8 digits in [0, 1], shipped with scikit-learn: the offline default),
+  ``digits_binary`` (the same images thresholded at 0.5) and ``digits28`` (the same images upsampled
+  bilinearly to 28x28, a 28x28 image set that needs no download);
+- translation pairs made from the digits, each example stacking an A image over a B image as ``(2, 8, 8)``:
+  ``edges2digits`` (paired: A is the outline of the digit's pixels >= 0.5, B the digit), ``digits2inverted`` and
+  ``digits2thick`` (unpaired: A a digit, B the inverted / dilated image of a *different* digit);
 - ``binarized_mnist``: the static split of Larochelle & Murray, read from ``binarized_mnist_{train,valid,test}.amat``
   or a ``binarized_mnist.npz`` of packed bits, found in ``data_dir`` / ``$PPROGEN_DATA`` and downloaded
   from its usual location when online;
@@ -52,6 +56,7 @@ class Dataset:
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     num_classes: int | None = None
     image_shape: tuple[int, ...] | None = None
+    pairing: str | None = None  # translation sets: "paired" or "unpaired" (A over B in the channels)
 
     def __post_init__(self) -> None:
         if self.image_shape is None and len(self.shape) == 3:
@@ -84,7 +89,7 @@ class Dataset:
             return None if t is None else t.reshape(t.shape[0], -1)
 
         return Dataset(self.name, f(self.train), f(self.valid), f(self.test), (self.dim,), self.binary,
-                       dict(self.labels), self.num_classes, self.image_shape)
+                       dict(self.labels), self.num_classes, self.image_shape, self.pairing)
 
     def subset(self, limit: int | None) -> "Dataset":
         """At most ``limit`` examples per split (for smoke tests and quick runs)."""
@@ -95,7 +100,7 @@ class Dataset:
             return None if t is None else t[:limit]
 
         return Dataset(self.name, f(self.train), f(self.valid), f(self.test), self.shape, self.binary,
-                       {k: v[:limit] for k, v in self.labels.items()}, self.num_classes, self.image_shape)
+                       {k: v[:limit] for k, v in self.labels.items()}, self.num_classes, self.image_shape, self.pairing)
 
 
 def _split(x: torch.Tensor, y: torch.Tensor | None, fractions=(0.8, 0.1), seed: int = 0):
@@ -152,6 +157,58 @@ def load_digits(binary: bool = False) -> Dataset:
     y = torch.tensor(bunch.target, dtype=torch.long)
     (train, valid, test), labels = _split(x, y, fractions=(0.7, 0.15))
     return Dataset("digits_binary" if binary else "digits", train, valid, test, (1, 8, 8), binary, labels, 10)
+
+
+def load_digits28() -> Dataset:
+    """The 8x8 digits upsampled bilinearly to 28x28 (labels kept)."""
+    import torch.nn.functional as F
+
+    small = load_digits()
+
+    def up(x):
+        return None if x is None else F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
+
+    return Dataset("digits28", up(small.train), up(small.valid), up(small.test), (1, 28, 28), False,
+                   dict(small.labels), small.num_classes)
+
+
+def _dilate(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+
+
+def _erode(x: torch.Tensor) -> torch.Tensor:
+    return -_dilate(-x)
+
+
+TRANSLATIONS = {
+    # name: (make A from a digit, make B from a digit, paired)
+    "edges2digits": (lambda x: ((x >= 0.5) & (_erode((x >= 0.5).float()) < 1)).float(), lambda x: x, True),
+    "digits2inverted": (lambda x: x, lambda x: 1 - x, False),
+    "digits2thick": (lambda x: x, _dilate, False),
+}
+
+
+def load_translation(name: str) -> Dataset:
+    """Two domains made from the digits, each example ``cat([A, B])`` along the channels. Paired sets take A and
+    B from the same digit; unpaired ones take B from another digit of the split (a fixed derangement), so
+    no example's B is its A's translation."""
+    make_a, make_b, paired = TRANSLATIONS[name]
+    digits = load_digits()
+
+    def stack(x, seed):
+        if x is None:
+            return None
+        other = x
+        if not paired:
+            n = x.shape[0]
+            shift = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            other = x[shift[(torch.argsort(shift) + 1) % n]]  # each row gets another row's digit
+        return torch.cat([make_a(x), make_b(other)], 1)
+
+    splits = [stack(t, i) for i, t in enumerate((digits.train, digits.valid, digits.test))]
+    return Dataset(name, *splits, (2, 8, 8), False, dict(digits.labels) if paired else {},
+                   digits.num_classes if paired else None, image_shape=(2, 8, 8),
+                   pairing="paired" if paired else "unpaired")
 
 
 def data_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -277,6 +334,7 @@ RING8_CENTERS = torch.stack(
     [torch.tensor([math.cos(2 * math.pi * k / 8), math.sin(2 * math.pi * k / 8)]) for k in range(8)]
 )
 GRID25_CENTERS = torch.tensor([[a, b] for a in (-4.0, -2.0, 0.0, 2.0, 4.0) for b in (-4.0, -2.0, 0.0, 2.0, 4.0)])
+MODES = {"ring8": (RING8_CENTERS, 0.01), "grid25": (GRID25_CENTERS, 0.05)}  # the mode benchmarks: centers, sigma
 
 
 def _pinwheel(n, g, arms=5, radial_std=0.3, tangential_std=0.1, rate=0.25):
@@ -319,8 +377,8 @@ def _sprinkler(missing: float):
 TOYS: dict[str, Callable] = {
     "moons": _moons,
     "circles": _circles,
-    "ring8": _mixture(RING8_CENTERS, 0.01),
-    "grid25": _mixture(GRID25_CENTERS, 0.05),
+    "ring8": _mixture(*MODES["ring8"]),
+    "grid25": _mixture(*MODES["grid25"]),
     "pinwheel": _pinwheel,
     "checkerboard": _checkerboard,
     "swiss_roll": _swiss_roll,
@@ -424,7 +482,7 @@ def _from_mapping(name: str, arrays: dict[str, torch.Tensor], path: Path) -> Dat
 
 # ---------------------------------------------------------------- entry point
 
-NAMES = ("digits", "digits_binary", "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
+NAMES = ("digits", "digits_binary", "digits28", *TRANSLATIONS, "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
@@ -433,6 +491,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return load_digits(binary=False)
     if name == "digits_binary":
         return load_digits(binary=True)
+    if name == "digits28":
+        return load_digits28()
+    if name in TRANSLATIONS:
+        return load_translation(name)
     if name == "binarized_mnist":
         return load_binarized_mnist(data_dir, download)
     if name in _TORCHVISION:

@@ -138,3 +138,35 @@ class MaskedMLP(nn.Module):
             if i < last:
                 x = self.act(x)
         return x
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters take no gradients (to hold a moving average of its weights)."""
+    import copy
+
+    average = copy.deepcopy(module)
+    for p in average.parameters():
+        p.requires_grad_(False)
+    return average
+
+
+def apply_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) on every linear and convolutional layer of ``module``
+    that does not have it yet (``torch.nn.utils.parametrizations.spectral_norm``); returns ``module``."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and not parametrize.is_parametrized(layer, "weight"):
+            spectral_norm(layer)
+    return module
+
+
+def halvings(size: int, smallest: int = 4, most: int = 4) -> int:
+    """How many times ``size`` halves exactly while staying at least ``smallest`` (at most ``most``):
+    8 -> 1 (8, 4), 28 -> 2 (28, 14, 7), 32 -> 3 (32, 16, 8, 4)."""
+    count = 0
+    while size % 2 == 0 and size // 2 >= smallest and count < most:
+        size //= 2
+        count += 1
+    return count

@@ -66,18 +66,31 @@ def save_reconstructions(data: torch.Tensor, recon: torch.Tensor, shape: Sequenc
     _save(fig, path)
 
 
-def save_curves(records: list[dict], path: Path, ylabel: str = "negative ELBO per datum (nats)") -> None:
+def save_curves(records: list[dict], path: Path, ylabel: str = "negative ELBO per datum (nats)",
+                keys: Sequence[str] = ("train_loss", "valid_loss")) -> None:
+    """One line per key of the per-epoch ``records`` (the epochs where it is set)."""
     fig = plt.figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    epochs = [r["epoch"] for r in records]
-    ax.plot(epochs, [r["train_loss"] for r in records], label="train")
-    valid = [(r["epoch"], r["valid_loss"]) for r in records if r.get("valid_loss") is not None]
-    if valid:
-        ax.plot(*zip(*valid), label="valid")
+    for key in keys:
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), label=key.replace("_loss", "").replace("_", " "))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def save_translations(rows: Sequence[torch.Tensor], labels: Sequence[str], path: Path) -> None:
+    """Image rows of equal length (source, translation, target ...) one above the other."""
+    n = rows[0].shape[0]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(4, n * 0.6), 1.3 * len(rows)))
+    for ax, row, label in zip(axes, rows, labels):
+        grid = image_grid(row.cpu(), nrow=n)
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
     _save(fig, path)
 
 

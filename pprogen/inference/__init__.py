@@ -1,5 +1,6 @@
 """Inference for any Pyro program: ELBO estimators, SVI training and importance-sampled evidence."""
 
+from pprogen.inference.adversarial import AdversarialTrainer
 from pprogen.inference.elbo import ELBOLoss, TraceELBO
 from pprogen.inference.estimators import make_elbo
 from pprogen.inference.iwae import RenyiELBO
@@ -9,6 +10,7 @@ from pprogen.inference.mcmc import run_nuts
 from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
 
 __all__ = [
+    "AdversarialTrainer",
     "ELBOLoss",
     "Evidence",
     "History",

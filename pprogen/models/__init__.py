@@ -4,12 +4,15 @@ from pprogen.models.autoregressive import MADE, NADE, FVSBN, AutoregressiveBerno
 from pprogen.models.bayesnet import BayesianNetwork, DirichletCPTGuide, bayesnet, sprinkler
 from pprogen.models.dag import SpecError, fully_connected_spec, parse_spec
 from pprogen.models.flows import ENERGIES, EnergyTarget, Flow, FlowGuide, glow, iaf, maf, nice, nsf, planar, radial, realnvp
+from pprogen.models.gan import GAN, ProGAN, cgan, dcgan, gan, progan
 from pprogen.models.mixture import BayesianGaussianMixture, BernoulliMixture, GaussianMixture, bayesian_gmm, gmm, mixture_of_bernoullis
 from pprogen.models.pixelcnn import PixelCNN, pixelcnn
 from pprogen.models.ppca import PPCA, ppca
+from pprogen.models.translation import CycleGAN, Pix2Pix, cyclegan, pix2pix
 from pprogen.models.vae import CVAE, HVAE, VAE, AmortizedNormalGuide, conv_vae, cvae, hvae, vae
 
 __all__ = [
+    "GAN", "ProGAN", "CycleGAN", "Pix2Pix", "cgan", "cyclegan", "dcgan", "gan", "pix2pix", "progan",
     "ENERGIES", "EnergyTarget", "Flow", "FlowGuide", "glow", "iaf", "maf", "nice", "nsf", "planar", "radial", "realnvp",
     "BayesianNetwork", "DirichletCPTGuide", "SpecError", "bayesnet", "fully_connected_spec", "parse_spec", "sprinkler",
     "BayesianGaussianMixture", "bayesian_gmm", "BernoulliMixture", "GaussianMixture", "gmm", "mixture_of_bernoullis", "FVSBN", "MADE", "NADE", "PPCA", "PixelCNN", "pixelcnn", "VAE", "AmortizedNormalGuide", "AutoregressiveBernoulli", "RNNAutoregressive",

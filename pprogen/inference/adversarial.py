@@ -1,0 +1,380 @@
+"""``AdversarialTrainer``: GAN training for any generator written as a Pyro program, with its own losses.
+
+What the trainer needs from a model (the zoo's GANs offer all of it; a user's program needs the first):
+
+- ``model.discriminator``: an ``nn.Module``; every other trainable parameter of ``model`` belongs to the
+  generator side.
+- either ``model(num_samples=B, **condition)`` returning ``B`` fakes (a Pyro program that draws ``z`` at a
+  ``"z"`` site and returns G(z)), or ``model.adversarial_terms(real, generator_step, **condition)`` returning
+  ``(pairs, extra)``: ``pairs`` a list of :class:`CriticPair` (a critic, real and fake inputs of the same
+  shape, the critic's keyword arguments) and ``extra`` a dict of extra generator losses (cycle consistency,
+  identity, L1), which is empty on discriminator steps. Translation models (CycleGAN, pix2pix) have several
+  pairs.
+- for the moving average: ``model.generator`` and ``model.generator_ema`` (same structure);
+  ``model.schedule(progress)`` when the architecture changes during training (progressive growing:
+  ``progress`` runs from 0 to 1 over the run).
+
+Losses on critic outputs ``D(x)`` (logits or scores; patch critics are averaged over their patches):
+
+====================  ===========================================  ==========================
+loss                  discriminator                                 generator
+====================  ===========================================  ==========================
+``minimax``           ``softplus(-D(r)) + softplus(D(f))``         ``-softplus(D(f))``
+``nonsaturating``     same                                         ``softplus(-D(f))``
+``wgan_gp``           ``D(f) - D(r)`` (+ gradient penalty)          ``-D(f)``
+``hinge``             ``relu(1 - D(r)) + relu(1 + D(f))``          ``-D(f)``
+``lsgan``             ``(D(r) - 1)^2 / 2 + D(f)^2 / 2``            ``(D(f) - 1)^2 / 2``
+====================  ===========================================  ==========================
+
+``softplus(-D) = -log sigmoid(D)`` and ``softplus(D) = -log(1 - sigmoid(D))``, so the first two are the
+original GAN's cross-entropies written without overflow. The gradient penalty (Gulrajani et al. 2017) is
+``gp_weight * E (|grad_x D(x_hat)| - 1)^2`` on ``x_hat = e r + (1 - e) f`` with one ``e ~ U(0, 1)`` per example;
+R1 (Mescheder et al. 2018) is ``r1_weight / 2 * E |grad_x D(r)|^2`` on real data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pprogen.errors import unknown_name_error
+from pprogen.inference.checks import check_condition, check_data, resolve_device
+from pprogen.inference.train import History, NonFiniteLossError
+from pprogen.nn import apply_spectral_norm
+from pprogen.runs import rng_state, seed_everything, set_rng_state
+
+LOSSES = ("minimax", "nonsaturating", "wgan_gp", "hinge", "lsgan")
+SCHEDULES = ("constant", "linear")
+
+
+@dataclass
+class CriticPair:
+    """One critic with the real and fake inputs it compares (same shape) and its keyword arguments."""
+
+    critic: Callable[..., torch.Tensor]
+    real: torch.Tensor
+    fake: torch.Tensor
+    condition: dict[str, torch.Tensor] = field(default_factory=dict)
+    name: str = "d"
+
+
+def discriminator_loss(loss: str, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+    """The discriminator's loss for critic outputs on real and fake inputs (mean over all elements)."""
+    if loss in ("minimax", "nonsaturating"):
+        return F.softplus(-real_out).mean() + F.softplus(fake_out).mean()
+    if loss == "wgan_gp":
+        return fake_out.mean() - real_out.mean()
+    if loss == "hinge":
+        return F.relu(1 - real_out).mean() + F.relu(1 + fake_out).mean()
+    if loss == "lsgan":
+        return 0.5 * (real_out - 1).pow(2).mean() + 0.5 * fake_out.pow(2).mean()
+    raise unknown_name_error("GAN loss", loss, LOSSES)
+
+
+def generator_loss(loss: str, fake_out: torch.Tensor) -> torch.Tensor:
+    """The generator's loss for critic outputs on fake inputs."""
+    if loss == "minimax":
+        return -F.softplus(fake_out).mean()
+    if loss == "nonsaturating":
+        return F.softplus(-fake_out).mean()
+    if loss in ("wgan_gp", "hinge"):
+        return -fake_out.mean()
+    if loss == "lsgan":
+        return 0.5 * (fake_out - 1).pow(2).mean()
+    raise unknown_name_error("GAN loss", loss, LOSSES)
+
+
+def _input_gradient(critic: Callable, x: torch.Tensor, condition: dict) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    out = critic(x, **condition)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.reshape(grad.shape[0], -1)
+
+
+def gradient_penalty(critic: Callable, real: torch.Tensor, fake: torch.Tensor, condition: dict | None = None,
+                     eps: torch.Tensor | None = None) -> torch.Tensor:
+    """``E (|grad D(x_hat)|_2 - 1)^2`` at ``x_hat = eps * real + (1 - eps) * fake``, one ``eps`` per example
+    (drawn from U(0, 1) unless given, shape ``(B,)``); the norm runs over every non-batch dimension."""
+    if eps is None:
+        eps = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    eps = eps.reshape((-1,) + (1,) * (real.dim() - 1))
+    x_hat = eps * real.detach() + (1 - eps) * fake.detach()
+    grad = _input_gradient(critic, x_hat, condition or {})
+    return (grad.norm(dim=1) - 1).pow(2).mean()
+
+
+def r1_penalty(critic: Callable, real: torch.Tensor, condition: dict | None = None) -> torch.Tensor:
+    """``E |grad D(real)|_2^2`` (multiply by gamma / 2)."""
+    return _input_gradient(critic, real, condition or {}).pow(2).sum(1).mean()
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, current: nn.Module, decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * current`` for every parameter; buffers (batch-norm
+    statistics) are copied."""
+    for a, c in zip(average.parameters(), current.parameters()):
+        a.mul_(decay).add_(c.detach(), alpha=1 - decay)
+    for a, c in zip(average.buffers(), current.buffers()):
+        a.copy_(c)
+
+
+def default_terms(model: Callable, real: torch.Tensor, generator_step: bool, **condition):
+    """The plain GAN: ``model(num_samples=B, **condition)`` makes the fakes, ``model.discriminator`` judges."""
+    fake = model(num_samples=real.shape[0], **condition)
+    return [CriticPair(model.discriminator, real, fake, condition)], {}
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise unknown_name_error("GAN loss", loss, LOSSES)
+
+
+class AdversarialTrainer:
+    """Alternating discriminator and generator updates for a GAN-like model (see the module docstring).
+
+    ``loss`` is one of ``minimax``, ``nonsaturating``, ``wgan_gp``, ``hinge``, ``lsgan``; ``critic_steps``
+    discriminator updates (each on a fresh minibatch) precede every generator update; ``lr_g`` and ``lr_d``
+    are separate (two time-scale updates); ``gp_weight`` (10 by default for ``wgan_gp``, else 0) and
+    ``r1_weight`` switch the penalties on; ``spectral_norm`` puts spectral normalization on the
+    discriminator's layers; ``ema`` is the decay of the moving average of the generator's weights (None:
+    off); ``schedule="linear"`` decays both learning rates to 0 over the run. ``fit`` returns a
+    :class:`~pprogen.inference.train.History` whose records hold the epoch means of ``d_loss``, ``g_loss``
+    and each extra term.
+    """
+
+    def __init__(self, model: nn.Module, loss: str = "nonsaturating", critic_steps: int = 1,
+                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
+                 gp_weight: float | None = None, r1_weight: float = 0.0, spectral_norm: bool = False,
+                 ema: float | None = 0.999, schedule: str = "constant", batch_size: int = 64,
+                 device: str | torch.device = "auto", seed: int | None = 0, progress: bool = True) -> None:
+        _check_loss(loss)
+        if schedule not in SCHEDULES:
+            raise unknown_name_error("GAN learning-rate schedule", schedule, SCHEDULES)
+        for key, value in (("critic_steps", critic_steps), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        for key, value in (("lr_g", lr_g), ("lr_d", lr_d)):
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        gp_weight = (10.0 if loss == "wgan_gp" else 0.0) if gp_weight is None else gp_weight
+        if gp_weight < 0 or r1_weight < 0:
+            raise ValueError(f"penalty weights must be >= 0, got gp_weight={gp_weight}, r1_weight={r1_weight}")
+        if ema is not None and not 0 <= ema < 1:
+            raise ValueError(f"ema is the moving average's decay, in [0, 1) (or None for off), got {ema!r}")
+        if not isinstance(getattr(model, "discriminator", None), nn.Module):
+            raise TypeError(f"{type(model).__name__} has no discriminator module; the adversarial trainer needs "
+                            "model.discriminator (see pprogen.inference.adversarial)")
+        if ema is not None and not (isinstance(getattr(model, "generator_ema", None), nn.Module)
+                                    and isinstance(getattr(model, "generator", None), nn.Module)):
+            raise TypeError(f"{type(model).__name__} has no generator_ema module to average into; pass ema=None "
+                            "or give the model generator and generator_ema modules")
+        self.model = model
+        self.loss = loss
+        self.critic_steps = critic_steps
+        self.lr_g, self.lr_d, self.betas = lr_g, lr_d, tuple(betas)
+        self.gp_weight, self.r1_weight = float(gp_weight), float(r1_weight)
+        self.ema = ema
+        self.schedule = schedule
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.progress = progress
+        if spectral_norm:
+            apply_spectral_norm(model.discriminator)
+        self.terms = getattr(model, "adversarial_terms", None) or (lambda real, step, **c: default_terms(model, real, step, **c))
+        d_ids = {id(p) for p in model.discriminator.parameters()}
+        ema_ids = {id(p) for p in model.generator_ema.parameters()} if ema is not None else set()
+        self.d_params = [p for p in model.discriminator.parameters() if p.requires_grad]
+        self.g_params = [p for p in model.parameters() if p.requires_grad and id(p) not in d_ids | ema_ids]
+        if not self.d_params or not self.g_params:
+            raise ValueError("the model needs trainable parameters on both sides (generator and discriminator)")
+        self.opt_d = torch.optim.Adam(self.d_params, lr=lr_d, betas=self.betas)
+        self.opt_g = torch.optim.Adam(self.g_params, lr=lr_g, betas=self.betas)
+
+    # ------------------------------------------------------------------ one step
+
+    def _critic_loss(self, pairs: list[CriticPair]) -> tuple[torch.Tensor, dict[str, float]]:
+        total, parts = 0.0, {}
+        for pair in pairs:
+            real_out = pair.critic(pair.real, **pair.condition)
+            fake_out = pair.critic(pair.fake.detach(), **pair.condition)
+            value = discriminator_loss(self.loss, real_out, fake_out)
+            if self.gp_weight:
+                penalty = gradient_penalty(pair.critic, pair.real, pair.fake, pair.condition)
+                value = value + self.gp_weight * penalty
+                parts[f"gp_{pair.name}"] = penalty.item()
+            if self.r1_weight:
+                penalty = r1_penalty(pair.critic, pair.real, pair.condition)
+                value = value + 0.5 * self.r1_weight * penalty
+                parts[f"r1_{pair.name}"] = penalty.item()
+            total = total + value
+        return total, parts
+
+    def _apply(self, loss: torch.Tensor, optimizer, params) -> tuple[float, float]:
+        """Backward and update unless the loss or the gradient is non-finite (then nothing is applied)."""
+        value = loss.item()
+        if not math.isfinite(value):
+            return value, math.nan
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
+        if math.isfinite(norm):
+            optimizer.step()
+        return value, norm
+
+    def step(self, batches: list[tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        """``critic_steps`` discriminator updates (one per batch given) and one generator update (on the
+        last batch). Returns the losses; a non-finite one is reported, never applied."""
+        out: dict[str, float] = {}
+        for real, condition in batches:
+            with torch.no_grad():
+                pairs, _ = self.terms(real, False, **condition)
+            d_loss, parts = self._critic_loss(pairs)
+            out["d_loss"], out["d_grad_norm"] = self._apply(d_loss, self.opt_d, self.d_params)
+            out.update(parts)
+            if not (math.isfinite(out["d_loss"]) and math.isfinite(out["d_grad_norm"])):
+                return out
+        real, condition = batches[-1]
+        for p in self.d_params:
+            p.requires_grad_(False)  # the generator step needs no gradients for D's weights
+        try:
+            pairs, extra = self.terms(real, True, **condition)
+            g_loss = sum(generator_loss(self.loss, pair.critic(pair.fake, **pair.condition)) for pair in pairs)
+            total = g_loss + sum(extra.values()) if extra else g_loss
+        finally:
+            for p in self.d_params:
+                p.requires_grad_(True)
+        out["g_adv"] = g_loss.item()
+        out.update({k: v.item() for k, v in extra.items()})
+        out["g_loss"], out["g_grad_norm"] = self._apply(total, self.opt_g, self.g_params)
+        if self.ema is not None and math.isfinite(out["g_loss"]) and math.isfinite(out["g_grad_norm"]):
+            ema_update(self.model.generator_ema, self.model.generator, self.ema)
+        return out
+
+    # ------------------------------------------------------------------ training loop
+
+    def _state(self, epoch: int, history: History, shuffle: torch.Generator, schedulers) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "opt_d": self.opt_d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "schedulers": [s.state_dict() for s in schedulers],
+            "rng": rng_state(),
+            "shuffle": shuffle.get_state(),
+            "history": history.state(),
+        }
+
+    def fit(self, data: torch.Tensor, epochs: int = 10, condition: dict[str, torch.Tensor] | None = None,
+            run: Any = None, resume: bool = False, callback: Callable[[int, dict], None] | None = None) -> History:
+        """Train on ``data`` ``(N, ...)`` for ``epochs`` (each epoch: ``N / (batch_size * critic_steps)``
+        generator updates). ``condition`` holds per-datum keyword arguments (``{"y": labels}`` for a
+        conditional GAN). With a ``run``, every epoch writes metrics and an atomic checkpoint, and
+        ``resume`` continues from it exactly. ``callback(epoch, record)`` runs after each epoch (the CLI
+        draws the epoch's sample grid there) and may add entries to ``record``.
+
+        A non-finite loss or gradient in either network stops training with
+        :class:`~pprogen.inference.train.NonFiniteLossError` before the update is applied; the checkpoint
+        on disk stays the last complete epoch's.
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        check_data(data, "training data")
+        condition = check_condition(condition, data, "training data")
+        check_shapes = getattr(self.model, "check_data", None)
+        if callable(check_shapes):
+            check_shapes(data, **condition)
+        device = self.device
+        if self.seed is not None:
+            seed_everything(self.seed)
+        self.model.to(device)
+        data = data.to(device)
+        condition = {k: v.to(device) for k, v in condition.items()}
+        num_data = data.shape[0]
+        batch_size = min(self.batch_size, num_data)
+        per_step = batch_size * self.critic_steps
+        steps_per_epoch = max(1, num_data // per_step)
+        total_steps = epochs * steps_per_epoch
+        schedulers = []
+        if self.schedule == "linear":
+            schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1 - t / total_steps))
+                          for o in (self.opt_d, self.opt_g)]
+        shuffle = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
+        history = History()
+        start_epoch = 0
+        if resume:
+            if run is None:
+                raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
+            state = run.load_checkpoint()
+            self.model.load_state_dict(state["model"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            for s, s_state in zip(schedulers, state["schedulers"]):
+                s.load_state_dict(s_state)
+            set_rng_state(state["rng"])
+            shuffle.set_state(state["shuffle"])
+            history = History(**state["history"])
+            start_epoch = state["epoch"]
+        schedule = getattr(self.model, "schedule", None)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not self.progress,
+                   unit="step", dynamic_ncols=True, leave=False)
+        validation = pyro.validation_enabled(False)
+        validation.__enter__()
+        try:
+            for epoch in range(start_epoch, epochs):
+                self.model.train()
+                started = time.perf_counter()
+                order = torch.randperm(num_data, generator=shuffle).to(device)
+                sums: dict[str, float] = {}
+                for i in range(steps_per_epoch):
+                    if callable(schedule):
+                        schedule((epoch * steps_per_epoch + i) / total_steps)
+                    batches = []
+                    for k in range(self.critic_steps):
+                        index = order[(i * self.critic_steps + k) * batch_size:][:batch_size]
+                        batches.append((data[index], {key: v[index] for key, v in condition.items()}))
+                    out = self.step(batches)
+                    bad = [k for k in ("d_loss", "d_grad_norm", "g_loss", "g_grad_norm") if k in out and not math.isfinite(out[k])]
+                    if bad or "g_loss" not in out:
+                        side = "discriminator" if bad[0].startswith("d") else "generator"
+                        what = "loss" if bad[0].endswith("loss") else "gradient"
+                        history.stop_reason = "non_finite"
+                        raise NonFiniteLossError(
+                            f"non-finite {side} {what} at epoch {epoch + 1}, step {i + 1} (global step "
+                            f"{epoch * steps_per_epoch + i + 1}); the update was not applied and the last "
+                            "checkpoint is the last complete epoch. Lower lr_g / lr_d, use a regularized loss "
+                            "(wgan_gp, hinge with spectral_norm, r1_weight), or check the data", history)
+                    for s in schedulers:
+                        s.step()
+                    for key, value in out.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    bar.update(1)
+                    if i % 10 == 0:
+                        bar.set_postfix(epoch=epoch + 1, d=f"{out['d_loss']:.3f}", g=f"{out['g_loss']:.3f}", refresh=False)
+                record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
+                          "lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"],
+                          "seconds": time.perf_counter() - started}
+                self.model.eval()
+                if callback is not None:
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        callback(epoch + 1, record)
+                history.records.append(record)
+                if run is not None:
+                    run.save_checkpoint(self._state(epoch + 1, history, shuffle, schedulers))
+                    run.write_metrics(history.records)
+        finally:
+            bar.close()
+            validation.__exit__(None, None, None)
+        self.model.eval()
+        return history
+
