@@ -236,6 +236,9 @@ class AdversarialTrainer:
         for real, condition in batches:
             with torch.no_grad():
                 pairs, _ = self.terms(real, False, **condition)
+            if not all(bool(torch.isfinite(pair.fake).all()) for pair in pairs):
+                out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
+                return out
             d_loss, parts = self._critic_loss(pairs)
             out["d_loss"], out["d_grad_norm"] = self._apply(d_loss, self.opt_d, self.d_params)
             out.update(parts)
@@ -344,13 +347,14 @@ class AdversarialTrainer:
                         index = order[(i * self.critic_steps + k) * batch_size:][:batch_size]
                         batches.append((data[index], {key: v[index] for key, v in condition.items()}))
                     out = self.step(batches)
-                    bad = [k for k in ("d_loss", "d_grad_norm", "g_loss", "g_grad_norm") if k in out and not math.isfinite(out[k])]
-                    if bad or "g_loss" not in out:
-                        side = "discriminator" if bad[0].startswith("d") else "generator"
-                        what = "loss" if bad[0].endswith("loss") else "gradient"
+                    bad = [k for k in ("fake", "d_loss", "d_grad_norm", "g_loss", "g_grad_norm")
+                           if k in out and not math.isfinite(out[k])]
+                    if bad:
+                        what = {"fake": "generator output", "d_loss": "discriminator loss", "g_loss": "generator loss",
+                                "d_grad_norm": "discriminator gradient", "g_grad_norm": "generator gradient"}[bad[0]]
                         history.stop_reason = "non_finite"
                         raise NonFiniteLossError(
-                            f"non-finite {side} {what} at epoch {epoch + 1}, step {i + 1} (global step "
+                            f"non-finite {what} at epoch {epoch + 1}, step {i + 1} (global step "
                             f"{epoch * steps_per_epoch + i + 1}); the update was not applied and the last "
                             "checkpoint is the last complete epoch. Lower lr_g / lr_d, use a regularized loss "
                             "(wgan_gp, hinge with spectral_norm, r1_weight), or check the data", history)

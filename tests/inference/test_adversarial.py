@@ -1,0 +1,241 @@
+"""The adversarial trainer: loss gradients, penalties against hand computations, exact EMA, exact resume,
+training progress on the ring, the NaN guard and bad input."""
+
+import math
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch import nn
+
+import pprogen
+from pprogen.data import MODES, load_dataset
+from pprogen.inference.adversarial import (
+    LOSSES,
+    AdversarialTrainer,
+    discriminator_loss,
+    ema_update,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+)
+from pprogen.inference.metrics import mode_metrics
+from pprogen.inference.train import NonFiniteLossError
+from pprogen.runs import Run
+
+# critic outputs where every loss is in its active region (hinge margins not yet met)
+REAL_OUT = torch.tensor([-0.5, 0.3, 0.8])
+FAKE_OUT = torch.tensor([0.2, 0.7, -0.4])
+
+
+def _grads(loss, real_out, fake_out):
+    r = real_out.clone().requires_grad_(True)
+    f = fake_out.clone().requires_grad_(True)
+    d_r, d_f = torch.autograd.grad(discriminator_loss(loss, r, f), (r, f))
+    (g_f,) = torch.autograd.grad(generator_loss(loss, f), (f,))
+    return d_r, d_f, g_f
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_pushes_d_up_on_real_and_down_on_fake_and_g_the_other_way(loss):
+    d_r, d_f, g_f = _grads(loss, REAL_OUT, FAKE_OUT.abs() + 0.1)  # lsgan's fake term pushes down only above 0
+    # gradient descent moves the outputs against these gradients
+    assert (d_r < 0).all(), "a discriminator step must raise D on real data"
+    assert (d_f > 0).all(), "a discriminator step must lower D on fakes"
+    assert (g_f < 0).all(), "a generator step must raise D on its fakes"
+
+
+def test_loss_gradients_equal_their_closed_forms():
+    r, f, n = REAL_OUT, FAKE_OUT, REAL_OUT.numel()
+    d_r, d_f, g_f = _grads("nonsaturating", r, f)
+    assert torch.allclose(d_r, -torch.sigmoid(-r) / n) and torch.allclose(d_f, torch.sigmoid(f) / n)
+    assert torch.allclose(g_f, -torch.sigmoid(-f) / n)
+    _, _, g_f = _grads("minimax", r, f)
+    assert torch.allclose(g_f, -torch.sigmoid(f) / n)  # d/df log(1 - sigmoid(f)) = -sigmoid(f)
+    d_r, d_f, g_f = _grads("lsgan", r, f)
+    assert torch.allclose(d_r, (r - 1) / n) and torch.allclose(d_f, f / n) and torch.allclose(g_f, (f - 1) / n)
+    d_r, d_f, g_f = _grads("hinge", torch.tensor([0.5, 1.5]), torch.tensor([-0.5, -1.5]))
+    assert d_r.tolist() == [-0.5, 0.0] and d_f.tolist() == [0.5, 0.0] and g_f.tolist() == [-0.5, -0.5]
+    d_r, d_f, g_f = _grads("wgan_gp", r, f)
+    assert torch.allclose(d_r, torch.full_like(r, -1 / n)) and torch.allclose(d_f, torch.full_like(f, 1 / n))
+
+
+class Quadratic(nn.Module):
+    """D(x) = x^T A x / 2 + b^T x, whose input gradient A_sym x + b is known by hand."""
+
+    def __init__(self, dim):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a = nn.Parameter(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(dim, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return 0.5 * torch.einsum("ni,ij,nj->n", x, self.a, x) + x @ self.b
+
+    def input_grad(self, x):
+        return x @ ((self.a + self.a.T) / 2).T + self.b
+
+
+def test_gradient_penalty_is_computed_on_interpolates_and_matches_a_hand_computation():
+    critic = Quadratic(3)
+    real = torch.randn(5, 3, dtype=torch.float64)
+    fake = torch.randn(5, 3, dtype=torch.float64)
+    eps = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0], dtype=torch.float64)
+    x_hat = eps[:, None] * real + (1 - eps[:, None]) * fake
+    expected = (critic.input_grad(x_hat).norm(dim=1) - 1).pow(2).mean()
+    penalty = gradient_penalty(critic, real, fake, eps=eps)
+    assert torch.allclose(penalty, expected, rtol=1e-12)
+    # the penalty is differentiable in the critic's weights (double backward): its gradient in b by hand
+    (grad_b,) = torch.autograd.grad(penalty, critic.b)
+    g = critic.input_grad(x_hat).detach()
+    norm = g.norm(dim=1, keepdim=True)
+    assert torch.allclose(grad_b, (2 * (norm - 1) * g / norm).mean(0), rtol=1e-10)
+    # images: the norm runs over all pixels of each example
+    conv = nn.Conv2d(1, 1, 3, bias=False).double()
+    imgs_r, imgs_f = torch.randn(2, 1, 5, 5, dtype=torch.float64), torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    out = gradient_penalty(lambda x: conv(x).sum((1, 2, 3)), imgs_r, imgs_f, eps=torch.tensor([0.3, 0.6]).double())
+    ones = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    grad = torch.nn.functional.conv_transpose2d(ones, conv.weight)  # d(sum of conv outputs)/d(input), for any input
+    assert torch.allclose(out, (grad.norm() - 1) ** 2)
+
+
+def test_r1_penalty_matches_a_hand_computation():
+    critic = Quadratic(4)
+    real = torch.randn(6, 4, dtype=torch.float64)
+    assert torch.allclose(r1_penalty(critic, real), critic.input_grad(real).pow(2).sum(1).mean(), rtol=1e-12)
+
+
+def test_ema_update_is_exact():
+    average, current = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+    before = [p.detach().clone() for p in average.parameters()]
+    ema_update(average, current, 0.75)
+    for a, b, c in zip(average.parameters(), before, current.parameters()):
+        assert torch.equal(a, 0.75 * b + 0.25 * c)
+
+
+def small_gan(**kw):
+    return pprogen.create_model("gan", hidden_dims=(64, 64), d_hidden_dims=(64, 64), **kw)
+
+
+def test_the_trainer_keeps_the_moving_average_of_the_generator_exactly():
+    model = small_gan()
+    trainer = AdversarialTrainer(model, ema=0.9, batch_size=32, progress=False, device="cpu")
+    data = load_dataset("ring8").train[:32]
+    before = [p.detach().clone() for p in model.generator_ema.parameters()]
+    trainer.step([(data, {})])
+    for avg, old, new in zip(model.generator_ema.parameters(), before, model.generator.parameters()):
+        assert torch.allclose(avg, 0.9 * old + 0.1 * new, rtol=0, atol=1e-7)
+        assert not avg.requires_grad
+
+
+def test_a_few_hundred_steps_on_the_ring_cover_more_modes_than_at_initialization():
+    torch.manual_seed(0)
+    model = pprogen.create_model("gan", hidden_dims=(128, 128, 128), d_hidden_dims=(128, 128, 128))
+    centers, sigma = MODES["ring8"]
+    data = load_dataset("ring8").train
+    loose = 3 * sigma  # scored within 9 sigma (0.09): 585 steps are too few for 3 sigma (the benchmark runs 8000)
+    start = mode_metrics(model.sample(2000), centers, loose)
+    trainer = AdversarialTrainer(model, lr_g=1e-3, lr_d=1e-3, betas=(0.5, 0.9), ema=None, batch_size=256,
+                                 progress=False, device="cpu")
+    model.generator_ema = model.generator  # no average: sample from the trained weights
+    trainer.fit(data, epochs=15)  # 39 steps per epoch
+    end = mode_metrics(model.sample(2000), centers, loose)
+    assert start["modes"] <= 1
+    assert end["modes"] >= 6 and end["high_quality"] > start["high_quality"] + 0.3
+
+
+def test_a_killed_run_resumes_exactly(tmp_path):
+    data = load_dataset("ring8").train[:512]
+
+    def train(run, resume=False, kill_at=None):
+        torch.manual_seed(3)
+        model = small_gan()
+        trainer = AdversarialTrainer(model, loss="wgan_gp", critic_steps=2, batch_size=64, progress=False,
+                                     device="cpu", schedule="linear", r1_weight=0.1)
+
+        def kill(epoch, record):
+            if epoch == kill_at:
+                raise KeyboardInterrupt  # killed during epoch 3, before its checkpoint
+
+        with pytest.raises(KeyboardInterrupt) if kill_at else nullcontext():
+            trainer.fit(data, epochs=4, run=run, resume=resume, callback=kill)
+        return model
+
+    straight = train(Run.create({"model": "gan", "data": "ring8"}, tmp_path / "a"))
+    run = Run.create({"model": "gan", "data": "ring8"}, tmp_path / "b")
+    train(run, kill_at=3)
+    assert run.load_checkpoint()["epoch"] == 2
+    resumed = train(run, resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert len(run.read_metrics()) == 4
+
+
+class Exploding(nn.Module):
+    """Returns NaN once ``armed``: a stand-in for a diverged network."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.armed = inner, False
+
+    def forward(self, *args):
+        out = self.inner(*args)
+        return out * math.nan if self.armed else out
+
+
+@pytest.mark.parametrize("side", ["discriminator", "generator"])
+def test_a_nan_in_either_network_stops_with_the_last_good_checkpoint_intact(side, tmp_path):
+    model = small_gan()
+    if side == "discriminator":
+        model.discriminator = Exploding(model.discriminator)
+        target = model.discriminator
+    else:
+        model.generator = Exploding(model.generator)
+        model.generator_ema = Exploding(model.generator_ema.inner if hasattr(model.generator_ema, "inner") else model.generator_ema)
+        target = model.generator
+    data = load_dataset("ring8").train[:256]
+    run = Run.create({"model": "gan", "data": "ring8"}, tmp_path / "run")
+    trainer = AdversarialTrainer(model, batch_size=64, progress=False, device="cpu")
+
+    def arm(epoch, record):
+        target.armed = epoch == 2  # the third epoch diverges at its first step
+
+    trainer.fit(data, epochs=2, run=run, callback=arm)
+    saved = run.load_checkpoint()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    culprit = "discriminator loss" if side == "discriminator" else "generator output"
+    with pytest.raises(NonFiniteLossError, match=f"non-finite {culprit} at epoch 3, step 1"):
+        trainer.fit(data, epochs=4, run=run, resume=True)
+    after = run.load_checkpoint()
+    assert after["epoch"] == saved["epoch"] == 2
+    for key, value in saved["model"].items():
+        assert torch.equal(after["model"][key], value)
+        assert torch.equal(model.state_dict()[key], weights[key]), f"{key} changed by a non-finite step"
+
+
+def test_bad_settings_are_one_line_errors():
+    model = small_gan()
+    with pytest.raises(ValueError, match="unknown GAN loss 'hinj'; did you mean 'hinge'"):
+        AdversarialTrainer(model, loss="hinj")
+    with pytest.raises(ValueError, match="critic_steps must be a positive integer"):
+        AdversarialTrainer(model, critic_steps=0)
+    with pytest.raises(ValueError, match="ema is the moving average's decay"):
+        AdversarialTrainer(model, ema=1.5)
+    with pytest.raises(TypeError, match="no discriminator module"):
+        AdversarialTrainer(nn.Linear(2, 2))
+    trainer = AdversarialTrainer(model, progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"makes examples of shape \(2,\) but the data have \(3,\)"):
+        trainer.fit(torch.randn(64, 3), epochs=1)
+
+
+def test_spectral_norm_bounds_every_discriminator_layer():
+    model = small_gan()
+    AdversarialTrainer(model, spectral_norm=True, progress=False, device="cpu")
+    model.discriminator.train()
+    x = torch.randn(16, 2)
+    for _ in range(30):  # power iterations converge during forward passes in train mode
+        model.discriminator(x)
+    layers = [m for m in model.discriminator.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 3
+    for layer in layers:
+        assert torch.linalg.matrix_norm(layer.weight.detach(), ord=2) == pytest.approx(1.0, abs=0.02)
