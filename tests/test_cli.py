@@ -186,3 +186,55 @@ def test_cvae_trains_on_the_data_sets_labels(tmp_path, capsys):
     assert main(["train", "cvae", "--data", str(unlabelled), "--set", "num_classes=3", "--epochs", "1",
                  "--out", str(tmp_path / "c2")]) == 2
     assert "has none; use a labelled data set" in capsys.readouterr().err
+
+
+GAN_TINY = ["--epochs", "2", "--limit", "256", "--batch-size", "64", "--no-progress", "--eval-samples", "300"]
+
+
+def test_gan_trains_evaluates_samples_and_resumes_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "gan"
+    assert main(["train", "gan", "--data", "ring8", "--out", str(out), "--set", "hidden_dims=[32]",
+                 "--set", "d_hidden_dims=[32]", "--loss", "hinge", "--r1-weight", "0.1", *GAN_TINY]) == 0
+    text = capsys.readouterr().out
+    assert "hinge loss" in text and "valid: modes" in text and "MMD^2" in text
+    for name in ("config.json", "checkpoint.pt", "model.safetensors", "samples.png", "curves.png", "summary.json",
+                 "grids/epoch-001.png", "grids/epoch-002.png"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all("high_quality" in r and "d_loss" in r for r in records)
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "gan" and config["train"]["loss"] == "hinge" and config["train"]["lr"] == 1e-3
+    assert main(["evaluate", str(out), "--split", "test", "--num-samples", "500"]) == 0
+    summary = json.loads((out / "summary.json").read_text())["test_evaluation"]
+    assert summary["num_modes"] == 8 and sum(summary["counts"]) == round(500 * summary["high_quality"])
+    assert main(["sample", str(out), "-n", "9", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (9, 2)
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_image_gans_report_feature_metrics_and_translations(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PPROGEN_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "cgan", "--data", "digits", "--out", str(tmp_path / "c"), "--set", "channels=4",
+                 *GAN_TINY]) == 0
+    text = capsys.readouterr().out
+    assert "Fréchet distance" in text and "label agreement" in text
+    assert main(["train", "pix2pix", "--out", str(tmp_path / "p"), "--set", "width=4", *GAN_TINY]) == 0
+    text = capsys.readouterr().out
+    assert "l1 to target" in text and "Fréchet distance" in text
+    assert main(["sample", str(tmp_path / "p"), "-n", "3", "--out", str(tmp_path / "t.npy")]) == 0
+    assert np.load(tmp_path / "t.npy").shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gan", "--data", "ring8", "--loss", "wgan"], "unknown GAN loss 'wgan'; did you mean 'wgan_gp'"),
+    (["pix2pix", "--data", "digits2inverted"], "pix2pix learns from paired examples"),
+    (["cgan", "--data", "swiss_roll"], "is conditioned on labels, but the 'train' split of 'swiss_roll' has none"),
+    (["dcgan", "--data", "ring8"], "dcgan makes images of shape (C, H, W), got x_shape [2]; use gan"),
+])
+def test_gan_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *argv, "--out", str(out), *GAN_TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()

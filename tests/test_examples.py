@@ -13,6 +13,8 @@ EXPECTED_OUTPUT = {
     "write_a_generative_story.py": "amortized_iaf  stl",
     "importance_sampled_evidence.py": "guide K =     5",
     "flow_energy_2d.py": "  2 u4     radial",
+    "gan_modes_2d.py": "grid25      20 steps: modes",
+    "conditional_digits.py": "label agreement",
 }
 TINY_ARGS = {
     "bayesian_network_queries.py": ["--num-rows", "2000", "--epochs", "1", "--quiet"],
@@ -22,6 +24,8 @@ TINY_ARGS = {
     "importance_sampled_evidence.py": ["--epochs", "1", "--num-train", "300", "--num-test", "20", "--num-samples", "5",
                                        "--quiet"],
     "flow_energy_2d.py": ["--lengths", "2", "--steps", "2", "--batch", "16"],
+    "gan_modes_2d.py": ["--steps", "20", "20"],
+    "conditional_digits.py": ["--epochs", "1", "--channels", "4"],
 }
 
 
@@ -33,6 +37,7 @@ def test_every_example_is_listed():
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     args = TINY_ARGS[script] + (["--out", str(tmp_path)] if script == "train_vae.py" else [])
     args += ["--out-dir", str(tmp_path)] if script == "flow_energy_2d.py" else []
+    args += ["--out", str(tmp_path / "figure.png")] if script in ("gan_modes_2d.py", "conditional_digits.py") else []
     monkeypatch.setattr(sys, "argv", [script, *args])
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     assert EXPECTED_OUTPUT[script] in capsys.readouterr().out
