@@ -354,7 +354,10 @@ def _evaluate_gan(model, dataset: Dataset, split: str, num_samples: int, device)
     real = dataset.split(split).to(device)
     torch.manual_seed(0)
     result: dict[str, Any] = {"split": split}
-    if _translates(model):
+    translates = _translates(model)
+    target = (lambda t: model.split(t)[1]) if translates else (lambda t: t)  # the images the generator imitates
+    fake_labels = None
+    if translates:
         a, b = model.split(real)
         fake = model.sample(a.shape[0], a)
         result["method"] = f"translations of the {a.shape[0]} {split} sources"
@@ -363,30 +366,24 @@ def _evaluate_gan(model, dataset: Dataset, split: str, num_samples: int, device)
         if "ba" in model.generator:
             with torch.no_grad():
                 result["cycle_l1"] = (model.cycle_loss(a, b, model.generator_ema) / 2).item()
-        real, labels = b, dataset.labels.get("train")
-        train_images = model.split(dataset.train)[1]
     else:
-        fake_labels = None
         if model.conditional:
             fake_labels = torch.arange(num_samples, device=device) % model.num_classes
-        fake = model.sample(num_samples, y=fake_labels) if model.conditional else model.sample(num_samples)
+        fake = model.sample(num_samples, y=fake_labels)
         result["method"] = f"{num_samples} samples from the moving-average generator"
-        labels, train_images = dataset.labels.get("train"), dataset.train
         if dataset.name in MODES:
-            centers, sigma = MODES[dataset.name]
-            result.update(metrics.mode_metrics(fake, centers, sigma))
-    result["mmd"] = metrics.mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))
+            result.update(metrics.mode_metrics(fake, *MODES[dataset.name]))
+    real = target(real)
+    result["mmd"] = metrics.mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))  # in data space
+    labels = dataset.labels.get("train")
     if dataset.is_image and labels is not None and dataset.num_classes:
-        shape = dataset.image_shape if not _translates(model) else tuple(model.x_shape)
+        shape = tuple(model.x_shape) if translates else dataset.image_shape
         valid = None
         if dataset.valid is not None and dataset.labels.get("valid") is not None:
-            valid_images = model.split(dataset.valid)[1] if _translates(model) else dataset.valid
-            valid = (valid_images.reshape(-1, *shape), dataset.labels["valid"])
-        classifier, card = metrics.cached_classifier(dataset.name, train_images.reshape(-1, *shape), labels,
+            valid = (target(dataset.valid).reshape(-1, *shape), dataset.labels["valid"])
+        classifier, card = metrics.cached_classifier(dataset.name, target(dataset.train).reshape(-1, *shape), labels,
                                                      dataset.num_classes, valid=valid)
-        feats = metrics.image_metrics(classifier, real.reshape(-1, *shape), fake.reshape(-1, *shape),
-                                      None if _translates(model) or not model.conditional else fake_labels)
-        result.update(feats)
+        result.update(metrics.image_metrics(classifier, real.reshape(-1, *shape), fake.reshape(-1, *shape), fake_labels))
         result["classifier"] = card
     return result
 
@@ -410,13 +407,9 @@ def _format_gan_eval(result: dict[str, Any]) -> str:
 
 def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run | None) -> int:
     from pprogen.data import MODES
-    from pprogen.inference.adversarial import LOSSES
     from pprogen.inference.metrics import mode_metrics
-    from pprogen.errors import unknown_name_error
 
     train = config["train"]
-    if train["loss"] not in LOSSES:
-        raise unknown_name_error("GAN loss", train["loss"], LOSSES)
     device = resolve_device(config["device"])
     seed_everything(config["seed"])
     if dataset is None:
@@ -424,10 +417,10 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
     if config.get("flatten"):
         dataset = dataset.flat()
     model = create_model(config["model"], **config["model_args"])
-    trainer = _gan_trainer(model, train, device, config["seed"], not args.no_progress)
+    trainer = _gan_trainer(model, train, device, config["seed"], not args.no_progress)  # checks the settings
     condition = _condition(model, dataset, "train")
     check_data(dataset.train, "training data")
-    model.check_data(dataset.train, pairing=dataset.pairing, **condition)
+    model.check_data(dataset.train, pairing=dataset.pairing, **condition)  # before the run folder is made
     if run is None:
         run = Run.create(config, args.out)
     else:
@@ -447,7 +440,7 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
           f"{train['loss']} loss) -> {run.path}")
     started = time.perf_counter()
     try:
-        history = trainer.fit(dataset.train, epochs=train["epochs"], condition=condition, run=run,
+        history = trainer.fit(dataset, epochs=train["epochs"], condition=condition, run=run,
                               resume=bool(args.resume), callback=each_epoch)
     except NonFiniteLossError as err:
         print(f"pprogen: training stopped: {err}", file=sys.stderr)

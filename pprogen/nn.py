@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +144,6 @@ class MaskedMLP(nn.Module):
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters take no gradients (to hold a moving average of its weights)."""
-    import copy
-
     average = copy.deepcopy(module)
     for p in average.parameters():
         p.requires_grad_(False)
@@ -170,3 +170,42 @@ def halvings(size: int, smallest: int = 4, most: int = 4) -> int:
         size //= 2
         count += 1
     return count
+
+
+def check_labels(y: torch.Tensor | None, num_classes: int, n: int | None, model: str = "cvae") -> torch.Tensor:
+    """Integer labels 0..num_classes-1, one per example (``n`` of them, when given); a one-line error otherwise.
+    Shared by the conditional models (cvae, cgan)."""
+    if y is None:
+        raise ValueError(f"{model} is conditioned on labels: pass y=labels (one integer per example); "
+                         "pprogen train takes them from a labelled data set such as digits or mnist")
+    y = torch.as_tensor(y)
+    if y.is_floating_point():
+        if not bool((y == y.round()).all()):
+            raise ValueError(f"{model} labels must be integers 0..{num_classes - 1}, got non-integer values")
+        y = y.long()
+    if n is not None and (y.dim() != 1 or y.shape[0] != n):
+        raise ValueError(f"{model} needs one label per example: {n} examples, labels of shape {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.max()) if int(y.max()) >= num_classes else int(y.min())
+        raise ValueError(f"label {bad} is out of range for num_classes={num_classes}: labels must lie in [0, {num_classes}), "
+                         f"got values in [{int(y.min())}, {int(y.max())}] (build the model with the data's number of "
+                         "classes: --set num_classes=K)")
+    return y
+
+
+def with_onehot(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``h`` with the one-hot code of ``y`` appended along the last dimension."""
+    onehot = F.one_hot(y.long(), num_classes).to(h.dtype)
+    return torch.cat([h, onehot.expand(h.shape[:-1] + (num_classes,))], -1)
+
+
+@dataclass
+class CriticPair:
+    """One critic of an adversarial model with the real and fake inputs it compares (same shape) and its
+    keyword arguments; the adversarial trainer and the GAN zoo both speak it."""
+
+    critic: Callable[..., torch.Tensor]
+    real: torch.Tensor
+    fake: torch.Tensor
+    condition: dict[str, torch.Tensor] = field(default_factory=dict)
+    name: str = "d"

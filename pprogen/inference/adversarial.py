@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pyro
@@ -47,22 +46,11 @@ from torch import nn
 from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
 from pprogen.inference.train import History, NonFiniteLossError
-from pprogen.nn import apply_spectral_norm
+from pprogen.nn import CriticPair, apply_spectral_norm
 from pprogen.runs import rng_state, seed_everything, set_rng_state
 
 LOSSES = ("minimax", "nonsaturating", "wgan_gp", "hinge", "lsgan")
 SCHEDULES = ("constant", "linear")
-
-
-@dataclass
-class CriticPair:
-    """One critic with the real and fake inputs it compares (same shape) and its keyword arguments."""
-
-    critic: Callable[..., torch.Tensor]
-    real: torch.Tensor
-    fake: torch.Tensor
-    condition: dict[str, torch.Tensor] = field(default_factory=dict)
-    name: str = "d"
 
 
 def discriminator_loss(loss: str, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
@@ -91,11 +79,15 @@ def generator_loss(loss: str, fake_out: torch.Tensor) -> torch.Tensor:
     raise unknown_name_error("GAN loss", loss, LOSSES)
 
 
-def _input_gradient(critic: Callable, x: torch.Tensor, condition: dict) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    out = critic(x, **condition)
+def _gradient(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d(sum out)/dx per example, flattened, kept in the graph (the penalties train the critic through it)."""
     (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     return grad.reshape(grad.shape[0], -1)
+
+
+def _input_gradient(critic: Callable, x: torch.Tensor, condition: dict) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    return _gradient(critic(x, **condition), x)
 
 
 def gradient_penalty(critic: Callable, real: torch.Tensor, fake: torch.Tensor, condition: dict | None = None,
@@ -203,7 +195,9 @@ class AdversarialTrainer:
     def _critic_loss(self, pairs: list[CriticPair]) -> tuple[torch.Tensor, dict[str, float]]:
         total, parts = 0.0, {}
         for pair in pairs:
-            real_out = pair.critic(pair.real, **pair.condition)
+            # with R1 the real batch carries gradients, so the critic's real output serves the loss and R1 both
+            real = pair.real.detach().requires_grad_(True) if self.r1_weight else pair.real
+            real_out = pair.critic(real, **pair.condition)
             fake_out = pair.critic(pair.fake.detach(), **pair.condition)
             value = discriminator_loss(self.loss, real_out, fake_out)
             if self.gp_weight:
@@ -211,7 +205,7 @@ class AdversarialTrainer:
                 value = value + self.gp_weight * penalty
                 parts[f"gp_{pair.name}"] = penalty.item()
             if self.r1_weight:
-                penalty = r1_penalty(pair.critic, pair.real, pair.condition)
+                penalty = _gradient(real_out, real).pow(2).sum(1).mean()  # r1_penalty without a second pass
                 value = value + 0.5 * self.r1_weight * penalty
                 parts[f"r1_{pair.name}"] = penalty.item()
             total = total + value
@@ -277,7 +271,7 @@ class AdversarialTrainer:
 
     def fit(self, data: torch.Tensor, epochs: int = 10, condition: dict[str, torch.Tensor] | None = None,
             run: Any = None, resume: bool = False, callback: Callable[[int, dict], None] | None = None) -> History:
-        """Train on ``data`` ``(N, ...)`` for ``epochs`` (each epoch: ``N / (batch_size * critic_steps)``
+        """Train on ``data`` ``(N, ...)`` (or a data set's ``train`` split) for ``epochs`` (each epoch: ``N / (batch_size * critic_steps)``
         generator updates). ``condition`` holds per-datum keyword arguments (``{"y": labels}`` for a
         conditional GAN). With a ``run``, every epoch writes metrics and an atomic checkpoint, and
         ``resume`` continues from it exactly. ``callback(epoch, record)`` runs after each epoch (the CLI
@@ -289,11 +283,13 @@ class AdversarialTrainer:
         """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        pairing = getattr(data, "pairing", None)  # a Dataset: its training split, and whether its domains pair up
+        data = data.train if hasattr(data, "train") else data
         check_data(data, "training data")
         condition = check_condition(condition, data, "training data")
         check_shapes = getattr(self.model, "check_data", None)
         if callable(check_shapes):
-            check_shapes(data, **condition)
+            check_shapes(data, pairing=pairing, **condition)
         device = self.device
         if self.seed is not None:
             seed_everything(self.seed)

@@ -243,7 +243,7 @@ def cached_classifier(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: 
 
 def image_metrics(classifier: DigitClassifier, real: torch.Tensor, fake: torch.Tensor,
                   fake_labels: torch.Tensor | None = None, k: int = 3) -> dict:
-    """Fréchet distance, precision, recall, MMD (all in the classifier's features) and the classifier score
+    """Fréchet distance, precision, recall, ``feature_mmd`` (all in the classifier's features) and the classifier score
     of ``fake``; with ``fake_labels`` (a conditional model's requested classes) also ``label_agreement``, the
     share of samples the classifier puts in the requested class."""
     real_feats, _ = classifier.predict(real.float().cpu())
@@ -253,7 +253,7 @@ def image_metrics(classifier: DigitClassifier, real: torch.Tensor, fake: torch.T
         "frechet_distance": frechet_distance(real_feats, fake_feats),
         "precision": precision,
         "recall": recall,
-        "mmd": mmd_unbiased(real_feats, fake_feats),
+        "feature_mmd": mmd_unbiased(real_feats, fake_feats),
         "classifier_score": classifier_score(probs),
         "num_real": int(real.shape[0]),
         "num_fake": int(fake.shape[0]),

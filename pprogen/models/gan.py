@@ -36,20 +36,8 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from pprogen.nn import MLP, frozen_copy, halvings
+from pprogen.nn import MLP, CriticPair, check_labels, frozen_copy, halvings, with_onehot
 from pprogen.registry import register_model
-
-
-class CriticPair:
-    """One critic with the real and fake inputs it compares (the trainer's ``CriticPair``, duck-typed so
-    that models never import inference)."""
-
-    __slots__ = ("critic", "real", "fake", "condition", "name")
-
-    def __init__(self, critic, real, fake, condition=None, name="d") -> None:
-        self.critic, self.real, self.fake = critic, real, fake
-        self.condition = condition or {}
-        self.name = name
 
 
 def _check_image_shape(name: str, x_shape: Sequence[int]) -> None:
@@ -58,23 +46,13 @@ def _check_image_shape(name: str, x_shape: Sequence[int]) -> None:
                          "for vector data such as the 2-D toys")
 
 
-def _one_hot(y: torch.Tensor | None, num_classes: int | None) -> torch.Tensor | None:
-    return None if y is None or not num_classes else F.one_hot(y.long(), num_classes).float()
-
-
-def check_labels(y: torch.Tensor | None, num_classes: int | None, who: str) -> None:
+def _labels(y: torch.Tensor | None, num_classes: int | None, who: str, n: int | None = None) -> torch.Tensor | None:
+    """The labels of a conditional GAN, checked (``check_labels``); None for an unconditional one."""
     if not num_classes:
         if y is not None:
             raise ValueError(f"{who} is not conditional but got labels y; use cgan for a label-conditioned GAN")
-        return
-    if y is None:
-        raise ValueError(f"{who} is conditioned on labels: pass y (integer labels in [0, {num_classes})), "
-                         "or train it on a labelled data set (digits, mnist, ring8 ...)")
-    if y.is_floating_point() or y.dim() != 1:
-        raise ValueError(f"{who} needs integer labels of shape (N,), got {tuple(y.shape)} {y.dtype}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"{who} labels must lie in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]; "
-                         f"build the model with --set num_classes=K for K classes")
+        return None
+    return check_labels(y, num_classes, n, who)
 
 
 # ---------------------------------------------------------------- networks
@@ -90,7 +68,7 @@ class MLPGenerator(nn.Module):
         self.net = MLP(z_dim + (num_classes or 0), hidden_dims, math.prod(x_shape), "relu")
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = z if y is None else torch.cat([z, _one_hot(y, self.num_classes)], -1)
+        h = z if y is None else with_onehot(z, y, self.num_classes)
         out = self.net(h).reshape(z.shape[:-1] + self.x_shape)
         return torch.sigmoid(out) if self.bounded else out
 
@@ -155,7 +133,7 @@ class ConvGenerator(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = z if y is None else torch.cat([z, _one_hot(y, self.num_classes)], -1)
+        h = z if y is None else with_onehot(z, y, self.num_classes)
         return torch.sigmoid(self.body(self.head(h).reshape((-1,) + self.start)))
 
 
@@ -205,24 +183,30 @@ class GAN(PyroModule):
         return self.generator if self.training else self.generator_ema
 
     def _batch_size(self, num_samples: int | None, y: torch.Tensor | None) -> int:
-        check_labels(y, self.num_classes, type(self).__name__.lower())
         if y is not None:
             if num_samples is not None and num_samples != y.shape[0]:
                 raise ValueError(f"num_samples={num_samples} disagrees with the {y.shape[0]} labels given; pass one")
             return y.shape[0]
         return 1 if num_samples is None else int(num_samples)
 
+    def generate(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Examples of the data's shape from noise ``z`` through ``net`` (the generator or its average)."""
+        return net(z, y)
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        """z ~ N(0, I) for a batch of ``like``, drawn with torch in the trainer's hot loop."""
+        return torch.randn(like.shape[0], self.z_dim, device=like.device, dtype=like.dtype)
+
     def forward(self, num_samples: int | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = _labels(y, self.num_classes, type(self).__name__.lower())
         n = self._batch_size(num_samples, y)
         loc = self._zero.expand(self.z_dim)
         with pyro.plate("data", n):
             z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
-            x = self.sampler(z, y)
-            return pyro.deterministic("x", x, event_dim=len(self.x_shape))
+            return pyro.deterministic("x", self.generate(self.sampler, z, y), event_dim=len(self.x_shape))
 
     def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
-        z = torch.randn(real.shape[0], self.z_dim, device=real.device, dtype=real.dtype)
-        fake = self.generator(z, y)
+        fake = self.generator(self.noise(real), y)
         condition = {} if y is None else {"y": y}
         return [CriticPair(self.discriminator, real, fake, condition)], {}
 
@@ -231,7 +215,7 @@ class GAN(PyroModule):
         if tuple(data.shape[1:]) != self.x_shape:
             raise ValueError(f"the generator makes examples of shape {self.x_shape} but the data have "
                              f"{tuple(data.shape[1:])}; build the model for this data (x_dim / x_shape)")
-        check_labels(y, self.num_classes, type(self).__name__.lower())
+        _labels(y, self.num_classes, type(self).__name__.lower(), data.shape[0])
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -391,25 +375,19 @@ class ProGAN(GAN):
             low = alpha * low + (1 - alpha) * F.interpolate(F.avg_pool2d(low, 2), scale_factor=2, mode="nearest")
         return low
 
-    def _generate(self, net: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    def _at_stage(self, net: nn.Module, z: torch.Tensor) -> torch.Tensor:
         return net(z, int(self.stage), float(self.alpha))
 
-    def forward(self, num_samples: int | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        n = self._batch_size(num_samples, y)
-        loc = self._zero.expand(self.z_dim)
-        with pyro.plate("data", n):
-            z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
-            x = self._generate(self.sampler, z)
-            if x.shape[-1] != self.x_shape[-1]:
-                x = F.interpolate(x, size=self.x_shape[1:], mode="nearest")
-            return pyro.deterministic("x", x, event_dim=len(self.x_shape))
+    def generate(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Images at the current resolution, upsampled (nearest) to the data's size."""
+        x = self._at_stage(net, z)
+        return x if x.shape[-1] == self.x_shape[-1] else F.interpolate(x, size=self.x_shape[1:], mode="nearest")
 
     def critic(self, x: torch.Tensor) -> torch.Tensor:
         return self.discriminator(x, int(self.stage), float(self.alpha))
 
     def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
-        z = torch.randn(real.shape[0], self.z_dim, device=real.device, dtype=real.dtype)
-        return [CriticPair(self.critic, self._at_resolution(real), self._generate(self.generator, z))], {}
+        return [CriticPair(self.critic, self._at_resolution(real), self._at_stage(self.generator, self.noise(real)))], {}
 
 
 @register_model(kind="gan", reference="Karras et al. 2018, Progressive Growing of GANs", default_data="digits28",

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from pprogen.models.gan import CriticPair
-from pprogen.nn import frozen_copy, halvings
+from pprogen.nn import CriticPair, frozen_copy, halvings
 from pprogen.registry import register_model
 
 

@@ -26,7 +26,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pprogen.models.flows import Flow
-from pprogen.nn import MLP, ConvDecoder, ConvEncoder
+from pprogen.nn import MLP, ConvDecoder, ConvEncoder, check_labels, with_onehot
 from pprogen.registry import register_model
 from pprogen.transforms import MaskedAutoregressive
 
@@ -214,30 +214,6 @@ def conv_vae(
 # ----------------------------------------------------------------------------- conditional VAE
 
 
-def check_labels(y: torch.Tensor | None, num_classes: int, n: int | None, model: str = "cvae") -> torch.Tensor:
-    """Integer labels 0..num_classes-1, one per example; a one-line error otherwise."""
-    if y is None:
-        raise ValueError(f"{model} is conditioned on labels: pass y=labels (one integer per example); "
-                         "pprogen train takes them from a labelled data set such as digits or mnist")
-    y = torch.as_tensor(y)
-    if y.is_floating_point():
-        if not bool((y == y.round()).all()):
-            raise ValueError(f"{model} labels must be integers 0..{num_classes - 1}, got non-integer values")
-        y = y.long()
-    if n is not None and (y.dim() != 1 or y.shape[0] != n):
-        raise ValueError(f"{model} needs one label per example: {n} examples, labels of shape {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        bad = int(y.max()) if int(y.max()) >= num_classes else int(y.min())
-        raise ValueError(f"label {bad} is out of range for num_classes={num_classes}; labels must be 0..{num_classes - 1} "
-                         "(build the model with the data's number of classes: --set num_classes=K)")
-    return y
-
-
-def _with_onehot(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    onehot = F.one_hot(y, num_classes).to(h.dtype)
-    return torch.cat([h, onehot.expand(h.shape[:-1] + (num_classes,))], -1)
-
-
 class ConditionalNormalGuide(PyroModule):
     """q(z | x, y) = N(loc(x, y), diag scale(x, y)^2): the encoder reads the image and its one-hot label."""
 
@@ -247,7 +223,7 @@ class ConditionalNormalGuide(PyroModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **condition) -> None:
         y = check_labels(y, self.num_classes, x.shape[0])
-        loc, raw_scale = self.encoder(_with_onehot(x, y, self.num_classes)).split(self.z_dim, -1)
+        loc, raw_scale = self.encoder(with_onehot(x, y, self.num_classes)).split(self.z_dim, -1)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, F.softplus(raw_scale) + 1e-5).to_event(1))
 
@@ -269,7 +245,7 @@ class CVAE(VAE):
         return ConditionalNormalGuide(self._encoder_factory(), self.z_dim, self.num_classes)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decoder(_with_onehot(z, y, self.num_classes))
+        return self.decoder(with_onehot(z, y, self.num_classes))
 
     def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
                 batch_size: int | None = None) -> torch.Tensor:

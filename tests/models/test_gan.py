@@ -195,6 +195,9 @@ def test_bad_input_is_a_one_line_error():
     pix = small("pix2pix")
     with pytest.raises(ValueError, match="pix2pix learns from paired examples.*use cyclegan"):
         pix.check_data(load_dataset("digits2inverted").train, pairing="unpaired")
+    trainer = AdversarialTrainer(pix, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="pix2pix learns from paired examples"):  # the trainer reads the pairing
+        trainer.fit(load_dataset("digits2inverted"), epochs=1)
     with pytest.raises(ValueError, match=r"stack an A and a B image .* as \(2, 8, 8\), got \(1, 8, 8\)"):
         pix.check_data(x, pairing="paired")
     with pytest.raises(ValueError, match="translates images: pass source images"):
