@@ -18,15 +18,15 @@ import time
 import torch
 
 import pprogen
-from pprogen.data import MODES, load_dataset
+from pprogen.data import MODES, load_toy
 from pprogen.inference.adversarial import AdversarialTrainer
 from pprogen.inference.metrics import mode_metrics
 
 
-def one_seed(data: str, seed: int, steps: int, batch_size: int) -> dict:
+def one_seed(data: str, seed: int, steps: int, batch_size: int, num_train: int, pack: int = 1) -> dict:
     torch.manual_seed(seed)
-    model = pprogen.create_model("gan", hidden_dims=(128, 128, 128), d_hidden_dims=(128, 128, 128))
-    train = load_dataset(data).train
+    model = pprogen.create_model("gan", hidden_dims=(128, 128, 128), d_hidden_dims=(128, 128, 128), pack=pack)
+    train = load_toy(data, num_train=num_train).train
     per_epoch = train.shape[0] // batch_size
     trainer = AdversarialTrainer(model, lr_g=1e-3, lr_d=1e-3, betas=(0.5, 0.9), schedule="linear", ema=0.999,
                                  batch_size=batch_size, device="cpu", seed=seed, progress=False)
@@ -45,11 +45,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--num-train", type=int, default=10000, help="training examples drawn once per seed")
+    p.add_argument("--pack", type=int, default=1, help="PacGAN: examples the discriminator judges jointly")
+    p.add_argument("--only-seeds", type=int, nargs="*", help="run just these seeds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for seed in range(args.seeds):
-        row = one_seed(args.data, seed, args.steps, args.batch_size)
+    for seed in args.only_seeds if args.only_seeds is not None else range(args.seeds):
+        row = one_seed(args.data, seed, args.steps, args.batch_size, args.num_train, args.pack)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("seed", "modes", "high_quality", "reverse_kl", "seconds")}), flush=True)
 
@@ -58,7 +61,7 @@ def main() -> None:
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     (m, ms), (h, hs), (k, ks) = stat("modes"), stat("high_quality"), stat("reverse_kl")
-    print(f"{args.data}: {args.seeds} seeds, {args.steps} steps: modes {m:.2f} ± {ms:.2f} / {rows[0]['num_modes']}, "
+    print(f"{args.data}: {len(rows)} seeds, {args.steps} steps: modes {m:.2f} ± {ms:.2f} / {rows[0]['num_modes']}, "
           f"high quality {100 * h:.1f} ± {100 * hs:.1f}%, reverse KL {k:.4f} ± {ks:.4f}, "
           f"median {statistics.median(r['seconds'] for r in rows):.0f} s per seed")
 

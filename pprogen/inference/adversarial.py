@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pprogen.distributed import World, check_enough_data, collective, current, shard
 from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
 from pprogen.inference.train import History, NonFiniteLossError
@@ -128,6 +129,18 @@ def _check_loss(loss: str) -> None:
         raise unknown_name_error("GAN loss", loss, LOSSES)
 
 
+class _Side(nn.Module):
+    """One side of the game for DistributedDataParallel: it holds the side's module (or bare parameters),
+    and ``forward(loss_fn)`` computes that side's losses, so DDP averages the gradients they give."""
+
+    def __init__(self, held: nn.Module | list[nn.Parameter]) -> None:
+        super().__init__()
+        self.held = held if isinstance(held, nn.Module) else nn.ParameterList(held)
+
+    def forward(self, loss_fn: Callable):
+        return loss_fn()
+
+
 class AdversarialTrainer:
     """Alternating discriminator and generator updates for a GAN-like model (see the module docstring).
 
@@ -136,7 +149,9 @@ class AdversarialTrainer:
     are separate (two time-scale updates); ``gp_weight`` (10 by default for ``wgan_gp``, else 0) and
     ``r1_weight`` switch the penalties on; ``spectral_norm`` puts spectral normalization on the
     discriminator's layers; ``ema`` is the decay of the moving average of the generator's weights (None:
-    off); ``schedule="linear"`` decays both learning rates to 0 over the run. ``fit`` returns a
+    off), warmed up as ``min(ema, (1 + t) / (10 + t))`` after ``t`` updates unless ``ema_warmup=False`` (an
+    average with a 1000-step memory would otherwise still be mostly the initial weights after a short run);
+    ``schedule="linear"`` decays both learning rates to 0 over the run. ``fit`` returns a
     :class:`~pprogen.inference.train.History` whose records hold the epoch means of ``d_loss``, ``g_loss``
     and each extra term.
     """
@@ -144,8 +159,9 @@ class AdversarialTrainer:
     def __init__(self, model: nn.Module, loss: str = "nonsaturating", critic_steps: int = 1,
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  gp_weight: float | None = None, r1_weight: float = 0.0, spectral_norm: bool = False,
-                 ema: float | None = 0.999, schedule: str = "constant", batch_size: int = 64,
-                 device: str | torch.device = "auto", seed: int | None = 0, progress: bool = True) -> None:
+                 ema: float | None = 0.999, ema_warmup: bool = True, schedule: str = "constant", batch_size: int = 64,
+                 device: str | torch.device = "auto", seed: int | None = 0, progress: bool = True,
+                 world: World | None = None) -> None:
         _check_loss(loss)
         if schedule not in SCHEDULES:
             raise unknown_name_error("GAN learning-rate schedule", schedule, SCHEDULES)
@@ -173,6 +189,8 @@ class AdversarialTrainer:
         self.lr_g, self.lr_d, self.betas = lr_g, lr_d, tuple(betas)
         self.gp_weight, self.r1_weight = float(gp_weight), float(r1_weight)
         self.ema = ema
+        self.ema_warmup = ema_warmup
+        self.ema_updates = 0
         self.schedule = schedule
         self.batch_size = batch_size
         self.device = resolve_device(device)
@@ -189,6 +207,29 @@ class AdversarialTrainer:
             raise ValueError("the model needs trainable parameters on both sides (generator and discriminator)")
         self.opt_d = torch.optim.Adam(self.d_params, lr=lr_d, betas=self.betas)
         self.opt_g = torch.optim.Adam(self.g_params, lr=lr_g, betas=self.betas)
+        self.world = current() if world is None else world
+        self._sides = None  # (discriminator, generator) in DistributedDataParallel, made by fit
+
+    def _data_parallel(self) -> None:
+        """Each side in its own DistributedDataParallel, which averages exactly that side's gradients over the
+        ranks (after every rank has taken rank 0's weights). Holding the side's module lets DDP also share
+        rank 0's buffers (batch-norm statistics, spectral-norm vectors)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        model, device = self.model, self.device
+        generator = getattr(model, "generator", None)
+        g_ids = {id(p) for p in self.g_params}
+        g_side = generator if isinstance(generator, nn.Module) and {
+            id(p) for p in generator.parameters() if p.requires_grad} == g_ids else self.g_params
+        self.world.broadcast_tensors(list(model.parameters()) + list(model.buffers()))
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: progressive growing leaves the layers of later stages unused for a while
+        self._sides = tuple(DistributedDataParallel(_Side(side), device_ids=ids, find_unused_parameters=True)
+                            for side in (model.discriminator, g_side))
+
+    def _run(self, side: int, loss_fn: Callable):
+        """``loss_fn()`` (the losses of one side), through that side's DDP when several ranks train."""
+        return loss_fn() if self._sides is None else self._sides[side](loss_fn)
 
     # ------------------------------------------------------------------ one step
 
@@ -212,16 +253,31 @@ class AdversarialTrainer:
         return total, parts
 
     def _apply(self, loss: torch.Tensor, optimizer, params) -> tuple[float, float]:
-        """Backward and update unless the loss or the gradient is non-finite (then nothing is applied)."""
-        value = loss.item()
-        if not math.isfinite(value):
-            return value, math.nan
+        """Backward and update unless the loss or the gradient is non-finite (then nothing is applied). With
+        several ranks backward always runs (DDP's all-reduce needs every rank) and the loss is averaged, so
+        all ranks take the same decision."""
+        value = loss.detach().reshape(1).double()
+        world = self.world
+        if not world.active and not math.isfinite(value.item()):
+            return value.item(), math.nan
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        value = (world.all_reduce_sum(value) / world.size).item()
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
-        if math.isfinite(norm):
+        if math.isfinite(value) and math.isfinite(norm):
             optimizer.step()
         return value, norm
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """``ok`` on every rank (one small all-reduce when several ranks train)."""
+        if not self.world.active:
+            return ok
+        return self.world.all_reduce_sum(torch.tensor([float(not ok)], device=self.device)).item() == 0
+
+    def _generator_loss(self, real: torch.Tensor, condition: dict):
+        pairs, extra = self.terms(real, True, **condition)
+        g_loss = sum(generator_loss(self.loss, pair.critic(pair.fake, **pair.condition)) for pair in pairs)
+        return g_loss, extra, g_loss + sum(extra.values()) if extra else g_loss
 
     def step(self, batches: list[tuple[torch.Tensor, dict]]) -> dict[str, float]:
         """``critic_steps`` discriminator updates (one per batch given) and one generator update (on the
@@ -230,10 +286,10 @@ class AdversarialTrainer:
         for real, condition in batches:
             with torch.no_grad():
                 pairs, _ = self.terms(real, False, **condition)
-            if not all(bool(torch.isfinite(pair.fake).all()) for pair in pairs):
+            if not self._all_ranks(all(bool(torch.isfinite(pair.fake).all()) for pair in pairs)):
                 out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
                 return out
-            d_loss, parts = self._critic_loss(pairs)
+            d_loss, parts = self._run(0, lambda: self._critic_loss(pairs))
             out["d_loss"], out["d_grad_norm"] = self._apply(d_loss, self.opt_d, self.d_params)
             out.update(parts)
             if not (math.isfinite(out["d_loss"]) and math.isfinite(out["d_grad_norm"])):
@@ -242,17 +298,19 @@ class AdversarialTrainer:
         for p in self.d_params:
             p.requires_grad_(False)  # the generator step needs no gradients for D's weights
         try:
-            pairs, extra = self.terms(real, True, **condition)
-            g_loss = sum(generator_loss(self.loss, pair.critic(pair.fake, **pair.condition)) for pair in pairs)
-            total = g_loss + sum(extra.values()) if extra else g_loss
+            g_loss, extra, total = self._run(1, lambda: self._generator_loss(real, condition))
         finally:
             for p in self.d_params:
                 p.requires_grad_(True)
         out["g_adv"] = g_loss.item()
         out.update({k: v.item() for k, v in extra.items()})
         out["g_loss"], out["g_grad_norm"] = self._apply(total, self.opt_g, self.g_params)
-        if self.ema is not None and math.isfinite(out["g_loss"]) and math.isfinite(out["g_grad_norm"]):
-            ema_update(self.model.generator_ema, self.model.generator, self.ema)
+        updated = math.isfinite(out["g_loss"]) and math.isfinite(out["g_grad_norm"])
+        if self.ema is not None and updated and self.world.is_main:  # the average lives on rank 0
+            t = self.ema_updates
+            decay = min(self.ema, (1 + t) / (10 + t)) if self.ema_warmup else self.ema
+            ema_update(self.model.generator_ema, self.model.generator, decay)
+            self.ema_updates += 1
         return out
 
     # ------------------------------------------------------------------ training loop
@@ -267,6 +325,7 @@ class AdversarialTrainer:
             "rng": rng_state(),
             "shuffle": shuffle.get_state(),
             "history": history.state(),
+            "ema_updates": self.ema_updates,
         }
 
     def fit(self, data: torch.Tensor, epochs: int = 10, condition: dict[str, torch.Tensor] | None = None,
@@ -274,7 +333,9 @@ class AdversarialTrainer:
         """Train on ``data`` ``(N, ...)`` (or a data set's ``train`` split) for ``epochs`` (each epoch: ``N / (batch_size * critic_steps)``
         generator updates). ``condition`` holds per-datum keyword arguments (``{"y": labels}`` for a
         conditional GAN). With a ``run``, every epoch writes metrics and an atomic checkpoint, and
-        ``resume`` continues from it exactly. ``callback(epoch, record)`` runs after each epoch (the CLI
+        ``resume`` continues from it exactly. Under ``torchrun`` ``batch_size`` is per rank, each rank takes its
+        share of every global batch, both sides train in DistributedDataParallel, and only rank 0 keeps the
+        moving average and writes (see :mod:`pprogen.distributed`). ``callback(epoch, record)`` runs after each epoch (the CLI
         draws the epoch's sample grid there) and may add entries to ``record``.
 
         A non-finite loss or gradient in either network stops training with
@@ -290,6 +351,8 @@ class AdversarialTrainer:
         check_shapes = getattr(self.model, "check_data", None)
         if callable(check_shapes):
             check_shapes(data, pairing=pairing, **condition)
+        world = self.world
+        check_enough_data(data.shape[0], world)
         device = self.device
         if self.seed is not None:
             seed_everything(self.seed)
@@ -297,8 +360,11 @@ class AdversarialTrainer:
         data = data.to(device)
         condition = {k: v.to(device) for k, v in condition.items()}
         num_data = data.shape[0]
-        batch_size = min(self.batch_size, num_data)
-        per_step = batch_size * self.critic_steps
+        batch_size = min(self.batch_size, num_data // world.size)
+        if world.active and self._sides is None:
+            self._data_parallel()
+        global_batch = batch_size * world.size
+        per_step = global_batch * self.critic_steps
         steps_per_epoch = max(1, num_data // per_step)
         total_steps = epochs * steps_per_epoch
         schedulers = []
@@ -309,9 +375,9 @@ class AdversarialTrainer:
         history = History()
         start_epoch = 0
         if resume:
-            if run is None:
+            if run is None and world.is_main:
                 raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
-            state = run.load_checkpoint()
+            state = world.broadcast_object(run.load_checkpoint() if world.is_main else None)
             self.model.load_state_dict(state["model"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.opt_g.load_state_dict(state["opt_g"])
@@ -321,11 +387,13 @@ class AdversarialTrainer:
             shuffle.set_state(state["shuffle"])
             history = History(**state["history"])
             start_epoch = state["epoch"]
+            self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
         schedule = getattr(self.model, "schedule", None)
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not self.progress,
+        writes = run is not None and world.is_main
+        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not (self.progress and world.is_main),
                    unit="step", dynamic_ncols=True, leave=False)
         validation = pyro.validation_enabled(False)
         validation.__enter__()
@@ -334,15 +402,18 @@ class AdversarialTrainer:
                 self.model.train()
                 started = time.perf_counter()
                 order = torch.randperm(num_data, generator=shuffle).to(device)
+                if world.active:  # each rank its own noise, the same after a resume on any number of ranks
+                    torch.manual_seed(world.rank_seed(self.seed, epoch))
                 sums: dict[str, float] = {}
                 for i in range(steps_per_epoch):
                     if callable(schedule):
                         schedule((epoch * steps_per_epoch + i) / total_steps)
                     batches = []
                     for k in range(self.critic_steps):
-                        index = order[(i * self.critic_steps + k) * batch_size:][:batch_size]
+                        index = shard(order[(i * self.critic_steps + k) * global_batch:][:global_batch], world)
                         batches.append((data[index], {key: v[index] for key, v in condition.items()}))
-                    out = self.step(batches)
+                    with collective("the gradient all-reduce", world):
+                        out = self.step(batches)
                     bad = [k for k in ("fake", "d_loss", "d_grad_norm", "g_loss", "g_grad_norm")
                            if k in out and not math.isfinite(out[k])]
                     if bad:
@@ -369,7 +440,7 @@ class AdversarialTrainer:
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         callback(epoch + 1, record)
                 history.records.append(record)
-                if run is not None:
+                if writes:
                     run.save_checkpoint(self._state(epoch + 1, history, shuffle, schedulers))
                     run.write_metrics(history.records)
         finally:

@@ -19,6 +19,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from pprogen.distributed import World, check_enough_data, collective, current, shard
 from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
 from pprogen.runs import rng_state, seed_everything, set_rng_state
@@ -136,33 +137,47 @@ class TrainStep:
     """One optimization step: loss, backward, finiteness check, optional clipping, update.
 
     Estimators with ``differentiable_loss`` train through the loss module; those without (Pyro's
-    ``TraceGraph_ELBO``) through their ``loss_and_grads``.
+    ``TraceGraph_ELBO``) through their ``loss_and_grads``. With several ranks (``world``), ``forward`` is the
+    loss module wrapped in DistributedDataParallel, the gradients of parameters it cannot see
+    (``synced_params``: ``pyro.param`` sites, the ``loss_and_grads`` path) are averaged by hand, and the
+    loss is averaged too, so every rank takes the same decision on a non-finite step.
     """
 
-    def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None) -> None:
+    def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
+                 forward: Callable | None = None, world: World | None = None, synced_params=()) -> None:
         self.loss_module = loss_module
+        self.forward = forward or loss_module
         self.params = list(params)
         self.optimizer = optimizer
         self.clip_norm = clip_norm
         self.native = _has_differentiable_loss(loss_module.elbo)
+        self.world = world or World()
+        self.hand_synced = list(synced_params) if self.native else self.params
 
     def __call__(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> tuple[float, float | None]:
         """Returns the loss and the gradient norm; non-finite values are returned, never applied.
         ``condition`` holds the batch's per-datum keyword arguments (labels of a conditional model)."""
         self.optimizer.zero_grad(set_to_none=True)
+        world = self.world
         with scale_data_plate(scale):
             if self.native:
-                loss = self.loss_module(batch, **condition)
-                value = loss.item()
-                if not math.isfinite(value):
-                    return value, None
-                loss.backward()
+                loss = self.forward(batch, **condition)
+                value = loss.detach()
+                if not world.active and not math.isfinite(value.item()):
+                    return value.item(), None
+                loss.backward()  # with several ranks always: DDP's all-reduce must run on every rank
             else:
-                value = self.loss_module.elbo.loss_and_grads(
+                value = torch.tensor(self.loss_module.elbo.loss_and_grads(
                     self.loss_module.model, self.loss_module.guide, batch, **condition
-                )
-                if not math.isfinite(value):
-                    return value, None
+                ))
+                if not world.active and not math.isfinite(value.item()):
+                    return value.item(), None
+        if world.active:
+            world.mean_gradients(self.hand_synced)
+            value = world.all_reduce_sum(value.reshape(1).to(torch.float64)) / world.size
+        value = value.item()
+        if not math.isfinite(value):
+            return value, None
         if self.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         else:
@@ -187,14 +202,37 @@ def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_partic
 
 @torch.no_grad()
 def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
-                  condition: dict[str, torch.Tensor] | None = None) -> float:
-    """The estimator's negative ELBO per datum over ``data`` (no gradients)."""
+                  condition: dict[str, torch.Tensor] | None = None, world: World | None = None) -> float:
+    """The estimator's negative ELBO per datum over ``data`` (no gradients); with several ranks each
+    evaluates its share of the rows and the sums are added up."""
+    world = world or World()
+    rows = shard(torch.arange(data.shape[0], device=data.device), world)
     total = 0.0
-    for start in range(0, data.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        kw = {k: v[rows] for k, v in (condition or {}).items()}
-        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
+    for start in range(0, rows.shape[0], batch_size):
+        index = rows[start : start + batch_size]
+        kw = {k: v[index] for k, v in (condition or {}).items()}
+        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[index], **kw)
+    if world.active:
+        total = world.all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=data.device)).item()
     return total / data.shape[0]
+
+
+def _data_parallel(loss_module: nn.Module, params: list, buffers: list, probe, world: World, device):
+    """The loss module in DistributedDataParallel, after every rank has taken rank 0's parameters and buffers
+    (lazily built guides exist by now: :func:`collect_parameters` ran the loss). Returns the forward to
+    train through and the parameters whose gradients must be averaged by hand."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    world.broadcast_tensors(params + buffers)
+    inside = [p for p in loss_module.parameters() if p.requires_grad]
+    if not _has_differentiable_loss(loss_module.elbo) or not inside:
+        return loss_module, params
+    ids = {id(p) for p in inside}
+    loss = loss_module(probe[0], **probe[1])  # parameters the loss never reaches need DDP's unused search
+    unused = any(g is None for g in torch.autograd.grad(loss, inside, allow_unused=True))
+    wrapped = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=unused)
+    return wrapped, [p for p in params if id(p) not in ids]
 
 
 def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str:
@@ -243,6 +281,7 @@ def fit(
     callback: Callable[[int, dict], None] | None = None,
     condition: dict[str, torch.Tensor] | None = None,
     valid_condition: dict[str, torch.Tensor] | None = None,
+    world: World | None = None,
 ) -> History:
     """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
 
@@ -255,7 +294,14 @@ def fit(
     continues from it exactly. ``condition`` (and ``valid_condition``) map keyword names to per-datum
     tensors, sliced with each minibatch and passed to model and guide: the labels of a conditional
     model, ``condition={"y": labels}``. Returns the :class:`History`.
+
+    Launched by ``torchrun`` (``world``: :func:`pprogen.distributed.init`; by default the process group
+    already set up), ``batch_size`` is per rank: each step's global batch of ``batch_size x ranks`` rows is
+    cut from the epoch's shared permutation and split among the ranks, the loss module trains inside
+    DistributedDataParallel, and only rank 0 writes to ``run`` (see :mod:`pprogen.distributed`). A final
+    remainder of the epoch smaller than the number of ranks is left out.
     """
+    world = current() if world is None else world
     if hasattr(data, "train"):
         valid_data = data.valid if valid_data is None else valid_data
         data = data.train
@@ -269,6 +315,7 @@ def fit(
         check_data(valid_data, "validation data", missing_ok)
     if patience is not None and valid_data is None:
         raise ValueError("early stopping (patience) needs validation data; pass valid_data or patience=None")
+    check_enough_data(data.shape[0], world)
     device = resolve_device(device)
     if seed is not None:
         seed_everything(seed)
@@ -292,20 +339,23 @@ def fit(
         raise ValueError(f"kl_warmup anneals an estimator's beta, and {type(loss_module.elbo).__name__} has none; "
                          "use an estimator from make_elbo or kl_warmup=0")
     num_data = data.shape[0]
-    batch_size = min(batch_size, num_data)
-    params = collect_parameters(loss_module, data[:batch_size], **{k: v[:batch_size] for k, v in condition.items()})
+    batch_size = min(batch_size, num_data // world.size)
+    probe = data[:batch_size], {k: v[:batch_size] for k, v in condition.items()}
+    params = collect_parameters(loss_module, probe[0], **probe[1])
     if not params:
         raise ValueError("the model and guide have no trainable parameters: nothing to fit")
+    forward, synced = loss_module, params
+    buffers = dict(loss_module.named_buffers())  # mask indices, running statistics: part of the state
+    if world.active:
+        forward, synced = _data_parallel(loss_module, params, list(buffers.values()), probe, world, device)
     opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
     scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
-    step = TrainStep(loss_module, params, opt, clip_norm)
+    step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced)
     shuffle = torch.Generator().manual_seed(0 if seed is None else seed)
     history = History()
     best_state = None
     bad_epochs = 0
     start_epoch = 0
-
-    buffers = dict(loss_module.named_buffers())  # mask indices, running statistics: part of the state
 
     def snapshot() -> dict[str, torch.Tensor]:
         state = {f"p{i}": p.detach().clone() for i, p in enumerate(params)}
@@ -334,9 +384,9 @@ def fit(
         }
 
     if resume:
-        if run is None:
+        if run is None and world.is_main:
             raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
-        state = run.load_checkpoint()
+        state = world.broadcast_object(run.load_checkpoint() if world.is_main else None)
         saved = sum(k.startswith("p") for k in state["params"])
         if saved != len(params):
             raise ValueError(
@@ -356,12 +406,16 @@ def fit(
         if history.stop_reason == "early_stopping":
             return history
 
-    steps_per_epoch = math.ceil(num_data / batch_size)
+    global_batch = batch_size * world.size
+    steps_per_epoch = math.ceil(num_data / global_batch)
+    if 0 < num_data % global_batch < world.size:
+        steps_per_epoch -= 1  # too few rows left for one per rank
+    writes = run is not None and world.is_main
     from tqdm.auto import tqdm
 
     bar = tqdm(
         total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-        disable=not progress, unit="step", dynamic_ncols=True, leave=False,
+        disable=not (progress and world.is_main), unit="step", dynamic_ncols=True, leave=False,
     )
     validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop
     validation_off.__enter__()
@@ -376,10 +430,15 @@ def fit(
                 loss_module.elbo.beta = beta * min(1.0, (epoch + 1) / kl_warmup)
             started = time.perf_counter()
             order = torch.randperm(num_data, generator=shuffle).to(device)
+            if world.active:  # each rank its own draws, the same after a resume on any number of ranks
+                torch.manual_seed(world.rank_seed(seed, epoch))
             epoch_loss = 0.0
             for i in range(steps_per_epoch):
-                index = order[i * batch_size : (i + 1) * batch_size]
-                value, norm = step(data[index], num_data / index.shape[0], **{k: v[index] for k, v in condition.items()})
+                rows = order[i * global_batch : (i + 1) * global_batch]
+                index = shard(rows, world)
+                with collective("the gradient all-reduce", world):
+                    value, norm = step(data[index], num_data * world.size / rows.shape[0],
+                                       **{k: v[index] for k, v in condition.items()})
                 if not (math.isfinite(value) and norm is not None and math.isfinite(norm)):
                     what = "loss" if not math.isfinite(value) else "gradient"
                     history.stop_reason = "non_finite"
@@ -389,7 +448,7 @@ def fit(
                         "parameters were left at the last good step. Lower the learning rate, set "
                         "clip_norm, or check the data"
                     )
-                    if run is not None:
+                    if writes:
                         run.save_checkpoint(checkpoint_state(epoch))
                     raise NonFiniteLossError(message, history)
                 epoch_loss += value
@@ -404,7 +463,7 @@ def fit(
                 "lr": opt.param_groups[0]["lr"],
             }
             if valid_data is not None:
-                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition)
+                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition, world)
                 if record["valid_loss"] < history.best_valid_loss:
                     history.best_valid_loss = record["valid_loss"]
                     history.best_epoch = epoch + 1
@@ -426,7 +485,7 @@ def fit(
                 epoch=epoch + 1, train=f"{record['train_loss']:.3f}",
                 valid="-" if record["valid_loss"] is None else f"{record['valid_loss']:.3f}",
             )
-            if run is not None:
+            if writes:
                 run.save_checkpoint(checkpoint_state(epoch + 1))
                 run.write_metrics(history.records)
             if callback is not None:

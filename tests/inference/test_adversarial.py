@@ -118,14 +118,17 @@ def small_gan(**kw):
 
 
 def test_the_trainer_keeps_the_moving_average_of_the_generator_exactly():
-    model = small_gan()
-    trainer = AdversarialTrainer(model, ema=0.9, batch_size=32, progress=False, device="cpu")
     data = load_dataset("ring8").train[:32]
-    before = [p.detach().clone() for p in model.generator_ema.parameters()]
-    trainer.step([(data, {})])
-    for avg, old, new in zip(model.generator_ema.parameters(), before, model.generator.parameters()):
-        assert torch.allclose(avg, 0.9 * old + 0.1 * new, rtol=0, atol=1e-7)
-        assert not avg.requires_grad
+    for warmup, decays in ((False, (0.9, 0.9)), (True, (1 / 10, 2 / 11))):  # warm-up: min(ema, (1 + t) / (10 + t))
+        model = small_gan()
+        trainer = AdversarialTrainer(model, ema=0.9, ema_warmup=warmup, batch_size=32, progress=False, device="cpu")
+        for decay in decays:
+            before = [p.detach().clone() for p in model.generator_ema.parameters()]
+            trainer.step([(data, {})])
+            for avg, old, new in zip(model.generator_ema.parameters(), before, model.generator.parameters()):
+                assert torch.allclose(avg, decay * old + (1 - decay) * new, rtol=0, atol=1e-7)
+                assert not avg.requires_grad
+        assert trainer.ema_updates == 2
 
 
 def test_a_few_hundred_steps_on_the_ring_cover_more_modes_than_at_initialization():

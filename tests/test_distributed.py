@@ -1,0 +1,123 @@
+"""Data-parallel training on 2 CPU processes (gloo), spawned by the tests as torchrun would start them."""
+
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from pprogen.distributed import World, shard, shard_sizes
+from tests.distributed_workers import launch
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is needed")
+
+
+def ok(results):
+    for r in results:
+        assert "error" not in r and "missing" not in r, r.get("traceback") or r
+    return results
+
+
+def test_shards_are_disjoint_contiguous_and_cover_the_batch():
+    index = torch.arange(10, 17)
+    parts = [shard(index, World(rank=r, size=3)) for r in range(3)]
+    assert torch.equal(torch.cat(parts), index)
+    assert [p.numel() for p in parts] == shard_sizes(7, World(size=3)) == [3, 2, 2]
+
+
+def test_two_ranks_keep_bit_identical_parameters(tmp_path):
+    """(a) a VAE with a lazily built amortized guide and the stochastic ELBO: each rank draws its own noise,
+    yet after 16 steps both hold the same parameters bit for bit."""
+    a, b = ok(launch("fit_vae", 2, tmp_path))
+    assert a.keys() == b.keys() and any(k.startswith("guide.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
+    """(b) the all-reduced gradient is the single-process gradient of the union of the ranks' batches: the
+    global latent counted once, the data plate scaled by N / global batch, the pyro.param averaged too."""
+    two = ok(launch("fit_regression", 2, tmp_path, batch_size=4, epochs=3))
+    one = ok(launch("fit_regression", 1, tmp_path, batch_size=8, epochs=3))[0]
+    four = ok(launch("fit_regression", 1, tmp_path, batch_size=4, epochs=3))[0]  # a different run: must differ
+    assert set(one) == {"AutoDelta.w", "sigma"}
+    for key in one:
+        assert one[key].dtype == torch.float64
+        assert torch.equal(two[0][key], two[1][key])
+        assert torch.allclose(two[0][key], one[key], rtol=1e-12, atol=1e-12), (key, two[0][key], one[key])
+    assert not torch.allclose(four["AutoDelta.w"], one["AutoDelta.w"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_killed_two_rank_run_resumes_exactly_and_on_another_number_of_ranks(tmp_path):
+    """(c) killed right after epoch 2's checkpoint, resumed to epoch 4: the same as the uninterrupted run,
+    on 2 ranks bit for bit (the stochastic VAE) and on 1 rank with batch 2b to float64 precision."""
+    whole = ok(launch("fit_vae", 2, tmp_path, epochs=4))[0]
+    run = tmp_path / "vae_run"
+    killed = launch("fit_vae", 2, tmp_path, epochs=4, run=str(run), die_after=2)
+    assert all("missing" in r for r in killed)  # both ranks died in epoch 2's callback
+    resumed = ok(launch("fit_vae", 2, tmp_path, epochs=4, run=str(run), resume=True))
+    for key in whole:
+        assert torch.equal(resumed[0][key], whole[key]), key
+
+    reference = ok(launch("fit_regression", 2, tmp_path, batch_size=4, epochs=4))[0]
+    run = tmp_path / "regression_run"
+    launch("fit_regression", 2, tmp_path, batch_size=4, epochs=4, run=str(run), die_after=2)
+    on_one = ok(launch("fit_regression", 1, tmp_path, batch_size=8, epochs=4, run=str(run), resume=True))[0]
+    for key in reference:
+        assert torch.allclose(on_one[key], reference[key], rtol=1e-12, atol=1e-12), key
+
+
+@pytest.mark.parametrize("loss,r1", [("nonsaturating", 0.0), ("wgan_gp", 0.0), ("hinge", 1.0)])
+def test_adversarial_trainer_keeps_both_networks_identical_across_ranks(tmp_path, loss, r1):
+    """(d) G and D in DDP, the gradient penalty's and R1's double backward included; the moving average is
+    kept on rank 0 only."""
+    a, b = ok(launch("train_gan", 2, tmp_path, loss=loss, r1_weight=r1))
+    trained = [k for k in a if k != "ema_updates" and "generator_ema" not in k]
+    assert any(k.startswith("discriminator.") for k in trained) and any(k.startswith("generator.") for k in trained)
+    for key in trained:
+        assert torch.equal(a[key], b[key]), key
+    assert a["ema_updates"] == 2 * (256 // 32) and b["ema_updates"] == 0
+
+
+def test_a_killed_adversarial_run_resumes_exactly(tmp_path):
+    whole = ok(launch("train_gan", 2, tmp_path, epochs=3))[0]
+    run = tmp_path / "gan_run"
+    launch("train_gan", 2, tmp_path, epochs=3, run=str(run), die_after=2)  # dies before epoch 2's checkpoint
+    resumed = ok(launch("train_gan", 2, tmp_path, epochs=3, run=str(run), resume=True))[0]
+    for key in whole:
+        assert (whole[key] == resumed[key]) if key == "ema_updates" else torch.equal(whole[key], resumed[key]), key
+
+
+def test_sharded_evidence_comes_back_in_data_order(tmp_path):
+    """13 rows on 2 ranks (7 + 6): each rank's importance-sampled log p(x) is gathered in order; PPCA's
+    exact log p(x) tells whether every row landed in its place."""
+    a, b = ok(launch("evaluate_rows", 2, tmp_path))
+    assert torch.equal(a["log_prob"], b["log_prob"]) and a["log_prob"].shape == (13,)
+    assert torch.allclose(a["log_prob"], a["exact"], atol=0.05)
+    assert (a["exact"][1:] - a["exact"][:-1]).abs().max() > 0.5  # a misplaced row would show
+
+
+def test_a_rank_that_dies_makes_the_other_stop_with_a_clear_error(tmp_path):
+    """Rank 1 dies after epoch 1; rank 0 does not hang: its next collective fails within the timeout, with
+    a message that says what happened and how to resume, and the epoch-1 checkpoint stays intact."""
+    run = tmp_path / "vae_run"
+    results = launch("fit_vae", 2, tmp_path, epochs=3, run=str(run), die_after=1, die_rank=1, timeout=20,
+                     timeout_s=120)
+    assert "missing" in results[1]
+    message = results[0]["error"]
+    assert message.startswith("CollectiveError: rank 0 of 2:") and "--resume" in message, message
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]["records"]) == 1
+
+
+def test_more_ranks_than_examples_is_a_clear_error(tmp_path):
+    results = launch("too_little_data", 2, tmp_path)
+    for r in results:
+        assert "the training data have 1 examples but 2 ranks" in r["error"] and "nproc_per_node" in r["error"]
+
+
+def test_the_timeout_must_be_positive():
+    from pprogen.distributed import init
+
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        init("cpu", timeout=0)
