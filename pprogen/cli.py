@@ -14,9 +14,10 @@ import pyro
 import torch
 
 from pprogen import __version__
+from pprogen import distributed
 from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
-from pprogen.inference import log_marginal, make_elbo, make_guide
+from pprogen.inference import make_elbo, make_guide
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
 from pprogen.registry import create_model, get_card, list_models
@@ -141,16 +142,20 @@ def _condition(model, dataset: Dataset, split: str, limit: int | None = None, de
 
 
 def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
-              limit: int | None = None):
+              limit: int | None = None, world: distributed.World | None = None):
     """Test NLL: exact where the model has ``log_prob``; for models whose latents are all global, the
-    posterior predictive log p(x_n | training data) under the guide; else importance sampling with the guide."""
+    posterior predictive log p(x_n | training data) under the guide; else importance sampling with the guide.
+    Under torchrun every rank scores its share of the rows and rank 0 gets them all."""
+    world = world or distributed.World()
     x = dataset.split(split)[:limit].to(device)
     exact = callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True)
     predictive = callable(getattr(model, "predictive_log_prob", None))
     if exact or predictive:
         with torch.no_grad():
             score = model.log_prob if exact else lambda rows: model.predictive_log_prob(rows, guide, num_samples)
-            log_prob = torch.cat([score(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
+            mine = x[distributed.shard(torch.arange(x.shape[0], device=x.device), world)]
+            log_prob = torch.cat([score(mine[i : i + 1000]) for i in range(0, mine.shape[0], 1000)])
+            log_prob = world.gather_rows(log_prob, distributed.shard_sizes(x.shape[0], world))
         nll = -log_prob.double()
         method = getattr(model, "log_prob_method", "exact")
         result = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),
@@ -159,13 +164,14 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
         if dataset.binary or getattr(model, "reports_bits_per_dim", False):
             result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
         return result
-    evidence = log_marginal(model, guide, x, num_samples=num_samples, dim=dataset.dim if dataset.binary else None,
-                            condition=_condition(model, dataset, split, limit, device))
+    evidence = distributed.sharded_log_marginal(model, guide, x, world, num_samples=num_samples,
+                                                dim=dataset.dim if dataset.binary else None,
+                                                condition=_condition(model, dataset, split, limit, device))
     method = "importance sampling (guide as proposal)"
     if getattr(model, "conditional", False):
         method += ", log p(x | y) given the labels"
     result = {**evidence.summary(), "method": method}
-    if run is not None and evidence.khat is not None:
+    if run is not None and evidence.khat is not None and world.is_main:
         from pprogen.plots import save_khat
 
         save_khat(evidence.khat, run.path / f"khat-{split}.png")
@@ -249,7 +255,7 @@ def cmd_train(args) -> int:
         optimizer=train["optimizer"], schedule=train["schedule"],
     )
     make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
-    device = resolve_device(config["device"])
+    world, device = distributed.init(config["device"], args.dist_timeout)
     seed_everything(config["seed"])  # the initial weights too come from --seed
     dataset, model, guide = build(config, dataset)
     missing_ok = getattr(model, "accepts_missing", False)
@@ -259,13 +265,18 @@ def cmd_train(args) -> int:
     condition = _condition(model, dataset, "train")
     valid_condition = _condition(model, dataset, "valid") if dataset.valid is not None else None
     check_model_fits_data(model, guide, dataset.train, **condition)
-    if args.resume:
-        run.write_json("config.json", config)
+    distributed.check_enough_data(dataset.train.shape[0], world)
+    if not args.resume and hasattr(model, "init_from_data"):  # mixtures: components start at data points
+        model.init_from_data(dataset.train)
+    if world.is_main:  # only rank 0 writes
+        if args.resume:
+            run.write_json("config.json", config)
+        else:
+            run = Run.create(config, args.out)
+        print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples"
+              f"{_ranks(world)}) -> {run.path}")
     else:
-        if hasattr(model, "init_from_data"):  # mixtures: components start at data points, not at noise
-            model.init_from_data(dataset.train)
-        run = Run.create(config, args.out)
-    print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples) -> {run.path}")
+        run = None
     started = time.perf_counter()
     try:
         history = fit(
@@ -275,17 +286,19 @@ def cmd_train(args) -> int:
             num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
             alpha=train.get("alpha"),
             patience=train["patience"] if dataset.valid is not None else None,
-            device=device, seed=config["seed"], progress=not args.no_progress, run=run,
-            resume=bool(args.resume), condition=condition, valid_condition=valid_condition,
+            device=device, seed=config["seed"], progress=not args.no_progress, run=run if world.is_main else None,
+            resume=bool(args.resume), condition=condition, valid_condition=valid_condition, world=world,
         )
     except NonFiniteLossError as err:
-        run.save_weights("model", model)
-        run.save_weights("guide", guide)
+        if world.is_main:
+            run.save_weights("model", model)
+            run.save_weights("guide", guide)
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - started
-    run.save_weights("model", model)
-    run.save_weights("guide", guide)
+    if world.is_main:
+        run.save_weights("model", model)
+        run.save_weights("guide", guide)
     model.eval()
     summary: dict[str, Any] = {
         "epochs_run": len(history.records),
@@ -296,7 +309,9 @@ def cmd_train(args) -> int:
         "device": str(device),
     }
     split = "valid" if dataset.valid is not None else "train"
-    result = _evaluate(model, guide, dataset, split, config.get("eval_samples", 1000), device, run)
+    result = _evaluate(model, guide, dataset, split, config.get("eval_samples", 1000), device, run, world=world)
+    if not world.is_main:
+        return 0
     summary[f"{split}_evaluation"] = result
     run.write_json("summary.json", summary)
     pictures = _pictures(run, model, guide, dataset, device)
@@ -309,14 +324,18 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------- GANs: adversarial training and metrics
 
 
-def _gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool):
+def _ranks(world: distributed.World) -> str:
+    return f", {world.size} ranks" if world.active else ""
+
+
+def _gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool, world=None):
     from pprogen.inference.adversarial import AdversarialTrainer
 
     return AdversarialTrainer(
         model, loss=train["loss"], critic_steps=train["critic_steps"], lr_g=train["lr"], lr_d=train["lr_d"],
         betas=tuple(train["betas"]), gp_weight=train["gp_weight"], r1_weight=train["r1_weight"],
         spectral_norm=train["spectral_norm"], ema=train["ema"], schedule=train["schedule"],
-        batch_size=train["batch_size"], device=device, seed=seed, progress=progress,
+        batch_size=train["batch_size"], device=device, seed=seed, progress=progress, world=world,
     )
 
 
@@ -410,23 +429,25 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
     from pprogen.inference.metrics import mode_metrics
 
     train = config["train"]
-    device = resolve_device(config["device"])
+    world, device = distributed.init(config["device"], args.dist_timeout)
     seed_everything(config["seed"])
     if dataset is None:
         dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
     if config.get("flatten"):
         dataset = dataset.flat()
     model = create_model(config["model"], **config["model_args"])
-    trainer = _gan_trainer(model, train, device, config["seed"], not args.no_progress)  # checks the settings
+    trainer = _gan_trainer(model, train, device, config["seed"], not args.no_progress, world)  # checks the settings
     condition = _condition(model, dataset, "train")
     check_data(dataset.train, "training data")
     model.check_data(dataset.train, pairing=dataset.pairing, **condition)  # before the run folder is made
-    if run is None:
-        run = Run.create(config, args.out)
-    else:
-        run.write_json("config.json", config)
+    distributed.check_enough_data(dataset.train.shape[0], world)
+    if world.is_main:  # only rank 0 writes
+        if run is None:
+            run = Run.create(config, args.out)
+        else:
+            run.write_json("config.json", config)
+        (run.path / "grids").mkdir(exist_ok=True)
     modes = MODES.get(dataset.name) if not dataset.is_image else None
-    (run.path / "grids").mkdir(exist_ok=True)
 
     def each_epoch(epoch: int, record: dict) -> None:
         if modes is not None:
@@ -436,16 +457,19 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
         _gan_pictures(run, model, dataset, device, run.path / "grids" / f"epoch-{epoch:03d}.png")
         run.save_weights("model", model)
 
-    print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples, "
-          f"{train['loss']} loss) -> {run.path}")
+    if world.is_main:
+        print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples{_ranks(world)}, "
+              f"{train['loss']} loss) -> {run.path}")
     started = time.perf_counter()
     try:
-        history = trainer.fit(dataset, epochs=train["epochs"], condition=condition, run=run,
-                              resume=bool(args.resume), callback=each_epoch)
+        history = trainer.fit(dataset, epochs=train["epochs"], condition=condition, run=run if world.is_main else None,
+                              resume=bool(args.resume), callback=each_epoch if world.is_main else None)
     except NonFiniteLossError as err:
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - started
+    if not world.is_main:
+        return 0
     run.save_weights("model", model)
     split = "valid" if dataset.valid is not None else "train"
     result = _evaluate_gan(model, dataset, split, config.get("eval_samples", 2500), device)
@@ -494,12 +518,21 @@ def cmd_evaluate(args) -> int:
     run, config, dataset, model, guide, device = _load_run(args.run)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    world, device = distributed.init(device, args.dist_timeout)
+    if world.active:
+        model.to(device)
+        if isinstance(guide, torch.nn.Module):
+            guide.to(device)
     if config.get("kind") == "gan":
+        if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
+            return 0
         result = _evaluate_gan(model, dataset.subset(args.limit), args.split, args.num_samples, device)
         text = _format_gan_eval(result)
     else:
-        result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit)
+        result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit, world)
         text = _format_eval(args.split, result)
+    if not world.is_main:
+        return 0
     summary = run.read_json("summary.json")
     summary[f"{args.split}_evaluation"] = result
     run.write_json("summary.json", summary)
@@ -594,6 +627,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     s.add_argument("--eval-samples", type=int, default=1000, help="importance samples for the final NLL")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+                   help="under torchrun: seconds a collective waits for the other ranks before the run stops")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="test NLL of a trained run")
@@ -602,6 +637,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", type=int, default=1000,
                    help="importance samples per example (GANs: generated samples scored)")
     s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
+    s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+                   help="under torchrun: seconds a collective waits for the other ranks")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
@@ -622,3 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, RunError, DataError) as err:
         print(f"pprogen: error: {err}", file=sys.stderr)
         return 2
+    except distributed.CollectiveError as err:
+        print(f"pprogen: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()

@@ -237,9 +237,8 @@ def sharded_log_marginal(model, guide, data: torch.Tensor, world: World | None =
     rows = shard(torch.arange(data.shape[0]), world)
     local = log_marginal(model, guide, data[rows.to(data.device)],
                          condition={k: v[rows.to(v.device)] for k, v in (condition or {}).items()}, **kw)
-    if local.joint:
-        raise ValueError("log p(x) of a model with global latents is one joint estimate over all the data and "
-                         "cannot be split across ranks; evaluate it in one process (python -m pprogen evaluate)")
+    if local.joint:  # global latents: one joint estimate over all the rows, which does not split
+        return log_marginal(model, guide, data, condition=condition, **kw)
     sizes = shard_sizes(data.shape[0], world)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 

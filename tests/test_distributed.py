@@ -121,3 +121,36 @@ def test_the_timeout_must_be_positive():
 
     with pytest.raises(ValueError, match="timeout must be a positive number"):
         init("cpu", timeout=0)
+
+
+def torchrun(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pprogen", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_trains_resumes_and_evaluates_through_the_cli(tmp_path):
+    """The README's commands: rank 0 alone writes the run folder; the 2-rank run resumes on 1 process and
+    on 2; the sharded evaluation reports every example of the split once."""
+    import json
+
+    from pprogen.cli import main
+
+    run = tmp_path / "run"
+    args = ["--set", "z_dim=2", "--set", "hidden_dims=[16]", "--no-progress", "--eval-samples", "20"]
+    done = torchrun("train", "vae", "--data", "digits_binary", "--epochs", "1", "--out", str(run), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("training vae on digits_binary (1258 examples, 2 ranks)") == 1  # rank 0 prints
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing written beside the run folder
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    done = torchrun("train", "--resume", str(run), "--epochs", "3", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+    done = torchrun("evaluate", str(run), "--num-samples", "20", "--split", "test", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = json.loads((run / "summary.json").read_text())["test_evaluation"]
+    assert test["num_data"] == 269 and test["num_samples"] == 20

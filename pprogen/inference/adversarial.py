@@ -223,8 +223,8 @@ class AdversarialTrainer:
             id(p) for p in generator.parameters() if p.requires_grad} == g_ids else self.g_params
         self.world.broadcast_tensors(list(model.parameters()) + list(model.buffers()))
         ids = [device.index] if device.type == "cuda" else None
-        # find_unused_parameters: progressive growing leaves the layers of later stages unused for a while
-        self._sides = tuple(DistributedDataParallel(_Side(side), device_ids=ids, find_unused_parameters=True)
+        grows = callable(getattr(model, "schedule", None))  # progressive growing: later stages unused for a while
+        self._sides = tuple(DistributedDataParallel(_Side(side), device_ids=ids, find_unused_parameters=grows)
                             for side in (model.discriminator, g_side))
 
     def _run(self, side: int, loss_fn: Callable):
