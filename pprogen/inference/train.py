@@ -169,7 +169,7 @@ class TrainStep:
             else:
                 value = torch.tensor(self.loss_module.elbo.loss_and_grads(
                     self.loss_module.model, self.loss_module.guide, batch, **condition
-                ))
+                ), device=batch.device)  # on the GPU for NCCL's all-reduce
                 if not world.active and not math.isfinite(value.item()):
                     return value.item(), None
         if world.active:
