@@ -85,7 +85,7 @@ def regression(data: torch.Tensor) -> None:
 
 
 def fit_regression(world, out: Path, batch_size: int, epochs: int, run: str | None = None, resume: bool = False,
-                   die_after: int | None = None) -> dict:
+                   die_after: int | None = None, elbo: str = "trace") -> dict:
     """MAP fit (AutoDelta, a lazily built guide): the loss has no noise, so runs on different numbers of
     ranks can be compared number for number."""
     from pyro.infer.autoguide import AutoDelta
@@ -105,7 +105,7 @@ def fit_regression(world, out: Path, batch_size: int, epochs: int, run: str | No
             os._exit(0)  # killed right after the checkpoint of this epoch
 
     fit(regression, guide, regression_data(), epochs=epochs, batch_size=batch_size, lr=0.05, progress=False,
-        device="cpu", seed=0, run=folder, resume=resume, callback=stop, world=world)
+        device="cpu", seed=0, run=folder, resume=resume, callback=stop, world=world, elbo=elbo)
     store = pyro.get_param_store()
     return {name: store[name].detach().clone() for name in sorted(store.keys())}
 
