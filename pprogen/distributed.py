@@ -68,6 +68,14 @@ class World:
                 dist.all_reduce(tensor)
         return tensor
 
+    def total(self, value: float | torch.Tensor, device: torch.device | None = None) -> float:
+        """The sum over ranks of a scalar (a float, or a one-element tensor whose device is used), as a
+        float; on one rank the value itself."""
+        if not self.active:
+            return float(value)
+        t = value.detach().reshape(1) if isinstance(value, torch.Tensor) else torch.tensor([value], device=device)
+        return self.all_reduce_sum(t.to(torch.float64)).item()
+
     def mean_gradients(self, params: list[torch.Tensor]) -> None:
         """Average ``.grad`` of ``params`` over the ranks in one flat all-reduce (parameters DDP cannot see:
         ``pyro.param`` sites outside the loss module, the ``TraceGraph_ELBO`` path)."""
@@ -141,7 +149,7 @@ class collective:
         return None
 
     def __exit__(self, kind, err, tb) -> bool:
-        if err is None or isinstance(err, CollectiveError) or not is_collective_failure(err):
+        if not self.world.active or err is None or isinstance(err, CollectiveError) or not is_collective_failure(err):
             return False
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CollectiveError(
@@ -215,6 +223,13 @@ def shard_sizes(n: int, world: World) -> list[int]:
     return [n // world.size + (r < n % world.size) for r in range(world.size)]
 
 
+def shard_slice(n: int, world: World) -> slice:
+    """This rank's :func:`shard` of ``n`` rows as a slice (a view of the data, no copy)."""
+    sizes = shard_sizes(n, world)
+    start = sum(sizes[: world.rank])
+    return slice(start, start + sizes[world.rank])
+
+
 def check_enough_data(num_data: int, world: World, what: str = "training data") -> None:
     """Each rank needs at least one example in every step."""
     if world.active and num_data < world.size:
@@ -234,9 +249,8 @@ def sharded_log_marginal(model, guide, data: torch.Tensor, world: World | None =
     if not world.active:
         return log_marginal(model, guide, data, condition=condition, **kw)
     check_enough_data(data.shape[0], world, "evaluation data")
-    rows = shard(torch.arange(data.shape[0]), world)
-    local = log_marginal(model, guide, data[rows.to(data.device)],
-                         condition={k: v[rows.to(v.device)] for k, v in (condition or {}).items()}, **kw)
+    rows = shard_slice(data.shape[0], world)
+    local = log_marginal(model, guide, data[rows], condition={k: v[rows] for k, v in (condition or {}).items()}, **kw)
     if local.joint:  # global latents: one joint estimate over all the rows, which does not split
         return log_marginal(model, guide, data, condition=condition, **kw)
     sizes = shard_sizes(data.shape[0], world)

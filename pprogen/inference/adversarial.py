@@ -256,13 +256,15 @@ class AdversarialTrainer:
         """Backward and update unless the loss or the gradient is non-finite (then nothing is applied). With
         several ranks backward always runs (DDP's all-reduce needs every rank) and the loss is averaged, so
         all ranks take the same decision."""
-        value = loss.detach().reshape(1).double()
         world = self.world
-        if not world.active and not math.isfinite(value.item()):
-            return value.item(), math.nan
+        if not world.active:
+            value = loss.item()
+            if not math.isfinite(value):
+                return value, math.nan
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        value = (world.all_reduce_sum(value) / world.size).item()
+        if world.active:
+            value = world.total(loss) / world.size
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
         if math.isfinite(value) and math.isfinite(norm):
             optimizer.step()
@@ -270,9 +272,7 @@ class AdversarialTrainer:
 
     def _all_ranks(self, ok: bool) -> bool:
         """``ok`` on every rank (one small all-reduce when several ranks train)."""
-        if not self.world.active:
-            return ok
-        return self.world.all_reduce_sum(torch.tensor([float(not ok)], device=self.device)).item() == 0
+        return self.world.total(float(not ok), self.device) == 0
 
     def _generator_loss(self, real: torch.Tensor, condition: dict):
         pairs, extra = self.terms(real, True, **condition)

@@ -19,7 +19,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pprogen.distributed import World, check_enough_data, collective, current, shard
+from pprogen.distributed import World, check_enough_data, collective, current, shard, shard_slice
 from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
 from pprogen.runs import rng_state, seed_everything, set_rng_state
@@ -161,23 +161,23 @@ class TrainStep:
         world = self.world
         with scale_data_plate(scale):
             if self.native:
-                loss = self.forward(batch, **condition)
-                value = loss.detach()
-                if not world.active and not math.isfinite(value.item()):
-                    return value.item(), None
-                loss.backward()  # with several ranks always: DDP's all-reduce must run on every rank
+                value = loss = self.forward(batch, **condition)
+                if not world.active:  # one rank: a non-finite loss never reaches backward
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        return value, None
+                loss.backward()  # several ranks: always, since DDP's all-reduce must run on every rank
             else:
-                value = torch.tensor(self.loss_module.elbo.loss_and_grads(
+                value = self.loss_module.elbo.loss_and_grads(
                     self.loss_module.model, self.loss_module.guide, batch, **condition
-                ), device=batch.device)  # on the GPU for NCCL's all-reduce
-                if not world.active and not math.isfinite(value.item()):
-                    return value.item(), None
-        if world.active:
+                )
+                if not world.active and not math.isfinite(value):
+                    return value, None
+        if world.active:  # the mean loss over ranks: every rank takes the same decision
             world.mean_gradients(self.hand_synced)
-            value = world.all_reduce_sum(value.reshape(1).to(torch.float64)) / world.size
-        value = value.item()
-        if not math.isfinite(value):
-            return value, None
+            value = world.total(value, batch.device) / world.size
+            if not math.isfinite(value):
+                return value, None
         if self.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         else:
@@ -206,15 +206,13 @@ def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
     """The estimator's negative ELBO per datum over ``data`` (no gradients); with several ranks each
     evaluates its share of the rows and the sums are added up."""
     world = world or World()
-    rows = shard(torch.arange(data.shape[0], device=data.device), world)
+    mine = shard_slice(data.shape[0], world)
     total = 0.0
-    for start in range(0, rows.shape[0], batch_size):
-        index = rows[start : start + batch_size]
-        kw = {k: v[index] for k, v in (condition or {}).items()}
-        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[index], **kw)
-    if world.active:
-        total = world.all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=data.device)).item()
-    return total / data.shape[0]
+    for start in range(mine.start, mine.stop, batch_size):
+        rows = slice(start, min(start + batch_size, mine.stop))
+        kw = {k: v[rows] for k, v in (condition or {}).items()}
+        total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
+    return world.total(total, data.device) / data.shape[0]
 
 
 def _data_parallel(loss_module: nn.Module, params: list, buffers: list, probe, world: World, device):
