@@ -18,6 +18,7 @@ from pprogen import distributed
 from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
 from pprogen.inference import make_elbo, make_guide
+from pprogen.inference.accel import check_autocast
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
 from pprogen.registry import create_model, get_card, list_models
@@ -36,6 +37,8 @@ TRAIN_DEFAULTS = {
     "beta": 1.0,
     "alpha": None,
     "kl_warmup": 0,
+    "autocast": None,
+    "compile": False,
 }
 GAN_TRAIN_DEFAULTS = {
     "epochs": 100,
@@ -50,6 +53,8 @@ GAN_TRAIN_DEFAULTS = {
     "spectral_norm": False,
     "ema": 0.999,
     "schedule": "constant",
+    "autocast": None,
+    "compile": False,
 }
 
 
@@ -256,6 +261,7 @@ def cmd_train(args) -> int:
     )
     make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
     world, device = distributed.init(config["device"], args.dist_timeout)
+    check_autocast(train.get("autocast"), device)
     seed_everything(config["seed"])  # the initial weights too come from --seed
     dataset, model, guide = build(config, dataset)
     missing_ok = getattr(model, "accepts_missing", False)
@@ -288,6 +294,7 @@ def cmd_train(args) -> int:
             patience=train["patience"] if dataset.valid is not None else None,
             device=device, seed=config["seed"], progress=not args.no_progress, run=run if world.is_main else None,
             resume=bool(args.resume), condition=condition, valid_condition=valid_condition, world=world,
+            autocast=train.get("autocast"), compile=train.get("compile", False),
         )
     except NonFiniteLossError as err:
         if world.is_main:
@@ -336,6 +343,7 @@ def _gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool
         betas=tuple(train["betas"]), gp_weight=train["gp_weight"], r1_weight=train["r1_weight"],
         spectral_norm=train["spectral_norm"], ema=train["ema"], schedule=train["schedule"],
         batch_size=train["batch_size"], device=device, seed=seed, progress=progress, world=world,
+        autocast=train.get("autocast"), compile=train.get("compile", False),
     )
 
 
@@ -622,6 +630,9 @@ def parser() -> argparse.ArgumentParser:
                    help="default (the model's own), amortized_normal, amortized_lowrank, amortized_iaf or auto_*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--autocast", metavar="bf16", help="train under bfloat16 autocast (evaluation stays float32)")
+    s.add_argument("--compile", action="store_true", default=None,
+                   help="compile the model's networks with torch.compile (pays off on some models only: README)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run folder (default: runs/<model>-<data>-<time>)")
     s.add_argument("--resume", metavar="RUN", help="continue the run in this folder")

@@ -47,6 +47,7 @@ from pprogen.distributed import World, check_enough_data, collective, current, s
 from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
 from pprogen.inference.train import History, NonFiniteLossError
+from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.nn import CriticPair, apply_spectral_norm
 from pprogen.runs import rng_state, seed_everything, set_rng_state
 
@@ -55,7 +56,9 @@ SCHEDULES = ("constant", "linear")
 
 
 def discriminator_loss(loss: str, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
-    """The discriminator's loss for critic outputs on real and fake inputs (mean over all elements)."""
+    """The discriminator's loss for critic outputs on real and fake inputs (mean over all elements), in float32
+    even when the critic ran under bf16 autocast."""
+    real_out, fake_out = real_out.float(), fake_out.float()
     if loss in ("minimax", "nonsaturating"):
         return F.softplus(-real_out).mean() + F.softplus(fake_out).mean()
     if loss == "wgan_gp":
@@ -68,7 +71,8 @@ def discriminator_loss(loss: str, real_out: torch.Tensor, fake_out: torch.Tensor
 
 
 def generator_loss(loss: str, fake_out: torch.Tensor) -> torch.Tensor:
-    """The generator's loss for critic outputs on fake inputs."""
+    """The generator's loss for critic outputs on fake inputs (in float32)."""
+    fake_out = fake_out.float()
     if loss == "minimax":
         return -F.softplus(fake_out).mean()
     if loss == "nonsaturating":
@@ -153,7 +157,9 @@ class AdversarialTrainer:
     average with a 1000-step memory would otherwise still be mostly the initial weights after a short run);
     ``schedule="linear"`` decays both learning rates to 0 over the run. ``fit`` returns a
     :class:`~pprogen.inference.train.History` whose records hold the epoch means of ``d_loss``, ``g_loss``
-    and each extra term.
+    and each extra term. ``autocast="bf16"`` computes both sides' losses under bfloat16 autocast (the losses
+    themselves, the penalties' norms and the moving average stay float32) and ``compile=True`` compiles
+    generator and discriminator with ``torch.compile`` (:mod:`pprogen.inference.accel`).
     """
 
     def __init__(self, model: nn.Module, loss: str = "nonsaturating", critic_steps: int = 1,
@@ -161,7 +167,7 @@ class AdversarialTrainer:
                  gp_weight: float | None = None, r1_weight: float = 0.0, spectral_norm: bool = False,
                  ema: float | None = 0.999, ema_warmup: bool = True, schedule: str = "constant", batch_size: int = 64,
                  device: str | torch.device = "auto", seed: int | None = 0, progress: bool = True,
-                 world: World | None = None) -> None:
+                 world: World | None = None, autocast: str | None = None, compile: bool = False) -> None:
         _check_loss(loss)
         if schedule not in SCHEDULES:
             raise unknown_name_error("GAN learning-rate schedule", schedule, SCHEDULES)
@@ -194,10 +200,14 @@ class AdversarialTrainer:
         self.schedule = schedule
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        check_autocast(autocast, self.device)
+        self.autocast = autocast
         self.seed = seed
         self.progress = progress
         if spectral_norm:
             apply_spectral_norm(model.discriminator)
+        if compile:
+            compile_networks(model)
         self.terms = getattr(model, "adversarial_terms", None) or (lambda real, step, **c: default_terms(model, real, step, **c))
         d_ids = {id(p) for p in model.discriminator.parameters()}
         ema_ids = {id(p) for p in model.generator_ema.parameters()} if ema is not None else set()
@@ -228,8 +238,10 @@ class AdversarialTrainer:
                             for side in (model.discriminator, g_side))
 
     def _run(self, side: int, loss_fn: Callable):
-        """``loss_fn()`` (the losses of one side), through that side's DDP when several ranks train."""
-        return loss_fn() if self._sides is None else self._sides[side](loss_fn)
+        """``loss_fn()`` (the losses of one side), through that side's DDP when several ranks train, under
+        autocast when asked for (backward runs outside it, in ``_apply``)."""
+        with autocast_context(self.autocast, self.device):
+            return loss_fn() if self._sides is None else self._sides[side](loss_fn)
 
     # ------------------------------------------------------------------ one step
 
@@ -284,7 +296,7 @@ class AdversarialTrainer:
         last batch). Returns the losses; a non-finite one is reported, never applied."""
         out: dict[str, float] = {}
         for real, condition in batches:
-            with torch.no_grad():
+            with torch.no_grad(), autocast_context(self.autocast, self.device):
                 pairs, _ = self.terms(real, False, **condition)
             if not self._all_ranks(all(bool(torch.isfinite(pair.fake).all()) for pair in pairs)):
                 out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
@@ -424,7 +436,8 @@ class AdversarialTrainer:
                             f"non-finite {what} at epoch {epoch + 1}, step {i + 1} (global step "
                             f"{epoch * steps_per_epoch + i + 1}); the update was not applied and the last "
                             "checkpoint is the last complete epoch. Lower lr_g / lr_d, use a regularized loss "
-                            "(wgan_gp, hinge with spectral_norm, r1_weight), or check the data", history)
+                            "(wgan_gp, hinge with spectral_norm, r1_weight), "
+                            + ("train without bf16 autocast, " if self.autocast else "") + "or check the data", history)
                     for s in schedulers:
                         s.step()
                     for key, value in out.items():

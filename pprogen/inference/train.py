@@ -20,6 +20,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from pprogen.distributed import World, check_enough_data, collective, current, shard, shard_slice
+from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
 from pprogen.runs import rng_state, seed_everything, set_rng_state
@@ -140,11 +141,13 @@ class TrainStep:
     ``TraceGraph_ELBO``) through their ``loss_and_grads``. With several ranks (``world``), ``forward`` is the
     loss module wrapped in DistributedDataParallel, the gradients of parameters it cannot see
     (``synced_params``: ``pyro.param`` sites, the ``loss_and_grads`` path) are averaged by hand, and the
-    loss is averaged too, so every rank takes the same decision on a non-finite step.
+    loss is averaged too, so every rank takes the same decision on a non-finite step. ``autocast="bf16"`` runs
+    the loss under bfloat16 autocast (:mod:`pprogen.inference.accel`); backward and the update stay outside it.
     """
 
     def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
-                 forward: Callable | None = None, world: World | None = None, synced_params=()) -> None:
+                 forward: Callable | None = None, world: World | None = None, synced_params=(),
+                 autocast: str | None = None) -> None:
         self.loss_module = loss_module
         self.forward = forward or loss_module
         self.params = list(params)
@@ -153,6 +156,7 @@ class TrainStep:
         self.native = _has_differentiable_loss(loss_module.elbo)
         self.world = world or World()
         self.hand_synced = list(synced_params) if self.native else self.params
+        self.autocast = autocast
 
     def __call__(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> tuple[float, float | None]:
         """Returns the loss and the gradient norm; non-finite values are returned, never applied.
@@ -161,16 +165,18 @@ class TrainStep:
         world = self.world
         with scale_data_plate(scale):
             if self.native:
-                value = loss = self.forward(batch, **condition)
+                with autocast_context(self.autocast, batch.device):
+                    value = loss = self.forward(batch, **condition)
                 if not world.active:  # one rank: a non-finite loss never reaches backward
                     value = loss.item()
                     if not math.isfinite(value):
                         return value, None
                 loss.backward()  # several ranks: always, since DDP's all-reduce must run on every rank
             else:
-                value = self.loss_module.elbo.loss_and_grads(
-                    self.loss_module.model, self.loss_module.guide, batch, **condition
-                )
+                with autocast_context(self.autocast, batch.device):
+                    value = self.loss_module.elbo.loss_and_grads(
+                        self.loss_module.model, self.loss_module.guide, batch, **condition
+                    )
                 if not world.active and not math.isfinite(value):
                     return value, None
         if world.active:  # the mean loss over ranks: every rank takes the same decision
@@ -280,6 +286,8 @@ def fit(
     condition: dict[str, torch.Tensor] | None = None,
     valid_condition: dict[str, torch.Tensor] | None = None,
     world: World | None = None,
+    autocast: str | None = None,
+    compile: bool = False,
 ) -> History:
     """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
 
@@ -298,6 +306,9 @@ def fit(
     cut from the epoch's shared permutation and split among the ranks, the loss module trains inside
     DistributedDataParallel, and only rank 0 writes to ``run`` (see :mod:`pprogen.distributed`). A final
     remainder of the epoch smaller than the number of ranks is left out.
+
+    ``autocast="bf16"`` trains under bfloat16 autocast (validation stays float32) and ``compile=True``
+    compiles the model's and guide's networks with ``torch.compile``; see :mod:`pprogen.inference.accel`.
     """
     world = current() if world is None else world
     if hasattr(data, "train"):
@@ -315,6 +326,7 @@ def fit(
         raise ValueError("early stopping (patience) needs validation data; pass valid_data or patience=None")
     check_enough_data(data.shape[0], world)
     device = resolve_device(device)
+    check_autocast(autocast, device)
     if seed is not None:
         seed_everything(seed)
 
@@ -342,13 +354,15 @@ def fit(
     params = collect_parameters(loss_module, probe[0], **probe[1])
     if not params:
         raise ValueError("the model and guide have no trainable parameters: nothing to fit")
+    if compile:  # after collect_parameters: lazily built guides have their networks by now
+        compile_networks(model, guide)
     forward, synced = loss_module, params
     buffers = dict(loss_module.named_buffers())  # mask indices, running statistics: part of the state
     if world.active:
         forward, synced = _data_parallel(loss_module, params, list(buffers.values()), probe, world, device)
     opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
     scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
-    step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced)
+    step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced, autocast)
     shuffle = torch.Generator().manual_seed(0 if seed is None else seed)
     history = History()
     best_state = None
@@ -444,7 +458,7 @@ def fit(
                         f"non-finite {what} at epoch {epoch + 1}, step {i + 1} "
                         f"(global step {epoch * steps_per_epoch + i + 1}){_site_hint(loss_module, data[index])}; "
                         "parameters were left at the last good step. Lower the learning rate, set "
-                        "clip_norm, or check the data"
+                        "clip_norm, " + ("train without bf16 autocast, " if autocast else "") + "or check the data"
                     )
                     if writes:
                         run.save_checkpoint(checkpoint_state(epoch))
