@@ -60,6 +60,8 @@ def test_list_and_info(capsys):
         (["train", "vae", "--batch-size", "0"], "batch_size must be a positive integer"),
         (["train", "vae", "--elbo", "tarce"], "did you mean 'trace'"),
         (["train", "vae", "--guide", "defualt"], "did you mean 'default'"),
+        (["train", "vae", "--autocast", "fp16"], "unknown autocast 'fp16'; use 'bf16'"),
+        (["train", "dcgan", "--autocast", "half"], "unknown autocast 'half'; use 'bf16'"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
@@ -129,10 +131,12 @@ def test_exact_evidence_for_models_with_log_prob(tmp_path, capsys):
     assert summary["valid_evaluation"]["method"] == "exact"
 
 
-def test_cli_resume_ends_with_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("speed", [[], ["--autocast", "bf16"]])
+def test_cli_resume_ends_with_the_uninterrupted_weights(speed, tmp_path):
     from safetensors.torch import load_file
 
-    common = ["--limit", "120", "--eval-samples", "5", "--no-progress", "--set", "hidden_dims=[16]", "--set", "z_dim=3"]
+    common = ["--limit", "120", "--eval-samples", "5", "--no-progress", "--set", "hidden_dims=[16]", "--set", "z_dim=3",
+              *speed]
     assert main(["train", "vae", "--out", str(tmp_path / "full"), "--epochs", "3", *common]) == 0
     assert main(["train", "vae", "--out", str(tmp_path / "cut"), "--epochs", "1", *common]) == 0
     assert main(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "--no-progress"]) == 0
@@ -141,6 +145,8 @@ def test_cli_resume_ends_with_the_uninterrupted_weights(tmp_path):
         resumed = load_file(tmp_path / "cut" / f"{name}.safetensors")
         assert full.keys() == resumed.keys()
         assert all((full[k] == resumed[k]).all() for k in full)
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert config["train"]["autocast"] == ("bf16" if speed else None)  # the resumed epochs kept the setting
 
 
 def test_info_shows_the_network_and_training_writes_its_learned_tables(tmp_path, capsys):
