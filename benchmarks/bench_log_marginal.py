@@ -37,7 +37,7 @@ def hand_log_marginal(model, guide, x, num_samples, max_elements=2_000_000):
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        z = loc + scale * torch.randn((k,) + loc.shape)
+        z = loc + scale * torch.randn((k,) + loc.shape, device=loc.device)
         logits = model.decoder(z)
         log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         log_pz = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
