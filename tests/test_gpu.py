@@ -42,6 +42,7 @@ def test_bf16_autocast_on_the_gpu_trains_pixelcnn_and_a_gan_with_float32_weights
     assert abs(history.records[-1]["valid_loss"] - exact) < 1e-4 * max(1.0, abs(exact))  # validation in float32
     gan = small_dcgan()
     trainer = AdversarialTrainer(gan, loss="wgan_gp", batch_size=16, device="cuda", progress=False, autocast="bf16")
+    gan.cuda()  # fit moves the model; a bare step does not
     real = (torch.rand(32, 1, 8, 8) < 0.5).float().cuda()
     with ProductDtypes() as seen:
         out = trainer.step([(real[:16], {})])
