@@ -178,7 +178,7 @@ def check_labels(y: torch.Tensor | None, num_classes: int, n: int | None, model:
     if y is None:
         raise ValueError(f"{model} is conditioned on labels: pass y=labels (one integer per example); "
                          "pprogen train takes them from a labelled data set such as digits or mnist")
-    y = torch.as_tensor(y)
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)  # a tensor stays where it is
     if y.is_floating_point():
         if not bool((y == y.round()).all()):
             raise ValueError(f"{model} labels must be integers 0..{num_classes - 1}, got non-integer values")

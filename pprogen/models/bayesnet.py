@@ -248,7 +248,7 @@ class BayesianNetwork(CPTLearning, PyroModule):
         """log p(evidence in ``row``) by variable elimination over the missing nodes (TraceEnum_ELBO)."""
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")  # all observed: fine
-            return torch.tensor(-TraceEnum_ELBO(max_plate_nesting=1).loss(self, EmptyGuide(), row))
+            return torch.tensor(-TraceEnum_ELBO(max_plate_nesting=1).loss(self, EmptyGuide(), row), device=row.device)
 
     @torch.no_grad()
     def query(self, targets: str | list[str], evidence: Evidence | None = None) -> torch.Tensor:

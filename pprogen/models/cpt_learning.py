@@ -66,7 +66,7 @@ class CPTLearning:
         def log_beta(a: torch.Tensor) -> torch.Tensor:
             return torch.lgamma(a).sum(-1) - torch.lgamma(a.sum(-1))
 
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
         for counts in self.counts(x):
             alpha = torch.full_like(counts, self.prior_concentration).double()
             total = total + (log_beta(alpha + counts.double()) - log_beta(alpha)).sum()

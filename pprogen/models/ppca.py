@@ -99,7 +99,7 @@ class PPCA(PyroModule):
         eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
         noise_var = eigvals[z_dim:].mean()
         weight = eigvecs[:, :z_dim] * (eigvals[:z_dim] - noise_var).clamp(min=0).sqrt()
-        return {"loc": loc, "weight": weight, "noise_var": noise_var, "cov": weight @ weight.T + noise_var * torch.eye(x.shape[1], dtype=x.dtype)}
+        return {"loc": loc, "weight": weight, "noise_var": noise_var, "cov": weight @ weight.T + noise_var * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)}
 
 
 @register_model(
