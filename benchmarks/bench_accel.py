@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import pyro
 import torch
 
 import pprogen
-from common import binarized_mnist_or_random
+from common import binarized_mnist_or_random, timed
 from pprogen.data import load_dataset
 from pprogen.inference import AdversarialTrainer
 from pprogen.inference.accel import compile_networks
@@ -81,14 +80,7 @@ def main(args):
                 for variant, step in steps.items():
                     if variant in failed:
                         continue
-                    for _ in range(args.steps):
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        start = time.perf_counter()
-                        step()
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        times[variant].append(time.perf_counter() - start)
+                    times[variant] += [timed(step, device)[0] for _ in range(args.steps)]
         base = statistics.median(times["eager"])
         cells = []
         for variant in VARIANTS:

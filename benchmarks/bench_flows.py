@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import pprogen
+from common import timed
 
 D, LAYERS, HIDDEN, BATCH = 8, 5, [64, 64], 1024
 
@@ -33,14 +33,8 @@ def interleaved(fns: dict, inputs, device, repeats: int, calls: int = 10) -> dic
     rounds: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
         for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for i in range(calls):
-                fn(inputs[(r * calls + i) % len(inputs)])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rounds[name].append((time.perf_counter() - start) / calls)
+            seconds, _ = timed(lambda: [fn(inputs[(r * calls + i) % len(inputs)]) for i in range(calls)], device)
+            rounds[name].append(seconds / calls)
     return {name: statistics.median(times) for name, times in rounds.items()}
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import pyro
 import pyro.distributions as dist
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pprogen
-from common import binarized_mnist_or_random
+from common import binarized_mnist_or_random, timed
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
 
 X_DIM, Z_DIM, HIDDEN, BATCH, LR = 784, 50, (400, 400), 128, 1e-3
@@ -186,13 +185,7 @@ def main(args):
                         step(data[torch.randint(0, data.shape[0], (BATCH,), device=device)])
                     for _ in range(args.steps):
                         x = data[torch.randint(0, data.shape[0], (BATCH,), device=device)]
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        start = time.perf_counter()
-                        step(x)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        timings[name].append(time.perf_counter() - start)
+                        timings[name].append(timed(lambda: step(x), device)[0])
                 except Exception as err:  # report, don't hide: a contender that fails is printed as such
                     failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"
     base = statistics.median(timings["hand"])

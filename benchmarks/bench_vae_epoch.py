@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import pyro
 import torch
@@ -25,13 +24,8 @@ import torch
 import pprogen
 from bench_log_marginal import hand_log_marginal
 from bench_svi_step import BATCH, HIDDEN, LR, X_DIM, Z_DIM, HandVAE
-from common import binarized_mnist_or_random
+from common import binarized_mnist_or_random, timed
 from pprogen.inference import fit, log_marginal
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def hand_epoch(vae, opt, data, generator):
@@ -55,11 +49,7 @@ def main(args):
 
     def each_epoch(epoch, record):
         times["pprogen"].append(record["seconds"])  # fit's own timer: the epoch's steps (no validation data here)
-        sync(device)
-        start = time.perf_counter()
-        hand_epoch(hand, hand_opt, train, generator)
-        sync(device)
-        times["hand"].append(time.perf_counter() - start)
+        times["hand"].append(timed(lambda: hand_epoch(hand, hand_opt, train, generator), device)[0])
 
     model = pprogen.create_model("vae", x_dim=X_DIM, z_dim=Z_DIM, hidden_dims=HIDDEN)
     guide = model.default_guide()
@@ -83,17 +73,10 @@ def main(args):
     model.eval()
     x = valid[: args.images]
     with pyro.validation_enabled(False):
-        sync(device)
-        start = time.perf_counter()
-        evidence = log_marginal(model, guide, x, num_samples=args.num_samples, dim=X_DIM, khat=False)
-        sync(device)
-        ours = time.perf_counter() - start
-        start = time.perf_counter()
-        with torch.no_grad():
-            by_hand = torch.cat([hand_log_marginal(model, guide, x[i : i + 100], args.num_samples)
-                                 for i in range(0, x.shape[0], 100)])
-        sync(device)
-        theirs = time.perf_counter() - start
+        ours, evidence = timed(
+            lambda: log_marginal(model, guide, x, num_samples=args.num_samples, dim=X_DIM, khat=False), device)
+        theirs, by_hand = timed(lambda: torch.cat([hand_log_marginal(model, guide, x[i : i + 100], args.num_samples)
+                                                   for i in range(0, x.shape[0], 100)]), device)
     summary = evidence.summary()
     print(f"evidence after {max(args.train_epochs, args.rounds + 1)} epochs, K = {args.num_samples}, {x.shape[0]} "
           f"validation images: NLL {summary['nll']:.3f} ± {summary['nll_stderr']:.3f} nats, mean ESS "

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (timings on CUDA are otherwise launch times)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """``(seconds, fn())``: the seconds ``fn()`` takes with the device's queue drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    value = fn()
+    sync(device)
+    return time.perf_counter() - start, value
 
 
 def binarized_mnist_or_random() -> tuple[torch.Tensor, torch.Tensor, str]:
