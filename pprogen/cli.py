@@ -158,9 +158,9 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
     if exact or predictive:
         with torch.no_grad():
             score = model.log_prob if exact else lambda rows: model.predictive_log_prob(rows, guide, num_samples)
-            mine = x[distributed.shard_slice(x.shape[0], world)]
+            mine = x[distributed.my_rows(x.shape[0], world)]
             log_prob = torch.cat([score(mine[i : i + 1000]) for i in range(0, mine.shape[0], 1000)])
-            log_prob = world.gather_rows(log_prob, distributed.shard_sizes(x.shape[0], world))
+            log_prob = distributed.gather_shards(log_prob, x.shape[0], world)
         nll = -log_prob.double()
         method = getattr(model, "log_prob_method", "exact")
         result = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -46,7 +46,6 @@ class World:
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
     timeout: float = DEFAULT_TIMEOUT
 
     @property
@@ -105,10 +104,23 @@ class World:
                 for t in tensors:
                     dist.broadcast(t.data, src=0)
 
-    def barrier(self) -> None:
-        if self.active:
-            with collective("a barrier", self):
-                dist.barrier()
+    def load_checkpoint(self, run: Any) -> dict[str, Any]:
+        """Rank 0's checkpoint of ``run`` (only rank 0 holds the run) on every rank. When rank 0 has no run, or
+        its checkpoint cannot be read, every rank raises the same one-line error instead of waiting."""
+        state, error = None, None
+        if self.is_main:
+            try:
+                if run is None:
+                    raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
+                state = run.load_checkpoint()
+            except Exception as err:  # every rank must learn of it, or the others would wait for the broadcast
+                if not self.active:
+                    raise
+                error = err
+        state, error = self.broadcast_object((state, error))
+        if error is not None:
+            raise error
+        return state
 
     def gather_rows(self, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """Concatenate every rank's ``local`` rows in rank order (rank r holds ``sizes[r]`` rows)."""
@@ -167,7 +179,7 @@ def launched() -> bool:
 def current() -> World:
     """The world of the process group already set up (one rank if none is)."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), _timeout)
+        return World(dist.get_rank(), dist.get_world_size(), _timeout)
     return World()
 
 
@@ -238,26 +250,32 @@ def check_enough_data(num_data: int, world: World, what: str = "training data") 
                          "(torchrun --nproc_per_node) or use more data")
 
 
+def my_rows(n: int, world: World, what: str = "evaluation data") -> slice:
+    """This rank's share of ``n`` rows to evaluate, after checking that every rank gets at least one."""
+    check_enough_data(n, world, what)
+    return shard_slice(n, world)
+
+
+def gather_shards(local: torch.Tensor | None, n: int, world: World) -> torch.Tensor | None:
+    """Every rank's results for its :func:`my_rows` of ``n`` rows, in data order, on ``local``'s device (the
+    all-gather itself runs where the backend needs it: the GPU for NCCL)."""
+    if local is None or not world.active:
+        return local
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return world.gather_rows(local.to(device), shard_sizes(n, world)).to(local.device)
+
+
 def sharded_log_marginal(model, guide, data: torch.Tensor, world: World | None = None,
                          condition: dict[str, torch.Tensor] | None = None, **kw: Any):
     """:func:`pprogen.inference.log_marginal` with each rank estimating its share of the rows; every rank
     gets the whole :class:`~pprogen.inference.marginal.Evidence` back, per-datum results in data order.
     A model with global latents (one joint estimate for the whole data set) is not split."""
-    from pprogen.inference.marginal import log_marginal
+    from pprogen.inference.marginal import log_marginal, splits_per_datum
 
     world = current() if world is None else world
-    if not world.active:
+    if not world.active or not splits_per_datum(model, guide, data, condition, kw.get("plate_name", "data")):
         return log_marginal(model, guide, data, condition=condition, **kw)
-    check_enough_data(data.shape[0], world, "evaluation data")
-    rows = shard_slice(data.shape[0], world)
+    rows = my_rows(data.shape[0], world)
     local = log_marginal(model, guide, data[rows], condition={k: v[rows] for k, v in (condition or {}).items()}, **kw)
-    if local.joint:  # global latents: one joint estimate over all the rows, which does not split
-        return log_marginal(model, guide, data, condition=condition, **kw)
-    sizes = shard_sizes(data.shape[0], world)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-    def gather(t):
-        return None if t is None else world.gather_rows(t.to(device), sizes).cpu()
-
-    return type(local)(gather(local.log_prob), gather(local.stderr), gather(local.ess), gather(local.khat),
-                       local.num_samples, local.dim, local.joint, gather(local.log_weights))
+    per_datum = ("log_prob", "stderr", "ess", "khat", "log_weights")
+    return replace(local, **{k: gather_shards(getattr(local, k), data.shape[0], world) for k in per_datum})

@@ -62,7 +62,11 @@ def test_a_killed_two_rank_run_resumes_exactly_and_on_another_number_of_ranks(tm
 
     reference = ok(launch("fit_regression", 2, tmp_path, batch_size=4, epochs=4))[0]
     run = tmp_path / "regression_run"
-    launch("fit_regression", 2, tmp_path, batch_size=4, epochs=4, run=str(run), die_after=2)
+    killed = launch("fit_regression", 2, tmp_path, batch_size=4, epochs=4, run=str(run), die_after=2)
+    assert all("missing" in r for r in killed)
+    from pprogen.runs import Run
+
+    assert Run.open(run).load_checkpoint()["epoch"] == 2  # the resume below has epochs 3 and 4 to run
     on_one = ok(launch("fit_regression", 1, tmp_path, batch_size=8, epochs=4, run=str(run), resume=True))[0]
     for key in reference:
         assert torch.allclose(on_one[key], reference[key], rtol=1e-12, atol=1e-12), key
@@ -94,6 +98,7 @@ def test_sharded_evidence_comes_back_in_data_order(tmp_path):
     exact log p(x) tells whether every row landed in its place."""
     a, b = ok(launch("evaluate_rows", 2, tmp_path))
     assert torch.equal(a["log_prob"], b["log_prob"]) and a["log_prob"].shape == (13,)
+    assert a["estimated"] == [7] and b["estimated"] == [6]  # each rank estimated only its own rows
     assert torch.allclose(a["log_prob"], a["exact"], atol=0.05)
     assert (a["exact"][1:] - a["exact"][:-1]).abs().max() > 0.5  # a misplaced row would show
 
@@ -109,6 +114,16 @@ def test_a_rank_that_dies_makes_the_other_stop_with_a_clear_error(tmp_path):
     assert message.startswith("CollectiveError: rank 0 of 2:") and "--resume" in message, message
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]["records"]) == 1
+
+
+def test_sharded_exact_evaluation_scores_each_row_once_and_too_few_rows_is_an_error(tmp_path):
+    """The CLI's exact log p(x) path on 2 ranks: 13 rows split 7 + 6, the mean NLL equal to one process's;
+    1 row for 2 ranks is a one-line error on every rank, not a rank waiting for the other."""
+    a, b = ok(launch("evaluate_exact", 2, tmp_path, limit=13))
+    assert (a["scored"], b["scored"]) == (7, 6) and a["num_data"] == b["num_data"] == 13
+    assert a["nll"] == pytest.approx(a["exact"], rel=1e-6) and a["nll"] == b["nll"]
+    for r in launch("evaluate_exact", 2, tmp_path, limit=1, timeout_s=60):
+        assert "the evaluation data have 1 examples but 2 ranks" in r["error"]
 
 
 def test_more_ranks_than_examples_is_a_clear_error(tmp_path):

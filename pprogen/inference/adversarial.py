@@ -387,9 +387,7 @@ class AdversarialTrainer:
         history = History()
         start_epoch = 0
         if resume:
-            if run is None and world.is_main:
-                raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
-            state = world.broadcast_object(run.load_checkpoint() if world.is_main else None)
+            state = world.load_checkpoint(run)
             self.model.load_state_dict(state["model"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.opt_g.load_state_dict(state["opt_g"])

@@ -200,11 +200,7 @@ def log_marginal(
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     condition = check_condition(condition, data, "data")
-    probe = data[:1]
-    guide_sites, model_sites = probe_sites(model, guide, (probe,), {k: v[:1] for k, v in condition.items()})
-    nesting = max(1, plate_nesting(guide_sites + model_sites))
-    proposal_sites = guide_sites if guide is not None else model_sites
-    global_sites = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, plate_name)]
+    nesting, global_sites = _structure(model, guide, data, condition, plate_name)
     joint = bool(global_sites)
     if joint:
         warnings.warn(
@@ -229,6 +225,21 @@ def log_marginal(
     k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
     return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, joint,
                     weights.float() if keep_weights else None)
+
+
+def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, condition: dict, plate_name: str):
+    """``(plate nesting, names of the latent sites outside the data plate)``, from one run on the first row."""
+    guide_sites, model_sites = probe_sites(model, guide, (data[:1],), {k: v[:1] for k, v in condition.items()})
+    proposal_sites = guide_sites if guide is not None else model_sites
+    global_sites = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, plate_name)]
+    return max(1, plate_nesting(guide_sites + model_sites)), global_sites
+
+
+def splits_per_datum(model: Callable, guide: Callable | None, data: torch.Tensor,
+                     condition: dict[str, torch.Tensor] | None = None, plate_name: str = "data") -> bool:
+    """Whether :func:`log_marginal` gives one estimate per row (no latent outside the data plate), so the rows
+    can be split among workers."""
+    return not _structure(model, guide, data, check_condition(condition, data, "data"), plate_name)[1]
 
 
 def _streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):

@@ -396,9 +396,7 @@ def fit(
         }
 
     if resume:
-        if run is None and world.is_main:
-            raise ValueError("resume=True needs the run to resume from (run=Run.open(path))")
-        state = world.broadcast_object(run.load_checkpoint() if world.is_main else None)
+        state = world.load_checkpoint(run)
         saved = sum(k.startswith("p") for k in state["params"])
         if saved != len(params):
             raise ValueError(
