@@ -46,7 +46,7 @@ from torch import nn
 from pprogen.distributed import World, check_enough_data, collective, current, shard
 from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
-from pprogen.inference.train import History, NonFiniteLossError
+from pprogen.inference.train import History, NonFiniteLossError, make_optimizer
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.nn import CriticPair, apply_spectral_norm
 from pprogen.runs import rng_state, seed_everything, set_rng_state
@@ -109,7 +109,13 @@ def gradient_penalty(critic: Callable, real: torch.Tensor, fake: torch.Tensor, c
 
 def r1_penalty(critic: Callable, real: torch.Tensor, condition: dict | None = None) -> torch.Tensor:
     """``E |grad D(real)|_2^2`` (multiply by gamma / 2)."""
-    return _input_gradient(critic, real, condition or {}).pow(2).sum(1).mean()
+    real = real.detach().requires_grad_(True)
+    return r1_from_output(critic(real, **(condition or {})), real)
+
+
+def r1_from_output(real_out: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 from the critic's output on ``real`` (which requires grad), so the critic's loss and R1 share one pass."""
+    return _gradient(real_out, real).pow(2).sum(1).mean()
 
 
 @torch.no_grad()
@@ -215,8 +221,8 @@ class AdversarialTrainer:
         self.g_params = [p for p in model.parameters() if p.requires_grad and id(p) not in d_ids | ema_ids]
         if not self.d_params or not self.g_params:
             raise ValueError("the model needs trainable parameters on both sides (generator and discriminator)")
-        self.opt_d = torch.optim.Adam(self.d_params, lr=lr_d, betas=self.betas)
-        self.opt_g = torch.optim.Adam(self.g_params, lr=lr_g, betas=self.betas)
+        self.opt_d = make_optimizer("adam", self.d_params, lr=lr_d, betas=self.betas)  # fused where it can be
+        self.opt_g = make_optimizer("adam", self.g_params, lr=lr_g, betas=self.betas)
         self.world = current() if world is None else world
         self._sides = None  # (discriminator, generator) in DistributedDataParallel, made by fit
 
@@ -258,7 +264,7 @@ class AdversarialTrainer:
                 value = value + self.gp_weight * penalty
                 parts[f"gp_{pair.name}"] = penalty.item()
             if self.r1_weight:
-                penalty = _gradient(real_out, real).pow(2).sum(1).mean()  # r1_penalty without a second pass
+                penalty = r1_from_output(real_out, real)
                 value = value + 0.5 * self.r1_weight * penalty
                 parts[f"r1_{pair.name}"] = penalty.item()
             total = total + value
@@ -407,6 +413,7 @@ class AdversarialTrainer:
                    unit="step", dynamic_ncols=True, leave=False)
         validation = pyro.validation_enabled(False)
         validation.__enter__()
+        flushes = torch.set_flush_denormal(True)  # Adam's subnormal moments slow x86 arithmetic (see fit)
         try:
             for epoch in range(start_epoch, epochs):
                 self.model.train()
@@ -457,6 +464,8 @@ class AdversarialTrainer:
         finally:
             bar.close()
             validation.__exit__(None, None, None)
+            if flushes:
+                torch.set_flush_denormal(False)
         self.model.eval()
         return history
 

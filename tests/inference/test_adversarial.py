@@ -241,3 +241,40 @@ def test_spectral_norm_bounds_every_discriminator_layer():
     assert len(layers) == 3
     for layer in layers:
         assert torch.linalg.matrix_norm(layer.weight.detach(), ord=2) == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_step_applies_r1_and_the_default_gradient_penalty_as_configured():
+    data = load_dataset("ring8").train[:32]
+    torch.manual_seed(0)
+    model = small_gan()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    d_losses = {}
+    for weight in (0.0, 4.0):
+        model.load_state_dict(state)
+        expected = r1_penalty(model.discriminator, data).item()  # on the weights the step starts from
+        trainer = AdversarialTrainer(model, r1_weight=weight, batch_size=32, progress=False, device="cpu", ema=None)
+        torch.manual_seed(1)
+        out = trainer.step([(data, {})])
+        d_losses[weight] = out["d_loss"]
+        if weight:
+            assert out["r1_d"] == pytest.approx(expected, rel=1e-5)
+    assert d_losses[4.0] - d_losses[0.0] == pytest.approx(0.5 * 4.0 * expected, rel=1e-4)
+    trainer = AdversarialTrainer(small_gan(), loss="wgan_gp", batch_size=32, progress=False, device="cpu")
+    assert trainer.gp_weight == 10.0 and "gp_d" in trainer.step([(data, {})])
+
+
+def test_linear_decay_and_fresh_batches_for_every_critic_step():
+    data = load_dataset("ring8").train[:64]
+    trainer = AdversarialTrainer(small_gan(), critic_steps=2, batch_size=16, schedule="linear", lr_g=1e-3, lr_d=2e-3,
+                                 progress=False, device="cpu")
+    history = trainer.fit(data, epochs=4)  # 2 generator updates an epoch, 8 in all
+    assert [r["lr_g"] for r in history.records] == pytest.approx([1e-3 * (1 - t / 8) for t in (2, 4, 6, 8)])
+    assert history.records[0]["lr_d"] == pytest.approx(2e-3 * 0.75)
+
+    model = small_gan()
+    seen = []
+    model.discriminator.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    AdversarialTrainer(model, critic_steps=2, batch_size=16, progress=False, device="cpu").fit(data, epochs=1)
+    inputs = torch.cat(seen)  # every input the critic saw in the epoch, fakes included
+    real_rows = {i for i in range(64) if (inputs == data[i]).all(1).any()}
+    assert len(real_rows) == 64  # the epoch's 4 critic batches are 4 different quarters of the data
