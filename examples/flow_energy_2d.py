@@ -42,7 +42,7 @@ def fit_flow(kind: str, energy: str, length: int, steps: int, batch: int, seed: 
     with torch.no_grad():
         z, log_q = flow.sample_with_log_prob(20000)
         elbo = (target.log_density(z) - log_q).mean().item()
-        samples = flow.sample_with_log_prob(100000)[0]
+        samples = flow.sample(100000)
     return elbo, samples
 
 

@@ -178,6 +178,25 @@ def test_flow_density_integrates_to_one(name, kw):
     assert torch.allclose(flow.log_prob(x), flow.flow_distribution().log_prob(x.clone()), atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["realnvp", "maf", "nsf"])
+def test_repeated_training_steps_on_the_same_tensor_score_the_current_weights(name):
+    """The site observes the same ``x`` object every step: no transform cache may hand back the last step's
+    graph or values (each step's loss is -log p(x) under the weights the step starts from)."""
+    from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
+
+    torch.manual_seed(0)
+    flow = pprogen.create_model(name, num_layers=2, hidden_dims=(8,))
+    x = torch.randn(32, 2)
+    loss_module = build_loss(flow, flow.default_guide())
+    params = collect_parameters(loss_module, x)
+    step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2))
+    for _ in range(3):
+        with torch.no_grad():
+            expected = -flow.log_prob(x.clone()).sum().item()
+        loss, norm = step(x)
+        assert loss == pytest.approx(expected, rel=1e-5) and math.isfinite(norm)
+
+
 def planar_inverse(layer, y, iters=200):
     """Invert one planar step numerically: w'y + b = a + (w'u_hat) tanh(a) is monotone in a."""
     u, w, b = layer.u, layer.w, layer.b

@@ -378,9 +378,9 @@ def _check_dim(x_dim, what="x_dim") -> int:
     return x_dim
 
 
-def _check_layers(num_layers) -> int:
+def _check_layers(num_layers, name: str = "num_layers") -> int:
     if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        raise ValueError(f"{name} must be a positive integer, got {num_layers!r}")
     return num_layers
 
 

@@ -25,7 +25,7 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
-from pprogen.models.flows import Flow
+from pprogen.models.flows import Flow, _check_layers, _orders
 from pprogen.nn import MLP, ConvDecoder, ConvEncoder, check_labels, with_onehot
 from pprogen.registry import register_model
 from pprogen.transforms import MaskedAutoregressive
@@ -175,10 +175,8 @@ def flow_prior(kind: str, z_dim: int, num_layers: int, hidden_dims: Sequence[int
     if kind not in PRIORS:
         raise ValueError(f"unknown prior {kind!r}; choose one of {', '.join(PRIORS)}")
     element = "affine" if kind == "maf" else "spline"
-    layers = [
-        MaskedAutoregressive(z_dim, hidden_dims, "density", element, order=list(range(z_dim))[:: 1 if i % 2 == 0 else -1])
-        for i in range(num_layers)
-    ]
+    layers = [MaskedAutoregressive(z_dim, hidden_dims, "density", element, order=order)
+              for order in _orders(z_dim, _check_layers(num_layers, "prior_layers"))]
     return Flow((z_dim,), layers, name=f"{kind} prior")
 
 

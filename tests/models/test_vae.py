@@ -125,9 +125,10 @@ def randomize(module, scale=0.3):
     return module
 
 
-def test_maf_prior_is_the_flow_density_and_integrates_to_one():
+@pytest.mark.parametrize("prior", ["maf", "nsf"])
+def test_flow_prior_is_the_flow_density_and_integrates_to_one(prior):
     torch.manual_seed(0)
-    model = pprogen.create_model("vae", x_dim=3, z_dim=2, hidden_dims=(4,), prior="maf", prior_layers=2,
+    model = pprogen.create_model("vae", x_dim=3, z_dim=2, hidden_dims=(4,), prior=prior, prior_layers=2,
                                  prior_hidden_dims=(8,))
     randomize(model.prior_flow, 0.3)
     x = model.sample(5)
@@ -144,6 +145,8 @@ def test_maf_prior_is_the_flow_density_and_integrates_to_one():
     assert abs(mass - 1) < 0.01
     with pytest.raises(ValueError, match="unknown prior 'flowy'; choose one of normal, maf, nsf"):
         pprogen.create_model("vae", prior="flowy")
+    with pytest.raises(ValueError, match="prior_layers must be a positive integer, got 0"):
+        pprogen.create_model("vae", prior=prior, prior_layers=0)
 
 
 def test_amortized_planar_guide_scores_its_samples_with_the_exact_change_of_variables():
