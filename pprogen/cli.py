@@ -495,9 +495,12 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
     return 0
 
 
-def _load_run(path: str):
+def _load_run(path: str, device: torch.device | None = None):
+    """The run folder, its config, data, model and guide with their weights, on ``device`` (by default the
+    run's own ``--device``)."""
     run = Run.open(path)
     config = run.config
+    device = resolve_device(config.get("device", "auto")) if device is None else device
     if config.get("kind") == "gan":
         from pprogen.nn import apply_spectral_norm
 
@@ -507,13 +510,11 @@ def _load_run(path: str):
         if config["train"].get("spectral_norm"):
             apply_spectral_norm(model.discriminator)
         run.load_weights("model", model)
-        device = resolve_device(config.get("device", "auto"))
         return run, config, dataset, model.to(device).eval(), None, device
     dataset, model, guide = build(config)
     _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
     run.load_weights("model", model)
     run.load_weights("guide", guide)
-    device = resolve_device(config.get("device", "auto"))
     for part in (model, guide):
         if isinstance(part, torch.nn.Module):
             part.to(device).eval()
@@ -523,14 +524,10 @@ def _load_run(path: str):
 def cmd_evaluate(args) -> int:
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
-    run, config, dataset, model, guide, device = _load_run(args.run)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    world, device = distributed.init(device, args.dist_timeout)
-    if world.active:
-        model.to(device)
-        if isinstance(guide, torch.nn.Module):
-            guide.to(device)
+    world, device = distributed.init(Run.open(args.run).config.get("device", "auto"), args.dist_timeout)
+    run, config, dataset, model, guide, device = _load_run(args.run, device)  # each rank on its own GPU
     if config.get("kind") == "gan":
         if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
             return 0
