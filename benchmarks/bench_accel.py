@@ -31,7 +31,7 @@ VARIANTS = {"eager": (None, False), "bf16": ("bf16", False), "compile": (None, T
 def svi_setup(name, kw, data, batch, autocast, compiled):
     torch.manual_seed(0)
     model = pprogen.create_model(name, **kw).to(data.device)
-    guide = model.default_guide()
+    guide = model.default_guide().to(data.device)
     loss_module = build_loss(model, guide)
     params = collect_parameters(loss_module, data[:batch])
     if compiled:
@@ -81,6 +81,9 @@ def main(args):
                     if variant in failed:
                         continue
                     times[variant] += [timed(step, device)[0] for _ in range(args.steps)]
+        if "eager" in failed:
+            print(f"{model_name:10s} eager failed: {failed['eager']}")
+            continue
         base = statistics.median(times["eager"])
         cells = []
         for variant in VARIANTS:

@@ -80,10 +80,10 @@ class TutorialVAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-5).to_event(1))
 
 
-def _param_mlp(prefix, sizes):
+def _param_mlp(prefix, sizes, device):
     params = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layer = nn.Linear(a, b)
+        layer = nn.Linear(a, b, device=device)
         params.append((pyro.param(f"{prefix}{i}.weight", layer.weight.detach().clone()),
                        pyro.param(f"{prefix}{i}.bias", layer.bias.detach().clone())))
     return params
@@ -98,14 +98,14 @@ def _run_mlp(params, h):
 
 
 def jit_model(x):
-    decoder = _param_mlp("jit_dec", [Z_DIM, *HIDDEN[::-1], X_DIM])
+    decoder = _param_mlp("jit_dec", [Z_DIM, *HIDDEN[::-1], X_DIM], x.device)
     with pyro.plate("data", x.shape[0]):
         z = pyro.sample("z", dist.Normal(x.new_zeros(Z_DIM), 1.0).expand([Z_DIM]).to_event(1))
         pyro.sample("x", dist.Bernoulli(logits=_run_mlp(decoder, z)).to_event(1), obs=x)
 
 
 def jit_guide(x):
-    encoder = _param_mlp("jit_enc", [X_DIM, *HIDDEN, 2 * Z_DIM])
+    encoder = _param_mlp("jit_enc", [X_DIM, *HIDDEN, 2 * Z_DIM], x.device)
     loc, raw = _run_mlp(encoder, x).split(Z_DIM, -1)
     with pyro.plate("data", x.shape[0]):
         pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-5).to_event(1))
