@@ -131,6 +131,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         "seed": args.seed,
         "device": args.device,
         "eval_samples": args.eval_samples,
+        "plate_name": getattr(args, "plate_name", None),
     }
     return config, dataset
 
@@ -151,6 +152,7 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
     """Test NLL: exact where the model has ``log_prob``; for models whose latents are all global, the
     posterior predictive log p(x_n | training data) under the guide; else importance sampling with the guide.
     Under torchrun every rank scores its share of the rows and rank 0 gets them all."""
+    plate_name = run.config.get("plate_name") if run is not None else None
     world = world or distributed.World()
     x = dataset.split(split)[:limit].to(device)
     exact = callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True)
@@ -169,7 +171,7 @@ def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, devi
         if dataset.binary or getattr(model, "reports_bits_per_dim", False):
             result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
         return result
-    evidence = distributed.sharded_log_marginal(model, guide, x, world, num_samples=num_samples,
+    evidence = distributed.sharded_log_marginal(model, guide, x, world, num_samples=num_samples, plate_name=plate_name,
                                                 dim=dataset.dim if dataset.binary else None,
                                                 condition=_condition(model, dataset, split, limit, device))
     method = "importance sampling (guide as proposal)"
@@ -270,7 +272,8 @@ def cmd_train(args) -> int:
         check_data(dataset.valid, "validation data", missing_ok)
     condition = _condition(model, dataset, "train")
     valid_condition = _condition(model, dataset, "valid") if dataset.valid is not None else None
-    check_model_fits_data(model, guide, dataset.train, **condition)
+    check_model_fits_data(model, guide, dataset.train, batch_size=train["batch_size"],
+                          plate_name=config.get("plate_name"), **condition)
     distributed.check_enough_data(dataset.train.shape[0], world)
     if not args.resume and hasattr(model, "init_from_data"):  # mixtures: components start at data points
         model.init_from_data(dataset.train)
@@ -295,6 +298,7 @@ def cmd_train(args) -> int:
             device=device, seed=config["seed"], progress=not args.no_progress, run=run if world.is_main else None,
             resume=bool(args.resume), condition=condition, valid_condition=valid_condition, world=world,
             autocast=train.get("autocast"), compile=train.get("compile", False),
+            plate_name=config.get("plate_name"),
         )
     except NonFiniteLossError as err:
         if world.is_main:
@@ -634,6 +638,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run folder (default: runs/<model>-<data>-<time>)")
     s.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     s.add_argument("--eval-samples", type=int, default=1000, help="importance samples for the final NLL")
+    s.add_argument("--plate-name", help="the per-datum plate's name (default: found from the program)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    help="under torchrun: seconds a collective waits for the other ranks before the run stops")

@@ -273,7 +273,7 @@ def sharded_log_marginal(model, guide, data: torch.Tensor, world: World | None =
     from pprogen.inference.marginal import log_marginal, splits_per_datum
 
     world = current() if world is None else world
-    if not world.active or not splits_per_datum(model, guide, data, condition, kw.get("plate_name", "data")):
+    if not world.active or not splits_per_datum(model, guide, data, condition, kw.get("plate_name"), kw.get("batch_size", 100)):
         return log_marginal(model, guide, data, condition=condition, **kw)
     rows = my_rows(data.shape[0], world)
     local = log_marginal(model, guide, data[rows], condition={k: v[rows] for k, v in (condition or {}).items()}, **kw)

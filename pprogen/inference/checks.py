@@ -6,13 +6,14 @@ Each failure is a one-line ``ValueError``/``TypeError`` that names the problem a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyro
 import torch
-from pyro import poutine
 
 from pprogen.errors import unknown_name_error
+from pprogen.inference.tracing import SiteCollector, direct_call, find_data_plate, masked_log_prob, sandbox
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -69,29 +70,136 @@ def check_data(data: torch.Tensor, what: str = "data", missing_ok: bool = False)
         )
 
 
-def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, **condition) -> None:
-    """Shape and support checks of the data against the model's observed sites (``condition``: per-datum
-    keyword arguments such as labels)."""
+@dataclass
+class ProgramPlan:
+    """How ``fit`` hands data to a program, from :func:`check_model_fits_data`'s probe.
+
+    ``mode`` is ``"rows"`` (``fit`` cuts minibatches of rows and scales the per-datum plate by N / batch),
+    ``"program"`` (the program subsamples its plate from whatever it is handed,
+    ``pyro.plate(name, len(x), subsample_size=B)``: it is handed all rows every step and Pyro scales) or
+    ``"indices"`` (it is handed a minibatch and subsamples with indices it takes as an argument,
+    ``pyro.plate(name, N, subsample=idx)``: Pyro scales). ``plate_name`` is ``None`` for a program without
+    plates (then every site is global and nothing is scaled)."""
+
+    plate_name: str | None
+    mode: str = "rows"
+    steps_per_epoch: int | None = None
+
+    @property
+    def scales(self) -> bool:
+        return self.mode == "rows" and self.plate_name is not None
+
+
+def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, *, batch_size: int | None = None,
+                          plate_name: str | None = None, valid_data: torch.Tensor | None = None,
+                          valid_condition: dict | None = None, **condition) -> ProgramPlan:
+    """Shape and support checks of the data against the model's observed sites, and the program's
+    :class:`ProgramPlan` (``condition``: per-datum keyword arguments such as labels).
+
+    The program runs in a sandbox (copies of model and guide, a throw-away param store): on the first
+    minibatch of ``batch_size`` rows, then on one row fewer when ``fit`` will hand it minibatches (a guide
+    whose parameters are sized by the rows it is handed cannot be trained on minibatches of rows), then on
+    ``valid_data``. Every failure is a one-line error that says whether the model or the guide failed.
+    """
     expected = getattr(model, "x_shape", None)
     if expected is not None and tuple(data.shape[1:]) != tuple(expected):
         raise ValueError(
             f"data of shape {tuple(data.shape[1:])} per example does not fit the model, which expects "
             f"{tuple(expected)}; build the model for this data (e.g. x_dim / x_shape) or pick other data"
         )
-    probe = data[: min(8, data.shape[0])]
-    kw = {k: v[: probe.shape[0]] for k, v in condition.items()}
+    n = data.shape[0]
+    rows = min(n, batch_size or n)
+    with sandbox(model, guide) as (model_copy, guide_copy), pyro.validation_enabled(False):
+        try:
+            guide_sites, model_sites, probe = _run_rows(model_copy, guide_copy, data, rows, condition)
+        except _ProgramError as err:
+            if rows == n:
+                raise err.refusal(data) from None
+            try:  # a program that picks its own rows from the whole data set
+                guide_sites, model_sites, probe = _run_rows(model_copy, guide_copy, data, n, condition)
+            except _ProgramError:
+                raise err.refusal(data) from None
+            frame = find_data_plate(guide_sites + model_sites, n, plate_name)
+            if frame is None or not frame.size < (frame.full_size or frame.size):
+                raise err.refusal(data) from None
+            rows = n
+        frame = find_data_plate(guide_sites + model_sites, rows, plate_name)
+        plan = ProgramPlan(None if frame is None else frame.name)
+        if frame is not None and frame.size < (frame.full_size or frame.size):
+            if frame.full_size == rows:
+                if rows < n:  # it subsamples whatever it is handed: hand it everything
+                    guide_sites, model_sites, probe = _run_rows(model_copy, guide_copy, data, n, condition)
+                    frame = find_data_plate(guide_sites + model_sites, n, frame.name)
+                    rows = n
+                plan = ProgramPlan(frame.name, "program", math.ceil(frame.full_size / frame.size))
+            else:
+                plan = ProgramPlan(frame.name, "indices")
+        elif rows < n:
+            try:
+                if rows > 1:
+                    _run_rows(model_copy, guide_copy, data, rows - 1, condition)
+            except _ProgramError as err:
+                raise ValueError(
+                    f"the {err.part} runs on a batch of {rows} rows but not on {rows - 1} ({err.first}): its "
+                    f"parameters are sized by the rows it is handed (a per-datum table, or an autoguide over "
+                    f"per-datum latents); fit it full batch (batch_size >= {n}) or size its tables by the whole "
+                    "data set and index them with a subsampled plate: pyro.plate(name, N, subsample_size=B)"
+                ) from None
+        if valid_data is not None and plan.mode != "indices":
+            try:
+                _run_rows(model_copy, guide_copy, valid_data, min(valid_data.shape[0], rows), valid_condition or {})
+            except _ProgramError as err:
+                raise ValueError(
+                    f"the {err.part} trains on the training rows but fails on the validation data ({err.first}); "
+                    "a guide with per-datum parameters scores only the rows it was fitted to: drop valid_data "
+                    "or use an amortized guide"
+                ) from None
+    _check_support(model_sites, probe, data)
+    return plan
+
+
+class _ProgramError(Exception):
+    def __init__(self, part: str, err: Exception, rows: int) -> None:
+        super().__init__(str(err))
+        self.part = part
+        self.rows = rows
+        self.first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+    def refusal(self, data: torch.Tensor) -> ValueError:
+        if self.part == "model":
+            fix = "check that the model is built for this data"
+        else:
+            fix = "check the guide: its sites, their shapes and the parameters it creates"
+        return ValueError(
+            f"the {self.part} fails on a batch of {self.rows} rows of shape {tuple(data.shape[1:])} ({self.first}); {fix}"
+        )
+
+
+def _run_rows(model: Callable, guide: Callable, data: torch.Tensor, rows: int, condition: dict):
+    """One guide-then-model run on the first ``rows`` rows -> ``(guide sites, model sites, the rows)``; a
+    failure names the part that failed."""
+    x = data[:rows]
+    kw = {k: v[:rows] for k, v in condition.items()}
     try:
-        with torch.no_grad(), pyro.validation_enabled(False):
-            guide_trace = poutine.trace(guide).get_trace(probe, **kw)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(probe, **kw)
-    except (RuntimeError, ValueError, IndexError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"the model or guide fails on data of shape {tuple(data.shape[1:])} per example ({first}); "
-            "check that the model is built for this data"
-        ) from None
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or not site["is_observed"] or site["value"] is not probe:
+        with SiteCollector() as guide_run:
+            direct_call(guide)(x, **kw)
+        for site in guide_run.sites:
+            masked_log_prob(site)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
+        raise _ProgramError("guide", err, rows) from None
+    try:
+        with SiteCollector(guide_run.values()) as model_run:
+            direct_call(model)(x, **kw)
+        for site in model_run.sites:  # shapes that only clash in the densities
+            masked_log_prob(site)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
+        raise _ProgramError("model", err, rows) from None
+    return guide_run.sites, model_run.sites, x
+
+
+def _check_support(model_sites: list[dict], probe: torch.Tensor, data: torch.Tensor) -> None:
+    for site in model_sites:
+        if not site["is_observed"] or site["value"] is not probe:
             continue
         support = site["fn"].support
         try:
@@ -100,7 +208,7 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
             continue
         if not bool(torch.as_tensor(ok).all()):
             raise ValueError(
-                f"data values lie outside the support of observed site {name!r} ({support}); "
+                f"data values lie outside the support of observed site {site['name']!r} ({support}); "
                 "use data that fits the likelihood (e.g. a binarized data set for a Bernoulli decoder) "
                 "or another likelihood"
             )

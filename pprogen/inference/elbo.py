@@ -26,11 +26,11 @@ from torch import nn
 from pprogen.inference.tracing import (
     check_reparameterized,
     check_sites_match,
-    detached_guide_sites,
     direct_call,
     guess_max_plate_nesting,
     particle_plate,
     run_pair,
+    score_term,
     site_log_prob_sum,
 )
 
@@ -39,8 +39,11 @@ class TraceELBO:
     """Lean, vectorized Trace_ELBO with a KL weight ``beta``; see the module docstring.
 
     With ``stl=True`` it is the sticking-the-landing estimator (Roeder, Wu & Duvenaud, 2017,
-    arXiv:1703.09194): log q is evaluated with the guide's parameters cut from the graph, so the
-    guide's gradient is the path derivative alone, which vanishes when q equals the posterior.
+    arXiv:1703.09194): the guide's gradient is the path derivative alone, which vanishes when q equals the
+    posterior. The score term :math:`\\partial_\\phi \\log q(z; \\phi)` at fixed z is taken out by evaluating
+    log q a second time at the detached draws with live parameters and adding that evaluation minus its
+    own value (zero) to the objective, so the estimator needs no knowledge of where the guide keeps its
+    parameters: modules, ``pyro.module``, ``pyro.param`` and autoguides alike.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class TraceELBO:
         self.stl = stl
         self.last_terms: dict[str, torch.Tensor] = {}
         self._checked: set[tuple[int, int]] = set()
+        self._fallback: pyro.infer.Trace_ELBO | None = None
 
     def __call__(self, model: Callable, guide: Callable) -> "ELBOLoss":
         return ELBOLoss(self, model, guide)
@@ -83,9 +87,9 @@ class TraceELBO:
         if (id(model), id(guide)) not in self._checked or pyro.poutine.util.is_validation_enabled():
             check_sites_match(guide_sites, model_sites)
             self._checked.add((id(model), id(guide)))
-        if self.stl:
-            guide_sites = detached_guide_sites(guide, replay, args, kwargs)
         observed = latent = 0.0
+        if self.stl:
+            latent = score_term(guide, replay, args, kwargs, site_log_prob_sum)
         terms = self.last_terms = {}
         for site in model_sites:
             term = terms[site["name"]] = site_log_prob_sum(site)
@@ -118,11 +122,15 @@ class TraceELBO:
                     "beta != 1 needs a reparameterized guide with the 'trace' estimator; "
                     "use a reparameterizable guide or beta=1"
                 )
-            fallback = pyro.infer.Trace_ELBO(
-                num_particles=self.num_particles,
-                vectorize_particles=self.vectorize_particles,
-                max_plate_nesting=self.max_plate_nesting if self.max_plate_nesting is not None else float("inf"),
-            )
+            if self._fallback is None:  # built once: Pyro logs its plate-nesting guess on every new estimator
+                if self.max_plate_nesting is None:
+                    self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+                self._fallback = pyro.infer.Trace_ELBO(
+                    num_particles=self.num_particles,
+                    vectorize_particles=self.vectorize_particles,
+                    max_plate_nesting=self.max_plate_nesting,
+                )
+            fallback = self._fallback
             return fallback.differentiable_loss(model, guide, *args, **kwargs)
         return -total / self.num_particles
 

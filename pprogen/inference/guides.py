@@ -13,9 +13,10 @@ an encoder maps each :math:`x_n` to features :math:`h_n`, and each site gets
   encoder outputs for each :math:`x_n` (Rezende & Mohamed, Variational Inference with Normalizing Flows,
   2015, arXiv:1505.05770).
 
-Constrained latents are sampled in unconstrained space and mapped by ``biject_to(support)``. The encoder
-is an MLP for vectors and a conv net for images ``(C, H, W)``, or any module passed as ``encoder`` with
-its output width as ``feature_dim``. Pyro's autoguides serve global latents: ``auto_*``.
+The per-datum plate is ``plate_name``, or the plate whose size is the number of rows the guide is first
+called with. Constrained latents are sampled in unconstrained space and mapped by ``biject_to(support)``.
+The encoder is an MLP for vectors and a conv net for images ``(C, H, W)``, or any module passed as
+``encoder`` with its output width as ``feature_dim``. Pyro's autoguides serve global latents: ``auto_*``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import nn
 from torch.distributions import biject_to, constraints
 
-from pprogen.inference.tracing import SiteCollector, in_plate
+from pprogen.inference.tracing import SiteCollector, find_data_plate, in_plate
 from pprogen.transforms import ConditionalPlanar
 from pprogen.nn import MLP, ConvEncoder
 from pprogen.errors import unknown_name_error
@@ -64,7 +65,7 @@ class AmortizedGuide(PyroModule):
         rank: int = 2,
         num_iaf: int = 2,
         num_flows: int = 8,
-        plate_name: str = "data",
+        plate_name: str | None = None,
     ) -> None:
         super().__init__()
         if family not in FAMILIES:
@@ -89,6 +90,13 @@ class AmortizedGuide(PyroModule):
     def _build(self, x: torch.Tensor, kwargs: dict) -> None:
         with torch.no_grad(), pyro.poutine.block(), SiteCollector() as run:
             self._model[0](x, **kwargs)
+        frame = find_data_plate(run.sites, x.shape[0], self.plate_name)
+        if frame is None:
+            raise ValueError(
+                "the model has no plate, so no site is per-datum; an amortized guide needs the local latents "
+                "inside pyro.plate('data', len(x)) (or an auto_* guide for global ones)"
+            )
+        self.plate_name = frame.name
         for site in run.sites:
             if site["is_observed"] or any(site["name"] == known[0] for known in self.sites):
                 continue

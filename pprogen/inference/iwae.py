@@ -13,10 +13,15 @@ data point keeps its own log-sum-exp (a sum over n, hence exact under minibatch 
 stays a lower bound on :math:`\log p(x)` for every alpha in [0, 1). Pyro's ``RenyiELBO`` instead takes one
 log-sum-exp over the whole batch once any latent sits outside the data plate.
 
-``iwae_dreg`` keeps the IWAE value but uses the doubly reparameterized gradient for the guide: log q
-is evaluated with the guide's parameters cut from the graph, and the gradient reaching each local
-latent is multiplied by its normalized weight, turning the guide gradient into
-:math:`\sum_k \tilde w_k^2 \, \partial \log w_k / \partial z_k \cdot \partial z_k / \partial \phi`.
+``iwae_dreg`` keeps the IWAE value but uses the doubly reparameterized gradient for the guide, turning the
+guide gradient into :math:`\sum_k \tilde w_k^2 \, \partial \log w_k / \partial z_k \cdot \partial z_k /
+\partial \phi`: the gradient reaching each local latent is multiplied by its normalized weight, and log q
+is evaluated at those latents with its score term :math:`\partial_\phi \log q(z; \phi)` (fixed z) taken
+out by a second evaluation at the detached draws, so it works however the guide reaches its parameters
+(modules, ``pyro.module``, ``pyro.param``, autoguides).
+
+The per-datum plate is ``plate_name``, or found by itself: the plate whose size (full size, when
+subsampled) is the number of rows handed to the program.
 
 References: Li & Turner, Rényi Divergence Variational Inference, 2016, arXiv:1602.02311; Burda, Grosse &
 Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519; Tucker, Lawson, Gu & Maddison,
@@ -35,13 +40,17 @@ from pprogen.inference.tracing import (
     LocalParticlePlate,
     check_reparameterized,
     check_sites_match,
-    detached_guide_sites,
+    data_rows,
     direct_call,
-    guess_max_plate_nesting,
+    find_data_plate,
     in_plate,
     masked_log_prob,
     per_datum,
+    plate_nesting,
+    probe_sites,
+    rerun_guide,
     run_pair,
+    score_term,
 )
 
 
@@ -55,7 +64,7 @@ class RenyiELBO:
         beta: float = 1.0,
         dreg: bool = False,
         max_plate_nesting: int | None = None,
-        plate_name: str = "data",
+        plate_name: str | None = None,
         vectorize_particles: bool = True,
     ) -> None:
         if not isinstance(num_particles, int) or num_particles < 1:
@@ -74,6 +83,7 @@ class RenyiELBO:
         self.max_plate_nesting = max_plate_nesting
         self.plate_name = plate_name
         self.beta = float(beta)
+        self.name = "iwae_dreg" if dreg else "iwae" if alpha == 0 else "renyi"
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def __call__(self, model: Callable, guide: Callable) -> ELBOLoss:
@@ -86,8 +96,13 @@ class RenyiELBO:
 
     def per_datum_bound(self, model: Callable, guide: Callable, *args, **kwargs):
         """``(bound per datum (B,), global term, data-plate scale)``, all differentiable."""
-        if self.max_plate_nesting is None:
-            self.max_plate_nesting = max(1, guess_max_plate_nesting(model, guide, args, kwargs))
+        if self.max_plate_nesting is None or self.plate_name is None:
+            guide_sites, model_sites = probe_sites(model, guide, args, kwargs)
+            if self.plate_name is None:
+                frame = find_data_plate(guide_sites + model_sites, data_rows(args, kwargs))
+                self.plate_name = "data" if frame is None else frame.name
+            if self.max_plate_nesting is None:
+                self.max_plate_nesting = max(1, plate_nesting(guide_sites + model_sites))
         particle_dim = -1 - self.max_plate_nesting
         hooked: dict[str, torch.Tensor] = {}
 
@@ -100,10 +115,11 @@ class RenyiELBO:
 
         with LocalParticlePlate(self.num_particles, particle_dim, self.plate_name):
             guide_sites, model_sites, replay = run_pair(direct_call(model), direct_call(guide), args, kwargs, hook_values)
-            check_reparameterized(guide_sites, "iwae_dreg" if self.dreg else "renyi")
+            check_reparameterized(guide_sites, self.name)
             check_sites_match(guide_sites, model_sites)
-            if self.dreg:
-                guide_sites = detached_guide_sites(guide, replay, args, kwargs)
+            if self.dreg:  # log q at the hooked latents, its score term taken out (see the module docstring)
+                guide_sites = rerun_guide(guide, replay, args, kwargs)
+                score = score_term(guide, replay, args, kwargs, self._local_log_q(particle_dim))
         terms = [(s, 1.0) for s in model_sites] + [(s, -1.0) for s in guide_sites if not s["infer"].get("is_auxiliary")]
         log_w = 0.0
         global_term = 0.0
@@ -127,11 +143,26 @@ class RenyiELBO:
             )
         log_w = log_w.expand(self.num_particles, -1)
         if self.dreg:
+            log_w = log_w + score
             weights = torch.softmax(log_w.detach(), 0)
             for site in model_sites:
                 if site["name"] in hooked and hooked[site["name"]].requires_grad and in_plate(site, self.plate_name):
                     _scale_gradient(hooked[site["name"]], weights, site, particle_dim, self.plate_name)
         return self._bound(log_w), global_term, (1.0 if scale is None else scale)
+
+    def _local_log_q(self, particle_dim: int) -> Callable[[dict], torch.Tensor]:
+        """A guide site's log q summed per (particle, datum) ``(K|1, B|1)``; global sites count zero."""
+
+        def reduce(site: dict) -> torch.Tensor:
+            if not in_plate(site, self.plate_name):
+                return torch.zeros((), device=site["value"].device)
+            frame = next(f for f in site["cond_indep_stack"] if f.name == self.plate_name)
+            log_prob = masked_log_prob(site)
+            if self.beta != 1.0:
+                log_prob = self.beta * log_prob
+            return per_datum(log_prob, particle_dim, frame.dim, self.max_plate_nesting + 1)
+
+        return reduce
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         bound, global_term, scale = self.per_datum_bound(model, guide, *args, **kwargs)

@@ -13,8 +13,15 @@ bounded for large K. Each estimate's standard error follows from the effective s
 weights, :math:`\mathrm{se} = \sqrt{1/\mathrm{ESS} - 1/K}` (delta method), and its Pareto k-hat from
 ArviZ's PSIS (Vehtari et al.: k < 0.5 good, < 0.7 ok, < 1 bad, else very bad).
 
-A latent outside the ``data`` plate couples the data points; the evidence then no longer splits per
-datum, and ``log_marginal`` warns and returns the joint estimate of :math:`\log p(x_{1:N})` as one row.
+A latent outside the per-datum plate (a global latent :math:`\theta`) couples the data points; the evidence
+then no longer splits per datum, and ``log_marginal`` warns and returns the joint estimate
+
+.. math::
+
+    \log \hat p(x_{1:N}) = \log \frac{1}{K} \sum_{k=1}^{K} \frac{p(\theta_k) \prod_n p(x_n, z_{nk} \mid \theta_k)}
+        {q(\theta_k) \prod_n q(z_{nk} \mid x_n, \theta_k)}
+
+as one row (``Evidence.joint``), each particle a draw of everything, each global term counted once.
 
 References: Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519;
 Vehtari, Simpson, Gelman, Yao & Gabry, Pareto Smoothed Importance Sampling, 2024, arXiv:1507.02646.
@@ -22,6 +29,7 @@ Vehtari, Simpson, Gelman, Yao & Gabry, Pareto Smoothed Importance Sampling, 2024
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +43,10 @@ from pprogen.inference.checks import check_condition
 from pprogen.inference.tracing import (
     PARTICLES,
     SiteCollector,
+    check_param_shapes,
     direct_call,
+    find_data_plate,
+    fix_subsample,
     in_plate,
     masked_log_prob,
     per_datum,
@@ -101,18 +112,25 @@ class Evidence:
 
 
 def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: str, joint: bool,
-                 condition: dict | None = None) -> torch.Tensor:
-    """Log importance weights ``(K, B)`` (``(K, 1)`` for the joint), enumerated sites summed out."""
+                 condition: dict | None = None, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """Log importance weights ``(K, B)`` (``(K, 1)`` for the joint), enumerated sites summed out.
+
+    ``indices``: the rows a subsampling program is made to visit (it is handed the whole data set)."""
     particle_dim = -1 - nesting
-    with pyro.plate(PARTICLES, num_particles, dim=particle_dim):
+    kw = condition or {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(pyro.plate(PARTICLES, num_particles, dim=particle_dim))
+        stack.enter_context(check_param_shapes())
+        if indices is not None:
+            stack.enter_context(fix_subsample(plate_name, indices))
         replay, guide_sites = None, []
         if guide is not None:
             with SiteCollector() as guide_run:
-                direct_call(guide)(x, **(condition or {}))
+                direct_call(guide)(x, **kw)
             guide_sites = guide_run.sites
-            replay = {s["name"]: s["value"] for s in guide_sites}
+            replay = guide_run.values()
         with pyro.poutine.enum(first_available_dim=particle_dim - 1), SiteCollector(replay) as model_run:
-            direct_call(model)(x, **(condition or {}))
+            direct_call(model)(x, **kw)
     model_sites = model_run.sites if guide is not None else [s for s in model_run.sites if s["is_observed"] or _enumerated(s)]
     log_w = _contract(model_sites, particle_dim, nesting, plate_name, joint)
     for site in guide_sites:
@@ -140,29 +158,38 @@ def _reduce(log_prob, site, particle_dim, nesting, plate_name, joint) -> torch.T
 
 
 def _contract(sites, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
-    """Sum the model's site log-densities; enumerated dims (left of the plates) by log-sum-exp."""
+    """Sum the model's site log-densities, each reduced on its own (a site outside a plate counts once, not
+    once per entry of the plate), except the sites that carry enumerated dims (left of the plates): those
+    are added together and their enumerated dims summed out by log-sum-exp first."""
     total = 0.0
+    enumerated = 0.0
     for site in sites:
-        if _enumerated(site) and any(f.vectorized and f.name not in (plate_name, PARTICLES) for f in site["cond_indep_stack"]):
+        inside = in_plate(site, plate_name)
+        if _enumerated(site) and (not inside or any(
+                f.vectorized and f.name not in (plate_name, PARTICLES) for f in site["cond_indep_stack"])):
+            where = f"in a plate nested inside {plate_name!r}" if inside else f"outside the {plate_name!r} plate"
             raise ValueError(
-                f"enumerated site {site['name']!r} sits in a plate nested inside {plate_name!r}; log_marginal "
-                "sums enumerated latents per data point only: sample it in the guide instead"
+                f"enumerated site {site['name']!r} sits {where}; log_marginal sums enumerated latents per data "
+                "point only: sample it in the guide instead"
             )
-        total = total + masked_log_prob(site)
+        log_prob = masked_log_prob(site)
+        if log_prob.dim() > nesting + 1:
+            enumerated = enumerated + log_prob
+        elif joint or not inside:
+            total = total + _per_particle(log_prob, particle_dim, nesting)
+        else:
+            total = total + _reduce(log_prob, site, particle_dim, nesting, plate_name, joint)
+    if torch.is_tensor(enumerated):
+        enum_dims = enumerated.dim() - (nesting + 1)
+        summed = torch.logsumexp(enumerated.reshape((-1,) + enumerated.shape[enum_dims:]), 0)
+        if joint:
+            total = total + _per_particle(summed, particle_dim, nesting)
+        else:
+            data_dim = next(f.dim for s in sites for f in s["cond_indep_stack"] if f.name == plate_name)
+            total = total + per_datum(summed, particle_dim, data_dim, nesting + 1)
     if not torch.is_tensor(total):
         raise ValueError("the model has no sample site to evaluate")
-    enum_dims = total.dim() - (nesting + 1)
-    if enum_dims > 0:
-        total = torch.logsumexp(total.reshape((-1,) + total.shape[enum_dims:]), 0)
-    if joint:
-        return _per_particle(total, particle_dim, nesting)
-    data_dims = {f.dim for s in sites for f in s["cond_indep_stack"] if f.name == plate_name}
-    if not data_dims:
-        raise ValueError(
-            f"the model has no {plate_name!r} plate, so log p(x) has no per-datum split; put the "
-            f"per-datum sites inside pyro.plate({plate_name!r}, len(x))"
-        )
-    return per_datum(total, particle_dim, data_dims.pop(), nesting + 1)
+    return total
 
 
 def _khat(log_weights: np.ndarray) -> np.ndarray:
@@ -182,7 +209,7 @@ def log_marginal(
     num_samples: int = 1000,
     batch_size: int = 100,
     max_elements: int = 2_000_000,
-    plate_name: str = "data",
+    plate_name: str | None = None,
     dim: int | None = None,
     khat: bool = True,
     keep_weights: bool = False,
@@ -194,52 +221,108 @@ def log_marginal(
     bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
     datum) for Pareto k-hat; ``keep_weights`` returns them too. ``condition`` maps keyword names to
     per-datum tensors passed to model and guide with each chunk (labels: log p(x_n | y_n)).
+
+    ``plate_name`` names the per-datum plate; by default it is the plate whose size (full size, when
+    subsampled) is the number of rows handed to the program. A program that subsamples that plate itself
+    (``pyro.plate(name, len(x), subsample_size=B)``, per-datum guide tables indexed by it) is handed the
+    whole data set and made to visit each chunk's rows; a guide whose parameters are sized by the rows it
+    is handed (a per-datum table, an autoguide over local latents) is evaluated on all rows at once.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     condition = check_condition(condition, data, "data")
-    nesting, global_sites = _structure(model, guide, data, condition, plate_name)
-    joint = bool(global_sites)
-    if joint:
+    plan = _structure(model, guide, data, condition, plate_name, batch_size)
+    if plan.joint:
         warnings.warn(
-            f"latent site {global_sites[0]!r} sits outside the {plate_name!r} plate, so log p(x) does not "
+            f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
             "split per data point; returning the joint estimate of log p(x_1..N) as one row",
             stacklevel=2,
         )
-        batch_size = data.shape[0]
     rows = []
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start : start + batch_size]
-        kw = {k: v[start : start + batch_size] for k, v in condition.items()}
-        chunk = max(1, min(num_samples, max_elements // x.shape[0]))
+    for start in range(0, data.shape[0], plan.batch_size):
+        stop = min(start + plan.batch_size, data.shape[0])
+        if plan.subsampled:  # the program picks its rows from the whole data set: make it pick these
+            x, kw, indices = data, condition, torch.arange(start, stop, device=data.device)
+        else:
+            x, kw, indices = data[start:stop], {k: v[start:stop] for k, v in condition.items()}, None
+        width = 1 if plan.joint else stop - start
+        chunk = max(1, min(num_samples, max_elements // width))
         parts = []
         done = 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            parts.append(_log_weights(model, guide, x, k, nesting, plate_name, joint, kw).double().T.cpu())
+            log_w = _log_weights(model, guide, x, k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
+            parts.append(log_w.double().T.cpu())
             done += k
         rows.append(_streaming_stats(parts, num_samples, keep=khat or keep_weights))
     log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))
     k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
-    return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, joint,
+    return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, plan.joint,
                     weights.float() if keep_weights else None)
 
 
-def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, condition: dict, plate_name: str):
-    """``(plate nesting, names of the latent sites outside the data plate)``, from one run on the first row."""
-    guide_sites, model_sites = probe_sites(model, guide, (data[:1],), {k: v[:1] for k, v in condition.items()})
+@dataclass
+class _Plan:
+    """How :func:`log_marginal` visits a program: its per-datum plate, whether it subsamples that plate
+    itself, its plate nesting, the sites that make the estimate joint and the rows per chunk."""
+
+    plate_name: str
+    subsampled: bool
+    nesting: int
+    global_sites: list[str]
+    batch_size: int
+
+    @property
+    def joint(self) -> bool:
+        return bool(self.global_sites)
+
+
+def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, condition: dict,
+               plate_name: str | None, batch_size: int) -> _Plan:
+    """The :class:`_Plan`, from sandboxed runs on the first chunk of rows (all rows when the program only
+    runs on all of them)."""
+    n = data.shape[0]
+    rows = min(n, max(2, batch_size))
+    try:
+        guide_sites, model_sites = probe_sites(model, guide, (data[:rows],), {k: v[:rows] for k, v in condition.items()})
+    except Exception as err:
+        if rows == n:
+            raise
+        try:  # a guide sized by the rows it was trained on (per-datum tables) runs on all of them only
+            guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
+        except Exception:
+            raise err from None
+        rows = batch_size = n
+    sites = guide_sites + model_sites
+    frame = find_data_plate(sites, rows, plate_name)
+    if frame is None:
+        raise ValueError(
+            "the model has no plate, so log p(x) has no per-datum split; put the per-datum sites inside "
+            "pyro.plate('data', len(x))"
+        )
+    subsampled = frame.full_size is not None and frame.full_size == rows and frame.size < frame.full_size
+    if subsampled and rows < n:  # it subsamples whatever it is handed: hand it everything
+        guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
+        sites = guide_sites + model_sites
+        frame = find_data_plate(sites, n, frame.name)
     proposal_sites = guide_sites if guide is not None else model_sites
-    global_sites = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, plate_name)]
-    return max(1, plate_nesting(guide_sites + model_sites)), global_sites
+    outside = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, frame.name)]
+    outside += [s["name"] for s in model_sites if s["is_observed"] and not in_plate(s, frame.name)]
+    if outside:
+        batch_size = n  # a particle is a draw of everything: all rows at once
+    return _Plan(frame.name, subsampled, max(1, plate_nesting(sites)), outside, min(batch_size, n))
 
 
 def splits_per_datum(model: Callable, guide: Callable | None, data: torch.Tensor,
-                     condition: dict[str, torch.Tensor] | None = None, plate_name: str = "data") -> bool:
-    """Whether :func:`log_marginal` gives one estimate per row (no latent outside the data plate), so the rows
-    can be split among workers."""
-    return not _structure(model, guide, data, check_condition(condition, data, "data"), plate_name)[1]
+                     condition: dict[str, torch.Tensor] | None = None, plate_name: str | None = None,
+                     batch_size: int = 100) -> bool:
+    """Whether :func:`log_marginal` gives one estimate per row from chunks of rows (no latent outside the data
+    plate, no program that picks its own rows, no guide sized by all rows), so the rows can be split among
+    workers."""
+    plan = _structure(model, guide, data, check_condition(condition, data, "data"), plate_name, batch_size)
+    return not (plan.joint or plan.subsampled or plan.batch_size >= data.shape[0] > batch_size)
 
 
 def _streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):

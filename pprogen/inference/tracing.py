@@ -6,6 +6,8 @@ need only the sample sites, so one small effect handler records them as the prog
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
 import weakref
 from typing import Callable
@@ -21,11 +23,16 @@ PARTICLES = "num_particles_vectorized"
 
 
 class SiteCollector(Messenger):
-    """Collects a program's sample sites; optionally replays latent values (e.g. from a guide)."""
+    """Collects a program's sample sites; optionally replays latent values (e.g. from a guide).
+
+    The indices that subsampled plates draw (``pyro.plate(name, N, subsample_size=B)``) are kept apart in
+    ``subsamples`` and replayed too when ``replay`` holds them, so a model sees the guide's minibatch.
+    """
 
     def __init__(self, replay: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.sites: list[dict] = []
+        self.subsamples: dict[str, torch.Tensor] = {}
         self.replay = replay
 
     def _pyro_sample(self, msg: dict) -> None:
@@ -34,8 +41,31 @@ class SiteCollector(Messenger):
             msg["done"] = True
 
     def _pyro_post_sample(self, msg: dict) -> None:
-        if not site_is_subsample(msg):
+        if site_is_subsample(msg):
+            self.subsamples[msg["name"]] = msg["value"]
+        else:
             self.sites.append(msg)
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """Every recorded value by name, subsample indices included: what a replay needs."""
+        values = {s["name"]: s["value"] for s in self.sites}
+        values.update(self.subsamples)
+        return values
+
+
+class fix_subsample(Messenger):
+    """Makes ``pyro.plate(plate_name, ...)`` take exactly ``indices`` (no random minibatch, scale 1 when
+    they are all of its rows): how evidence and validation visit every row of a subsampling program."""
+
+    def __init__(self, plate_name: str, indices: torch.Tensor) -> None:
+        super().__init__()
+        self.plate_name = plate_name
+        self.indices = indices
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] == self.plate_name and site_is_subsample(msg):
+            msg["value"] = self.indices
+            msg["done"] = True
 
 
 class LocalParticlePlate(PlateMessenger):
@@ -64,13 +94,6 @@ class scale_latents(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
             msg["scale"] = msg["scale"] * self.beta
-
-
-class detach_params(Messenger):
-    """Detaches the values that ``pyro.param`` returns (for guides written with ``pyro.param``)."""
-
-    def _pyro_post_param(self, msg: dict) -> None:
-        msg["value"] = msg["value"].detach()
 
 
 def in_plate(site: dict, plate_name: str) -> bool:
@@ -136,14 +159,15 @@ def _direct_call(fn: Callable) -> Callable:
 
 
 def run_pair(model: Callable, guide: Callable, args, kwargs, replay_transform=None):
-    """Run the guide, then the model on the guide's latent values; returns both site lists.
+    """Run the guide, then the model on the guide's latent values and subsample indices; returns both site
+    lists and the replayed values.
 
     ``model`` and ``guide`` are called as given: pass them through ``direct_call`` first to skip
     PyroModule's parameter announcements.
     """
     with SiteCollector() as guide_run:
         guide(*args, **kwargs)
-    replay = {s["name"]: s["value"] for s in guide_run.sites}
+    replay = guide_run.values()
     if replay_transform is not None:
         replay = replay_transform(replay)
     with SiteCollector(replay) as model_run:
@@ -151,29 +175,141 @@ def run_pair(model: Callable, guide: Callable, args, kwargs, replay_transform=No
     return guide_run.sites, model_run.sites, replay
 
 
-def detached_guide_sites(guide: Callable, replay: dict[str, torch.Tensor], args, kwargs) -> list[dict]:
-    """Re-run ``guide`` on ``replay`` values with its parameters cut from the graph (for path derivatives)."""
-    with SiteCollector(replay) as run, detach_params():
-        if isinstance(guide, torch.nn.Module):
-            params = {name: p.detach() for name, p in guide.named_parameters()}
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*not registered in the param store")
-                torch.func.functional_call(guide, params, args, kwargs)
-        else:
-            guide(*args, **kwargs)
+def rerun_guide(guide: Callable, values: dict[str, torch.Tensor], args, kwargs) -> list[dict]:
+    """The guide's sites re-evaluated at ``values`` with its parameters live, however it reaches them
+    (module attributes, ``pyro.module``, ``pyro.param``, autoguides).
+
+    With ``values`` detached, the log-densities' gradients are the score terms
+    :math:`\\partial_\\phi \\log q(z; \\phi)` at fixed z, which the path-derivative estimators subtract.
+    """
+    with SiteCollector(values) as run:
+        direct_call(guide)(*args, **kwargs)
     return run.sites
 
 
+def score_term(guide: Callable, values: dict[str, torch.Tensor], args, kwargs, reduce: Callable) -> torch.Tensor:
+    """``reduce(log q(z_detached; phi))`` minus its own value: zero, with the score term as its gradient."""
+    detached = {name: value.detach() for name, value in values.items()}
+    total = 0.0
+    for site in rerun_guide(guide, detached, args, kwargs):
+        if not site["infer"].get("is_auxiliary"):
+            total = total + reduce(site)
+    if not torch.is_tensor(total):
+        return torch.zeros(())
+    return total - total.detach()
+
+
 def probe_sites(model: Callable, guide: Callable | None, args, kwargs) -> tuple[list[dict], list[dict]]:
-    """Guide and model sites from one run without gradients; the random generators are left as found."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    """Guide and model sites from one sandboxed run (see :func:`sandbox`) without gradients."""
+    with sandbox(model, guide) as (model, guide):
         if guide is None:
             with SiteCollector() as model_run:
                 direct_call(model)(*args, **kwargs)
             return [], model_run.sites
         guide_sites, model_sites, _ = run_pair(direct_call(model), direct_call(guide), args, kwargs)
         return guide_sites, model_sites
+
+
+@contextlib.contextmanager
+def sandbox(model: Callable, guide: Callable | None):
+    """Copies of ``model`` and ``guide`` to probe with, an empty param store and forked random generators,
+    without gradients: a probe builds no lazily created parameter (autoguides, per-datum tables) in the
+    real objects and leaves the random streams as found. Objects that cannot be copied are probed as they
+    are (their ``pyro.param`` tables still land in the throw-away store)."""
+    try:
+        copies = _copy_program(model, guide)
+    except Exception:  # an object that refuses to be copied: probe the original
+        copies = (model, guide)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), pyro.get_param_store().scope(), \
+            warnings.catch_warnings(), check_param_shapes():
+        warnings.simplefilter("ignore")
+        yield copies
+
+
+def _copy_program(model: Callable, guide: Callable | None):
+    """``deepcopy((model, guide))``, minding Pyro's autoguides: their ``__getstate__`` drops the model and
+    master references *of the original* (so that pickles hold no weakrefs), which are put back on the
+    originals and pointed at the copies."""
+    from pyro.infer.autoguide import AutoGuide
+
+    autoguides = [m for m in (guide.modules() if isinstance(guide, torch.nn.Module) else ()) if isinstance(m, AutoGuide)]
+    saved = [(m, m.__dict__.get("_model"), m.__dict__.get("master")) for m in autoguides]
+    try:
+        model_copy, guide_copy = copy.deepcopy((model, guide))
+    finally:
+        for m, model_ref, master in saved:
+            m._model, m.master = model_ref, master
+    if autoguides:
+        for original, copied in zip(guide.modules(), guide_copy.modules()):
+            if isinstance(original, AutoGuide) and original.__dict__.get("_model") is not None:
+                copied._model = (model_copy if original.model is model else original.model,)
+    return model_copy, guide_copy
+
+
+class check_param_shapes(Messenger):
+    """Refuses a ``pyro.param`` asked for with an initial value of another shape than the stored one: the
+    sign of a per-datum table sized by the rows a program is handed, which would otherwise be reused
+    silently for other rows."""
+
+    def _pyro_param(self, msg: dict) -> None:
+        args = msg["args"]
+        if len(args) < 2 or not torch.is_tensor(args[1]):
+            return
+        store = pyro.get_param_store()
+        name = args[0]
+        if name in store and tuple(store._params[name].shape) != tuple(args[1].shape):
+            raise ValueError(
+                f"guide parameter {name!r} exists with shape {tuple(store._params[name].shape)} but is asked for "
+                f"with shape {tuple(args[1].shape)}: a per-datum table sized by the rows the program is handed; "
+                "size it by the whole data set and index it with a subsampled plate "
+                "(pyro.plate(name, N, subsample_size=B) as idx: table[idx]), or fit full batch"
+            )
+
+
+def data_rows(args, kwargs) -> int | None:
+    """The number of rows handed to a program: the length of its first tensor argument."""
+    for value in (*args, *kwargs.values()):
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def find_data_plate(sites: list[dict], rows: int | None, plate_name: str | None = None):
+    """The per-datum plate's frame among ``sites``: the one named ``plate_name``, else the plate whose size
+    (or, subsampled, whose full size) is the number of rows handed to the program, the outermost when
+    several are. ``None`` when the program has no plate at all; a one-line error when it cannot be told."""
+    frames: dict[str, object] = {}
+    for site in sites:
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.name != PARTICLES:
+                frames.setdefault(frame.name, frame)
+    if plate_name is not None:
+        if plate_name not in frames:
+            named = ", ".join(repr(n) for n in frames) or "none"
+            raise ValueError(
+                f"the program has no vectorized plate named {plate_name!r} (its plates: {named}); pass the "
+                "name of the plate its per-datum sites sit in as plate_name"
+            )
+        return frames[plate_name]
+    if not frames:
+        return None
+    sizes = {name: (f.size, f.full_size or f.size) for name, f in frames.items()}
+    matching = [name for name, (size, full) in sizes.items() if rows in (size, full)]
+    if len(matching) > 1:  # nested plates of the same size: the one every other sits inside
+        outer = [m for m in matching if all(
+            any(f.name == m for f in s["cond_indep_stack"]) for s in sites
+            if any(f.name in matching for f in s["cond_indep_stack"]))]
+        matching = outer if len(outer) == 1 else matching
+    if len(matching) == 1:
+        return frames[matching[0]]
+    if "data" in matching:
+        return frames["data"]
+    found = ", ".join(f"{n!r} (size {s})" for n, (s, _) in sizes.items())
+    raise ValueError(
+        f"cannot tell which plate holds one entry per row of the {rows} rows handed to the program (plates: "
+        f"{found}); pass plate_name='...' naming the per-datum plate"
+    )
 
 
 def plate_nesting(sites: list[dict]) -> int:

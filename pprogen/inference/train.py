@@ -29,9 +29,11 @@ from pprogen.inference.checks import (
     check_data,
     check_hyperparameters,
     check_condition,
+    ProgramPlan,
     check_model_fits_data,
     resolve_device,
 )
+from pprogen.inference.tracing import fix_subsample
 
 
 
@@ -143,12 +145,14 @@ class TrainStep:
     (``synced_params``: ``pyro.param`` sites, the ``loss_and_grads`` path) are averaged by hand, and the
     loss is averaged too, so every rank takes the same decision on a non-finite step. ``autocast="bf16"`` runs
     the loss under bfloat16 autocast (:mod:`pprogen.inference.accel`); backward and the update stay outside it.
+    ``scale`` multiplies the sites inside the per-datum plate ``plate_name``.
     """
 
     def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
                  forward: Callable | None = None, world: World | None = None, synced_params=(),
-                 autocast: str | None = None) -> None:
+                 autocast: str | None = None, plate_name: str = "data") -> None:
         self.loss_module = loss_module
+        self.plate_name = plate_name
         self.forward = forward or loss_module
         self.params = list(params)
         self.optimizer = optimizer
@@ -163,7 +167,7 @@ class TrainStep:
         ``condition`` holds the batch's per-datum keyword arguments (labels of a conditional model)."""
         self.optimizer.zero_grad(set_to_none=True)
         world = self.world
-        with scale_data_plate(scale):
+        with scale_data_plate(scale, self.plate_name):
             if self.native:
                 with autocast_context(self.autocast, batch.device):
                     value = loss = self.forward(batch, **condition)
@@ -208,14 +212,22 @@ def build_loss(model: Callable, guide: Callable, elbo: Any = "trace", num_partic
 
 @torch.no_grad()
 def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
-                  condition: dict[str, torch.Tensor] | None = None, world: World | None = None) -> float:
+                  condition: dict[str, torch.Tensor] | None = None, world: World | None = None,
+                  plan: ProgramPlan | None = None) -> float:
     """The estimator's negative ELBO per datum over ``data`` (no gradients); with several ranks each
-    evaluates its share of the rows and the sums are added up."""
+    evaluates its share of the rows and the sums are added up. A program that subsamples its plate itself
+    (``plan.mode == "program"``) is handed all rows and made to visit each chunk of them in turn."""
     world = world or World()
     mine = shard_slice(data.shape[0], world)
+    own_rows = plan is not None and plan.mode == "program"
     total = 0.0
     for start in range(mine.start, mine.stop, batch_size):
         rows = slice(start, min(start + batch_size, mine.stop))
+        if own_rows:
+            with fix_subsample(plan.plate_name, torch.arange(rows.start, rows.stop, device=data.device)), \
+                    scale_data_plate((rows.stop - rows.start) / data.shape[0], plan.plate_name):
+                total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data, **(condition or {}))
+            continue
         kw = {k: v[rows] for k, v in (condition or {}).items()}
         total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
     return world.total(total, data.device) / data.shape[0]
@@ -288,6 +300,7 @@ def fit(
     world: World | None = None,
     autocast: str | None = None,
     compile: bool = False,
+    plate_name: str | None = None,
 ) -> History:
     """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
 
@@ -309,6 +322,14 @@ def fit(
 
     ``autocast="bf16"`` trains under bfloat16 autocast (validation stays float32) and ``compile=True``
     compiles the model's and guide's networks with ``torch.compile``; see :mod:`pprogen.inference.accel`.
+
+    ``plate_name`` names the per-datum plate; by default it is found by a sandboxed probe on the first
+    minibatch: the plate whose size (full size, when subsampled) is the number of rows handed to the program.
+    A program that subsamples that plate itself (``pyro.plate(name, len(x), subsample_size=B)``, per-datum
+    guide tables indexed by it) is handed all rows each step, ``ceil(N / B)`` steps an epoch, and Pyro
+    scales it; one that takes its indices as an argument (``pyro.plate(name, N, subsample=idx)``, the
+    indices in ``condition``) gets minibatches of rows and Pyro's scale. A guide whose parameters are sized
+    by the rows it is handed (a per-datum table, an autoguide over per-datum latents) trains full batch only.
     """
     world = current() if world is None else world
     if hasattr(data, "train"):
@@ -342,15 +363,30 @@ def fit(
         valid_condition = {k: v.to(device) for k, v in valid_condition.items()}
     data = data.to(device)
     valid_data = valid_data.to(device) if valid_data is not None else None
-    check_model_fits_data(model, guide, data, **condition)
+    num_data = data.shape[0]
+    batch_size = min(batch_size, num_data // world.size)
+    plan = check_model_fits_data(model, guide, data, batch_size=batch_size, plate_name=plate_name,
+                                 valid_data=valid_data, valid_condition=valid_condition, **condition)
+    if plan.plate_name is None and batch_size < num_data:
+        raise ValueError(
+            f"the program has no plate, so a minibatch of {batch_size} rows cannot be scaled to the {num_data} rows; "
+            "put its per-datum sites inside pyro.plate('data', len(x)) or fit full batch "
+            f"(batch_size >= {num_data})"
+        )
+    if plan.mode == "program" and world.active:
+        raise ValueError(
+            f"plate {plan.plate_name!r} subsamples itself; distributed training shards rows among ranks: cut the "
+            "minibatches with fit's batch_size (pyro.plate(name, len(x))) or train on one process"
+        )
 
     loss_module = build_loss(model, guide, elbo, num_particles, beta, **({} if alpha is None else {"alpha": alpha}))
+    if getattr(loss_module.elbo, "plate_name", "") is None:
+        loss_module.elbo.plate_name = plan.plate_name
     if kl_warmup and not hasattr(loss_module.elbo, "beta"):
         raise ValueError(f"kl_warmup anneals an estimator's beta, and {type(loss_module.elbo).__name__} has none; "
                          "use an estimator from make_elbo or kl_warmup=0")
-    num_data = data.shape[0]
-    batch_size = min(batch_size, num_data // world.size)
-    probe = data[:batch_size], {k: v[:batch_size] for k, v in condition.items()}
+    own_rows = plan.mode == "program"  # the program is handed every row and picks its minibatch itself
+    probe = (data, condition) if own_rows else (data[:batch_size], {k: v[:batch_size] for k, v in condition.items()})
     params = collect_parameters(loss_module, probe[0], **probe[1])
     if not params:
         raise ValueError("the model and guide have no trainable parameters: nothing to fit")
@@ -362,7 +398,8 @@ def fit(
         forward, synced = _data_parallel(loss_module, params, list(buffers.values()), probe, world, device)
     opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
     scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
-    step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced, autocast)
+    step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced, autocast,
+                     plan.plate_name or "data")
     shuffle = torch.Generator().manual_seed(0 if seed is None else seed)
     history = History()
     best_state = None
@@ -420,6 +457,8 @@ def fit(
     steps_per_epoch = math.ceil(num_data / global_batch)
     if 0 < num_data % global_batch < world.size:
         steps_per_epoch -= 1  # too few rows left for one per rank
+    if own_rows:
+        steps_per_epoch = plan.steps_per_epoch
     writes = run is not None and world.is_main
     from tqdm.auto import tqdm
 
@@ -444,11 +483,15 @@ def fit(
                 torch.manual_seed(world.rank_seed(seed, epoch))
             epoch_loss = 0.0
             for i in range(steps_per_epoch):
-                rows = order[i * global_batch : (i + 1) * global_batch]
-                index = shard(rows, world)
+                if own_rows:
+                    index = slice(None)
+                    scale = 1.0
+                else:
+                    rows = order[i * global_batch : (i + 1) * global_batch]
+                    index = shard(rows, world)
+                    scale = num_data * world.size / rows.shape[0] if plan.scales else 1.0
                 with collective("the gradient all-reduce", world):
-                    value, norm = step(data[index], num_data * world.size / rows.shape[0],
-                                       **{k: v[index] for k, v in condition.items()})
+                    value, norm = step(data[index], scale, **{k: v[index] for k, v in condition.items()})
                 if not (math.isfinite(value) and norm is not None and math.isfinite(norm)):
                     what = "loss" if not math.isfinite(value) else "gradient"
                     history.stop_reason = "non_finite"
@@ -473,7 +516,8 @@ def fit(
                 "lr": opt.param_groups[0]["lr"],
             }
             if valid_data is not None:
-                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition, world)
+                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition,
+                                                     world, plan)
                 if record["valid_loss"] < history.best_valid_loss:
                     history.best_valid_loss = record["valid_loss"]
                     history.best_epoch = epoch + 1

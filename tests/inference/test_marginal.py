@@ -94,7 +94,7 @@ def test_a_model_without_a_data_plate_is_a_clear_error():
     def model(x):
         pyro.sample("x", dist.Normal(0.0, 1.0).expand(x.shape).to_event(2), obs=x)
 
-    with pytest.raises(ValueError, match="no 'data' plate.*pyro.plate"):
+    with pytest.raises(ValueError, match="has no plate.*pyro.plate"):
         log_marginal(model, None, torch.zeros(3, 2), num_samples=2)
 
 

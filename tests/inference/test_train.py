@@ -97,14 +97,15 @@ def test_non_finite_loss_stops_at_the_step_and_keeps_the_last_good_parameters():
         def forward(self, x=None):
             type(self).calls += 1
             self.seen = self.mu.detach().clone()
-            scale = self.log_sigma.exp() * (math.nan if type(self).calls == 5 else 1.0)
+            scale = self.log_sigma.exp() * (math.nan if type(self).calls == 6 else 1.0)
             with pyro.plate("data", x.shape[0]):
                 pyro.sample("x", dist.Normal(self.mu, scale), obs=x)
 
     model = Exploding()
     x = data(40)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step 3 .*site 'x'") as err:
-        # call 1 is the data check, call 2 the parameter discovery, calls 3-5 steps 1-3
+        # calls 1-2 are the sandboxed data check (a batch, then one row fewer), call 3 the parameter
+        # discovery, calls 4-6 steps 1-3
         fit(model, empty_guide, x, epochs=2, batch_size=10, lr=0.1, progress=False)
     assert torch.equal(model.mu.detach(), model.seen)
     assert model.mu.item() != 0.0  # two good steps were taken
