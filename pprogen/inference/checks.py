@@ -13,7 +13,14 @@ import pyro
 import torch
 
 from pprogen.errors import unknown_name_error
-from pprogen.inference.tracing import SiteCollector, direct_call, find_data_plate, masked_log_prob, sandbox
+from pprogen.inference.tracing import (
+    SiteCollector,
+    check_plate_sizes,
+    direct_call,
+    find_data_plate,
+    masked_log_prob,
+    sandbox,
+)
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -83,7 +90,7 @@ class ProgramPlan:
 
     plate_name: str | None
     mode: str = "rows"
-    steps_per_epoch: int | None = None
+    subsample_size: int | None = None
 
     @property
     def scales(self) -> bool:
@@ -131,7 +138,7 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
                     guide_sites, model_sites, probe = _run_rows(model_copy, guide_copy, data, n, condition)
                     frame = find_data_plate(guide_sites + model_sites, n, frame.name)
                     rows = n
-                plan = ProgramPlan(frame.name, "program", math.ceil(frame.full_size / frame.size))
+                plan = ProgramPlan(frame.name, "program", frame.size)
             else:
                 plan = ProgramPlan(frame.name, "indices")
         elif rows < n:
@@ -194,6 +201,10 @@ def _run_rows(model: Callable, guide: Callable, data: torch.Tensor, rows: int, c
             masked_log_prob(site)
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
         raise _ProgramError("model", err, rows) from None
+    try:
+        check_plate_sizes(guide_run.sites, model_run.sites)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
+        raise _ProgramError("guide", err, rows) from None
     return guide_run.sites, model_run.sites, x
 
 

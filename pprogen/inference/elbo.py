@@ -53,6 +53,7 @@ class TraceELBO:
         beta: float = 1.0,
         max_plate_nesting: int | None = None,
         stl: bool = False,
+        plate_name: str | None = None,
     ) -> None:
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
@@ -63,6 +64,7 @@ class TraceELBO:
         self.beta = float(beta)
         self.max_plate_nesting = max_plate_nesting
         self.stl = stl
+        self.plate_name = plate_name  # accepted for a uniform interface: this estimator treats every site alike
         self.last_terms: dict[str, torch.Tensor] = {}
         self._checked: set[tuple[int, int]] = set()
         self._fallback: pyro.infer.Trace_ELBO | None = None

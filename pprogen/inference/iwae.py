@@ -117,10 +117,11 @@ class RenyiELBO:
             guide_sites, model_sites, replay = run_pair(direct_call(model), direct_call(guide), args, kwargs, hook_values)
             check_reparameterized(guide_sites, self.name)
             check_sites_match(guide_sites, model_sites)
+            first_guide_sites = guide_sites
             if self.dreg:  # log q at the hooked latents, its score term taken out (see the module docstring)
                 guide_sites = rerun_guide(guide, replay, args, kwargs)
                 score = score_term(guide, replay, args, kwargs, self._local_log_q(particle_dim))
-        terms = [(s, 1.0) for s in model_sites] + [(s, -1.0) for s in guide_sites if not s["infer"].get("is_auxiliary")]
+        terms = [(s, 1.0) for s in model_sites] + [(s, -1.0) for s in guide_sites]
         log_w = 0.0
         global_term = 0.0
         scale = None
@@ -145,7 +146,7 @@ class RenyiELBO:
         if self.dreg:
             log_w = log_w + score
             weights = torch.softmax(log_w.detach(), 0)
-            for site in model_sites:
+            for site in first_guide_sites:  # every reparameterized local draw, auxiliary ones included
                 if site["name"] in hooked and hooked[site["name"]].requires_grad and in_plate(site, self.plate_name):
                     _scale_gradient(hooked[site["name"]], weights, site, particle_dim, self.plate_name)
         return self._bound(log_w), global_term, (1.0 if scale is None else scale)

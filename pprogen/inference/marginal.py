@@ -32,12 +32,15 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pyro
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from pprogen.inference.checks import check_condition
 from pprogen.inference.tracing import (
@@ -51,7 +54,9 @@ from pprogen.inference.tracing import (
     masked_log_prob,
     per_datum,
     plate_nesting,
+    probe_pair,
     probe_sites,
+    sandbox,
 )
 
 KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
@@ -133,9 +138,8 @@ def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: 
             direct_call(model)(x, **kw)
     model_sites = model_run.sites if guide is not None else [s for s in model_run.sites if s["is_observed"] or _enumerated(s)]
     log_w = _contract(model_sites, particle_dim, nesting, plate_name, joint)
-    for site in guide_sites:
-        if not site["infer"].get("is_auxiliary"):
-            log_w = log_w - _reduce(masked_log_prob(site), site, particle_dim, nesting, plate_name, joint)
+    for site in guide_sites:  # auxiliary sites too: an autoguide's log q is its auxiliary density plus its Deltas'
+        log_w = log_w - _reduce(masked_log_prob(site), site, particle_dim, nesting, plate_name, joint)
     return log_w.expand(num_particles, -1)
 
 
@@ -208,7 +212,8 @@ def log_marginal(
     data: torch.Tensor,
     num_samples: int = 1000,
     batch_size: int = 100,
-    max_elements: int = 2_000_000,
+    max_memory: int = 2**30,
+    max_elements: int | None = None,
     plate_name: str | None = None,
     dim: int | None = None,
     khat: bool = True,
@@ -217,7 +222,10 @@ def log_marginal(
 ) -> Evidence:
     """Importance-sampled log p(x) for each row of ``data``; see the module docstring.
 
-    ``max_elements`` bounds particles x data points per chunk; ``dim`` (the data dimension) turns on
+    Particles and rows are taken in chunks sized so that one chunk's tensors stay under ``max_memory`` bytes
+    (1 GiB): the bytes per (particle, row) pair are measured on a small probe chunk, so the bound holds
+    whatever K, the data's dimension and the model's width; ``max_elements`` caps particles x rows per
+    chunk further, and ``batch_size`` the rows per chunk. ``dim`` (the data dimension) turns on
     bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
     datum) for Pareto k-hat; ``keep_weights`` returns them too. ``condition`` maps keyword names to
     per-datum tensors passed to model and guide with each chunk (labels: log p(x_n | y_n)).
@@ -240,27 +248,83 @@ def log_marginal(
             "split per data point; returning the joint estimate of log p(x_1..N) as one row",
             stacklevel=2,
         )
+    chunk_rows, chunk_particles = _chunks(model, guide, data, condition, plan, num_samples, max_memory, max_elements)
     rows = []
-    for start in range(0, data.shape[0], plan.batch_size):
-        stop = min(start + plan.batch_size, data.shape[0])
-        if plan.subsampled:  # the program picks its rows from the whole data set: make it pick these
-            x, kw, indices = data, condition, torch.arange(start, stop, device=data.device)
-        else:
-            x, kw, indices = data[start:stop], {k: v[start:stop] for k, v in condition.items()}, None
-        width = 1 if plan.joint else stop - start
-        chunk = max(1, min(num_samples, max_elements // width))
+    for start in range(0, data.shape[0], chunk_rows):
+        stop = min(start + chunk_rows, data.shape[0])
+        x, kw, indices = _chunk(data, condition, plan, start, stop)
         parts = []
         done = 0
         while done < num_samples:
-            k = min(chunk, num_samples - done)
+            k = min(chunk_particles, num_samples - done)
             log_w = _log_weights(model, guide, x, k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
-            parts.append(log_w.double().T.cpu())
+            parts.append(log_w[:, : 1 if plan.joint else stop - start].double().T.cpu())
             done += k
         rows.append(_streaming_stats(parts, num_samples, keep=khat or keep_weights))
     log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))
     k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
     return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, plan.joint,
                     weights.float() if keep_weights else None)
+
+
+def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_memory: int,
+            max_elements: int | None) -> tuple[int, int]:
+    """``(rows, particles)`` per chunk: as many (particle, row) pairs as fit in ``max_memory`` bytes at the
+    footprint measured on a probe chunk, rows first up to the plan's batch, then particles."""
+    if not isinstance(max_memory, int) or max_memory < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    n = data.shape[0]
+    rows = plan.batch_size if plan.fixed_rows else min(plan.batch_size, 8)
+    probe_k = min(num_samples, 64)
+    x, kw, indices = _chunk(data, condition, plan, 0, rows)
+    devices = [data.device.index or 0] if data.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _PeakBytes() as meter:
+        _log_weights(model, guide, x, probe_k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
+    per_pair = max(1.0, meter.peak / (probe_k * rows))
+    pairs = max(1, int(max_memory / per_pair))
+    if max_elements is not None:
+        pairs = min(pairs, max_elements)
+    if plan.fixed_rows:
+        return plan.batch_size, max(1, min(num_samples, pairs // plan.batch_size))
+    chunk_rows = max(1, min(plan.batch_size, pairs // num_samples))
+    return chunk_rows, max(1, min(num_samples, pairs // chunk_rows))
+
+
+def _chunk(data, condition, plan: "_Plan", start: int, stop: int):
+    """``(x, condition, indices)`` for rows ``start:stop``. A program that picks its own rows is handed all of
+    them and made to pick these: exactly its subsample size of them, the last chunk padded by wrapping round
+    (the padding's estimates are dropped)."""
+    if plan.subsampled:
+        indices = torch.arange(start, start + plan.batch_size, device=data.device) % data.shape[0]
+        return data, condition, indices
+    return data[start:stop], {k: v[start:stop] for k, v in condition.items()}, None
+
+
+class _PeakBytes(TorchDispatchMode):
+    """The most bytes held at once by tensors made while it is active (each storage counted once, freed
+    when the tensor that made it is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.now = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.now += self.live[key]
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(t, self._free, key)
+        return out
 
 
 @dataclass
@@ -273,6 +337,7 @@ class _Plan:
     nesting: int
     global_sites: list[str]
     batch_size: int
+    fixed_rows: bool = False  # every chunk exactly ``batch_size`` rows: all of them, or a subsample's size
 
     @property
     def joint(self) -> bool:
@@ -285,15 +350,22 @@ def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, cond
     runs on all of them)."""
     n = data.shape[0]
     rows = min(n, max(2, batch_size))
-    try:
-        guide_sites, model_sites = probe_sites(model, guide, (data[:rows],), {k: v[:rows] for k, v in condition.items()})
-    except Exception as err:
-        if rows == n:
-            raise
-        try:  # a guide sized by the rows it was trained on (per-datum tables) runs on all of them only
-            guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
+    fixed = False
+    with sandbox(model, guide) as (model_copy, guide_copy):
+        try:
+            guide_sites, model_sites = probe_pair(model_copy, guide_copy, (data[:rows],),
+                                                  {k: v[:rows] for k, v in condition.items()})
         except Exception:
-            raise err from None
+            if rows == n:
+                raise
+            fixed = True  # it may run on all rows only: a guide sized by the rows it was fitted to
+        if not fixed and rows > 1:  # one row fewer: does the guide follow the rows it is handed?
+            try:
+                probe_pair(model_copy, guide_copy, (data[: rows - 1],), {k: v[: rows - 1] for k, v in condition.items()})
+            except Exception:
+                fixed = True
+    if fixed:
+        guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
         rows = batch_size = n
     sites = guide_sites + model_sites
     frame = find_data_plate(sites, rows, plate_name)
@@ -311,8 +383,10 @@ def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, cond
     outside = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, frame.name)]
     outside += [s["name"] for s in model_sites if s["is_observed"] and not in_plate(s, frame.name)]
     if outside:
-        batch_size = n  # a particle is a draw of everything: all rows at once
-    return _Plan(frame.name, subsampled, max(1, plate_nesting(sites)), outside, min(batch_size, n))
+        batch_size, fixed = n, True  # a particle is a draw of everything: all rows at once
+    if subsampled:
+        batch_size, fixed = frame.size, True  # Pyro insists on the program's own subsample size
+    return _Plan(frame.name, subsampled, max(1, plate_nesting(sites)), outside, min(batch_size, n), fixed)
 
 
 def splits_per_datum(model: Callable, guide: Callable | None, data: torch.Tensor,
@@ -322,7 +396,7 @@ def splits_per_datum(model: Callable, guide: Callable | None, data: torch.Tensor
     plate, no program that picks its own rows, no guide sized by all rows), so the rows can be split among
     workers."""
     plan = _structure(model, guide, data, check_condition(condition, data, "data"), plate_name, batch_size)
-    return not (plan.joint or plan.subsampled or plan.batch_size >= data.shape[0] > batch_size)
+    return not plan.fixed_rows
 
 
 def _streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):

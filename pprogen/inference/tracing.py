@@ -37,7 +37,13 @@ class SiteCollector(Messenger):
 
     def _pyro_sample(self, msg: dict) -> None:
         if self.replay is not None and not msg["is_observed"] and msg["name"] in self.replay:
-            msg["value"] = self.replay[msg["name"]]
+            value = self.replay[msg["name"]]
+            if site_is_subsample(msg):  # the guide's minibatch, if it is one of this plate's
+                fn = msg["fn"]
+                wanted = fn.subsample_size if fn.subsample_size is not None else fn.size
+                if value.dim() != 1 or value.shape[0] != wanted or (value.numel() and int(value.max()) >= fn.size):
+                    return
+            msg["value"] = value
             msg["done"] = True
 
     def _pyro_post_sample(self, msg: dict) -> None:
@@ -132,7 +138,9 @@ def direct_call(fn: Callable) -> Callable:
         return fn
     direct = _DIRECT.get(fn)
     if direct is None:
-        direct = _DIRECT[fn] = _direct_call(fn) is not fn
+        direct = _direct_call(fn) is not fn
+        if not direct or next(fn.parameters(), None) is not None:  # a lazily built guide decides once built
+            _DIRECT[fn] = direct
     return fn.forward if direct else fn
 
 
@@ -145,8 +153,10 @@ def _direct_call(fn: Callable) -> Callable:
     tree that holds no ``PyroParam``/``PyroSample`` and no hooks, calling ``forward`` directly runs
     the same program without that bookkeeping (about a tenth of a small VAE's step on a CPU).
     """
-    if not isinstance(fn, PyroModule) or type(fn).__call__ is not PyroModule.__call__:
-        return fn
+    from pyro.infer.autoguide import AutoGuide
+
+    if not isinstance(fn, PyroModule) or type(fn).__call__ is not PyroModule.__call__ or isinstance(fn, AutoGuide):
+        return fn  # autoguides subsample their tables through PyroModule's pyro.param messages
     hooks = torch.nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return fn
@@ -192,8 +202,7 @@ def score_term(guide: Callable, values: dict[str, torch.Tensor], args, kwargs, r
     detached = {name: value.detach() for name, value in values.items()}
     total = 0.0
     for site in rerun_guide(guide, detached, args, kwargs):
-        if not site["infer"].get("is_auxiliary"):
-            total = total + reduce(site)
+        total = total + reduce(site)
     if not torch.is_tensor(total):
         return torch.zeros(())
     return total - total.detach()
@@ -202,26 +211,51 @@ def score_term(guide: Callable, values: dict[str, torch.Tensor], args, kwargs, r
 def probe_sites(model: Callable, guide: Callable | None, args, kwargs) -> tuple[list[dict], list[dict]]:
     """Guide and model sites from one sandboxed run (see :func:`sandbox`) without gradients."""
     with sandbox(model, guide) as (model, guide):
-        if guide is None:
-            with SiteCollector() as model_run:
-                direct_call(model)(*args, **kwargs)
-            return [], model_run.sites
-        guide_sites, model_sites, _ = run_pair(direct_call(model), direct_call(guide), args, kwargs)
-        return guide_sites, model_sites
+        return probe_pair(model, guide, args, kwargs)
+
+
+def probe_pair(model: Callable, guide: Callable | None, args, kwargs) -> tuple[list[dict], list[dict]]:
+    """Guide and model sites from one run (inside a :func:`sandbox`), plate sizes checked."""
+    if guide is None:
+        with SiteCollector() as model_run:
+            direct_call(model)(*args, **kwargs)
+        return [], model_run.sites
+    guide_sites, model_sites, _ = run_pair(direct_call(model), direct_call(guide), args, kwargs)
+    check_plate_sizes(guide_sites, model_sites)
+    return guide_sites, model_sites
+
+
+def check_plate_sizes(guide_sites: list[dict], model_sites: list[dict]) -> None:
+    """A plate must have as many entries in the guide as in the model; a guide sized by other rows (an
+    autoguide or a per-datum table built on the rows it was trained on) is refused, never broadcast."""
+    sizes = {}
+    for site in model_sites:
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized:
+                sizes.setdefault(frame.name, frame.size)
+    for site in guide_sites:
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and sizes.get(frame.name, frame.size) != frame.size:
+                raise ValueError(
+                    f"plate {frame.name!r} has {frame.size} entries in the guide (site {site['name']!r}) but "
+                    f"{sizes[frame.name]} in the model: the guide is sized by other rows than it is handed (an "
+                    "autoguide or per-datum table built on the rows it was fitted to); hand it those rows"
+                )
 
 
 @contextlib.contextmanager
 def sandbox(model: Callable, guide: Callable | None):
-    """Copies of ``model`` and ``guide`` to probe with, an empty param store and forked random generators,
-    without gradients: a probe builds no lazily created parameter (autoguides, per-datum tables) in the
-    real objects and leaves the random streams as found. Objects that cannot be copied are probed as they
+    """Copies of ``model`` and ``guide`` to probe with, a throw-away param store that starts with the current
+    parameters, and forked random generators, without gradients: a probe builds no lazily created parameter
+    (autoguides, per-datum tables) in the real objects and leaves the random streams as found. Objects that cannot be copied are probed as they
     are (their ``pyro.param`` tables still land in the throw-away store)."""
     try:
         copies = _copy_program(model, guide)
     except Exception:  # an object that refuses to be copied: probe the original
         copies = (model, guide)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), pyro.get_param_store().scope(), \
+    store = pyro.get_param_store()
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), store.scope(store.get_state()), \
             warnings.catch_warnings(), check_param_shapes():
         warnings.simplefilter("ignore")
         yield copies

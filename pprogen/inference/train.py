@@ -33,7 +33,6 @@ from pprogen.inference.checks import (
     check_model_fits_data,
     resolve_device,
 )
-from pprogen.inference.tracing import fix_subsample
 
 
 
@@ -216,18 +215,18 @@ def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
                   plan: ProgramPlan | None = None) -> float:
     """The estimator's negative ELBO per datum over ``data`` (no gradients); with several ranks each
     evaluates its share of the rows and the sums are added up. A program that subsamples its plate itself
-    (``plan.mode == "program"``) is handed all rows and made to visit each chunk of them in turn."""
+    (``plan.mode == "program"``) is handed all rows ``ceil(N / B)`` times and the mean of its own estimates
+    is taken."""
     world = world or World()
+    if plan is not None and plan.mode == "program":  # each call an unbiased estimate of the whole loss
+        calls = math.ceil(data.shape[0] / plan.subsample_size)
+        total = sum(loss_module.elbo.loss(loss_module.model, loss_module.guide, data, **(condition or {}))
+                    for _ in range(calls))
+        return total / calls / data.shape[0]
     mine = shard_slice(data.shape[0], world)
-    own_rows = plan is not None and plan.mode == "program"
     total = 0.0
     for start in range(mine.start, mine.stop, batch_size):
         rows = slice(start, min(start + batch_size, mine.stop))
-        if own_rows:
-            with fix_subsample(plan.plate_name, torch.arange(rows.start, rows.stop, device=data.device)), \
-                    scale_data_plate((rows.stop - rows.start) / data.shape[0], plan.plate_name):
-                total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data, **(condition or {}))
-            continue
         kw = {k: v[rows] for k, v in (condition or {}).items()}
         total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
     return world.total(total, data.device) / data.shape[0]
@@ -458,7 +457,9 @@ def fit(
     if 0 < num_data % global_batch < world.size:
         steps_per_epoch -= 1  # too few rows left for one per rank
     if own_rows:
-        steps_per_epoch = plan.steps_per_epoch
+        steps_per_epoch = math.ceil(num_data / plan.subsample_size)
+    # one minibatch of every row: hand them in their own order (a per-datum guide table stays aligned)
+    whole = own_rows or (not world.active and global_batch >= num_data)
     writes = run is not None and world.is_main
     from tqdm.auto import tqdm
 
@@ -483,7 +484,7 @@ def fit(
                 torch.manual_seed(world.rank_seed(seed, epoch))
             epoch_loss = 0.0
             for i in range(steps_per_epoch):
-                if own_rows:
+                if whole:
                     index = slice(None)
                     scale = 1.0
                 else:
