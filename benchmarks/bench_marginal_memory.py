@@ -12,6 +12,7 @@ Run: ``python benchmarks/bench_marginal_memory.py [--images 1000 --ks 500,5000 -
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import resource
 import statistics
@@ -62,7 +63,8 @@ def hand(model, guide, x, num_samples, rows=5, particles=1000):
 def child(args) -> None:
     model, guide, x, _ = setup(args.images)
     before = rss_mib()
-    log_marginal(model, guide, x, num_samples=args.child, khat=False, max_memory=args.max_memory)
+    budget = {"max_memory": args.max_memory} if "max_memory" in inspect.signature(log_marginal).parameters else {}
+    log_marginal(model, guide, x, num_samples=args.child, khat=False, **budget)  # (older versions: no budget)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{peak - before:.0f}")
 

@@ -139,6 +139,28 @@ def fit_vae(world, out: Path, epochs: int = 2, run: str | None = None, resume: b
             **{f"guide.{k}": v.clone() for k, v in guide.state_dict().items()}}
 
 
+def rank_noise(world, out: Path, epochs: int = 2) -> dict:
+    """The latent draws each rank's guide makes in training (the VAE's ``z`` at every step): per-rank
+    reseeding must give the ranks different noise, and the same noise on every run."""
+    import pprogen
+    from pprogen.inference import fit
+
+    torch.manual_seed(0)
+    model = pprogen.create_model("vae", x_dim=12, z_dim=2, hidden_dims=(16,))
+    guide = model.default_guide()
+    draws = []
+
+    class Record(pyro.poutine.messenger.Messenger):
+        def _pyro_post_sample(self, msg):
+            if msg["name"] == "z" and torch.is_grad_enabled():
+                draws.append(msg["value"].detach().clone())
+
+    data = (torch.rand(64, 12, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    with Record():
+        fit(model, guide, data, epochs=epochs, batch_size=8, progress=False, device="cpu", seed=0, world=world)
+    return {"draws": torch.stack(draws)}
+
+
 def train_gan(world, out: Path, loss: str = "nonsaturating", r1_weight: float = 0.0, epochs: int = 2,
               run: str | None = None, resume: bool = False, die_after: int | None = None) -> dict:
     """The adversarial trainer on the ring: G and D must agree across ranks bit for bit, the gradient

@@ -35,6 +35,19 @@ def test_two_ranks_keep_bit_identical_parameters(tmp_path):
 
 
 @pytest.mark.parametrize("elbo", ["trace", "graph"])  # graph: Pyro's TraceGraph_ELBO, averaged by hand
+def test_each_rank_draws_its_own_noise_and_a_rerun_draws_the_same(tmp_path):
+    """Per-rank reseeding: the ranks' latent draws differ (independent particles), yet a second run of the same
+    command draws exactly the same on every rank."""
+    first = ok(launch("rank_noise", 2, tmp_path))
+    again = ok(launch("rank_noise", 2, tmp_path))
+    a, b = first[0]["draws"], first[1]["draws"]
+    assert a.shape == b.shape and a.shape[0] >= 8
+    a, b = a[-8:], b[-8:]  # the training steps: 4 an epoch (64 rows, 2 ranks x 8), 2 epochs
+    assert not torch.isclose(a, b).any()
+    for rank in range(2):
+        assert torch.equal(first[rank]["draws"], again[rank]["draws"])
+
+
 def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, elbo):
     """(b) the all-reduced gradient is the single-process gradient of the union of the ranks' batches: the
     global latent counted once, the data plate scaled by N / global batch, the pyro.param averaged too."""
