@@ -32,17 +32,15 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pyro
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from pprogen.inference.checks import check_condition
+from pprogen.inference.memory import PeakBytes
 from pprogen.inference.tracing import (
     PARTICLES,
     SiteCollector,
@@ -278,7 +276,7 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
     probe_k = min(num_samples, 64)
     x, kw, indices = _chunk(data, condition, plan, 0, rows)
     devices = [data.device.index or 0] if data.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _PeakBytes() as meter:
+    with torch.random.fork_rng(devices=devices), PeakBytes() as meter:
         _log_weights(model, guide, x, probe_k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
     per_pair = max(1.0, meter.peak / (probe_k * rows))
     pairs = max(1, int(max_memory / per_pair))
@@ -298,33 +296,6 @@ def _chunk(data, condition, plan: "_Plan", start: int, stop: int):
         indices = torch.arange(start, start + plan.batch_size, device=data.device) % data.shape[0]
         return data, condition, indices
     return data[start:stop], {k: v[start:stop] for k, v in condition.items()}, None
-
-
-class _PeakBytes(TorchDispatchMode):
-    """The most bytes held at once by tensors made while it is active (each storage counted once, freed
-    when the tensor that made it is)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.now = 0
-        self.peak = 0
-
-    def _free(self, key: int) -> None:
-        self.now -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if key and key not in self.live:
-                    self.live[key] = storage.nbytes()
-                    self.now += self.live[key]
-                    self.peak = max(self.peak, self.now)
-                    weakref.finalize(t, self._free, key)
-        return out
 
 
 @dataclass

@@ -106,3 +106,35 @@ def test_enumeration_inside_a_nested_plate_is_refused():
 
     with pytest.raises(ValueError, match="enumerated site 'c' sits in a plate nested"):
         log_marginal(model, None, torch.zeros(3, 2), num_samples=2)
+
+
+def test_peak_bytes_counts_live_storages_once():
+    from pprogen.inference.memory import PeakBytes
+
+    with PeakBytes() as meter:
+        a = torch.zeros(1000)
+        b = torch.zeros(2000)
+        view = b[:10]  # shares b's storage: not counted again
+        del a
+        c = torch.zeros(500)
+    assert meter.peak == (1000 + 2000) * 4
+    assert meter.now == (2000 + 500) * 4
+    del b, c, view
+
+
+def test_chunks_keep_to_the_byte_budget():
+    """A VAE's evidence under a 2 MB budget: the chunks' tensors stay near it (the probe's estimate of the
+    bytes per (particle, row) pair is linear), where the default budget's single chunk takes over 10 MB."""
+    from pprogen.inference.memory import PeakBytes
+
+    model = pprogen.create_model("vae", x_dim=64, z_dim=4, hidden_dims=(32,))
+    guide = model.default_guide()
+    x = (torch.rand(40, 64) < 0.3).float()
+    with PeakBytes() as big:
+        log_marginal(model, guide, x, num_samples=500, khat=False)
+    with PeakBytes() as small:
+        log_marginal(model, guide, x, num_samples=500, khat=False, max_memory=2_000_000)
+    assert big.peak > 10_000_000  # one chunk would take far more than the budget
+    assert small.peak < 2 * 2_000_000
+    with pytest.raises(ValueError, match="max_memory must be a positive number of bytes"):
+        log_marginal(model, guide, x, num_samples=5, max_memory=0)
