@@ -145,7 +145,11 @@ class RenyiELBO:
         log_w = log_w.expand(self.num_particles, -1)
         if self.dreg:
             log_w = log_w + score
+            # the score term's reparameterized twin puts (1 - beta) w + beta w^2 on each path derivative: the
+            # gradient reaching a draw already carries w from the log-sum-exp (w^2 at beta = 1, Tucker et al.)
             weights = torch.softmax(log_w.detach(), 0)
+            if self.beta != 1.0:
+                weights = (1.0 - self.beta) + self.beta * weights
             for site in first_guide_sites:  # every reparameterized local draw, auxiliary ones included
                 if site["name"] in hooked and hooked[site["name"]].requires_grad and in_plate(site, self.plate_name):
                     _scale_gradient(hooked[site["name"]], weights, site, particle_dim, self.plate_name)
@@ -175,7 +179,7 @@ class RenyiELBO:
 
 
 def _scale_gradient(value: torch.Tensor, weights: torch.Tensor, site: dict, particle_dim: int, plate_name: str) -> None:
-    """Multiply the gradient reaching a local latent by its normalized importance weight."""
+    """Multiply the gradient reaching a local latent by its factor (its normalized importance weight at beta 1)."""
     frame = next(f for f in site["cond_indep_stack"] if f.name == plate_name)
     event_dim = site["fn"].event_dim
     shape = [1] * value.dim()

@@ -99,3 +99,20 @@ def test_stl_guide_gradient_is_unbiased_for_the_elbo_gradient(idiom):
             rows[key].append(guide_gradient(estimator, model, guide, params, x))
     z = paired_z_scores(torch.stack(rows["stl"]), torch.stack(rows["trace"]))
     assert z.max() < 4.5, f"STL mean differs from the ELBO gradient's mean by {z.max():.1f} standard errors"
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+def test_dreg_is_unbiased_for_the_beta_weighted_iwae_gradient(beta):
+    # with log w = log p(x|z) + beta (log p(z) - log q(z)) the path derivatives carry (1 - beta) w + beta w^2
+    x = p.sample_linear_gaussian(4)
+    model, guide = program("function", x, offset=0.3, log_scale_offset=0.4)
+    params = guide_parameters(guide, x)
+    iwae = make_elbo("iwae", num_particles=4, beta=beta)
+    dreg = make_elbo("iwae_dreg", num_particles=4, beta=beta)
+    rows = {"iwae": [], "dreg": []}
+    for seed in range(200):
+        for key, estimator in (("iwae", iwae), ("dreg", dreg)):
+            pyro.set_rng_seed(seed)
+            rows[key].append(guide_gradient(estimator, model, guide, params, x))
+    z = paired_z_scores(torch.stack(rows["dreg"]), torch.stack(rows["iwae"]))
+    assert z.max() < 4.5, f"DReG mean differs from the beta = {beta} IWAE mean by {z.max():.1f} standard errors"
