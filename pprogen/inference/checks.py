@@ -91,6 +91,7 @@ class ProgramPlan:
     plate_name: str | None
     mode: str = "rows"
     subsample_size: int | None = None
+    full_size: int | None = None
 
     @property
     def scales(self) -> bool:
@@ -140,17 +141,24 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
                     rows = n
                 plan = ProgramPlan(frame.name, "program", frame.size)
             else:
-                plan = ProgramPlan(frame.name, "indices")
-        elif rows < n:
+                plan = ProgramPlan(frame.name, "indices", frame.size, frame.full_size)
+        elif rows > 1 and (rows < n or valid_data is not None):
             try:
-                if rows > 1:
-                    _run_rows(model_copy, guide_copy, data, rows - 1, condition)
+                _run_rows(model_copy, guide_copy, data, rows - 1, condition)
             except _ProgramError as err:
+                part = err.part if err.part == "guide" or not _runs_alone(model_copy, data, rows - 1, condition) \
+                    else "guide"  # the model fails only on the guide's values
+                if rows < n:
+                    raise ValueError(
+                        f"the {part} runs on a batch of {rows} rows but not on {rows - 1} ({err.first}): its "
+                        f"parameters are sized by the rows it is handed (a per-datum table, or an autoguide over "
+                        f"per-datum latents); fit it full batch (batch_size >= {n}) or size its tables by the "
+                        "whole data set and index them with a subsampled plate: pyro.plate(name, N, subsample_size=B)"
+                    ) from None
                 raise ValueError(
-                    f"the {err.part} runs on a batch of {rows} rows but not on {rows - 1} ({err.first}): its "
-                    f"parameters are sized by the rows it is handed (a per-datum table, or an autoguide over "
-                    f"per-datum latents); fit it full batch (batch_size >= {n}) or size its tables by the whole "
-                    "data set and index them with a subsampled plate: pyro.plate(name, N, subsample_size=B)"
+                    f"the {part}'s parameters are sized by the rows it is handed ({err.first} on {rows - 1} rows): "
+                    "it scores only the rows it was fitted to, so it cannot score validation data: drop "
+                    "valid_data or use an amortized guide"
                 ) from None
         if valid_data is not None and plan.mode != "indices":
             try:
@@ -206,6 +214,18 @@ def _run_rows(model: Callable, guide: Callable, data: torch.Tensor, rows: int, c
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
         raise _ProgramError("guide", err, rows) from None
     return guide_run.sites, model_run.sites, x
+
+
+def _runs_alone(model: Callable, data: torch.Tensor, rows: int, condition: dict) -> bool:
+    """Whether the model runs on the first ``rows`` rows with its latents drawn from its own prior."""
+    try:
+        with SiteCollector() as run:
+            direct_call(model)(data[:rows], **{k: v[:rows] for k, v in condition.items()})
+        for site in run.sites:
+            masked_log_prob(site)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError):
+        return False
+    return True
 
 
 def _check_support(model_sites: list[dict], probe: torch.Tensor, data: torch.Tensor) -> None:

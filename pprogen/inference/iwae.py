@@ -120,7 +120,8 @@ class RenyiELBO:
             first_guide_sites = guide_sites
             if self.dreg:  # log q at the hooked latents, its score term taken out (see the module docstring)
                 guide_sites = rerun_guide(guide, replay, args, kwargs)
-                score = score_term(guide, replay, args, kwargs, self._local_log_q(particle_dim))
+                outside = frozenset(s["name"] for s in guide_sites if not in_plate(s, self.plate_name))
+                score = score_term(guide, replay, args, kwargs, self._local_log_q(particle_dim), live=outside)
         terms = [(s, 1.0) for s in model_sites] + [(s, -1.0) for s in guide_sites]
         log_w = 0.0
         global_term = 0.0

@@ -273,7 +273,7 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     n = data.shape[0]
     rows = plan.batch_size if plan.fixed_rows else min(plan.batch_size, 8)
-    probe_k = min(num_samples, 64)
+    probe_k = max(1, min(num_samples, 64, 512 // rows))  # a small probe, also when it must take every row
     x, kw, indices = _chunk(data, condition, plan, 0, rows)
     devices = [data.device.index or 0] if data.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), PeakBytes() as meter:
@@ -353,6 +353,12 @@ def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, cond
     proposal_sites = guide_sites if guide is not None else model_sites
     outside = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, frame.name)]
     outside += [s["name"] for s in model_sites if s["is_observed"] and not in_plate(s, frame.name)]
+    if outside and subsampled:
+        raise ValueError(
+            f"site {outside[0]!r} sits outside plate {frame.name!r}, which subsamples itself: the joint evidence "
+            "needs every row in one draw, and Pyro's plate takes only its subsample size of them; evaluate the "
+            f"program with pyro.plate({frame.name!r}, len(x)) (no subsample_size)"
+        )
     if outside:
         batch_size, fixed = n, True  # a particle is a draw of everything: all rows at once
     if subsampled:

@@ -1,7 +1,9 @@
 """How many bytes a piece of code holds at its peak, measured the same way on every device.
 
 :class:`PeakBytes` watches every tensor made by a torch operation while it is active and counts its
-storage until the tensor that made it is freed; its ``peak`` is the most bytes held at once. It serves
+storage until the tensor that made it is freed; its ``peak`` is the most bytes held at once. Views and
+in-place results make no storage of their own and are not counted (a view of a large data set is not the
+data set's size). It serves
 :func:`pprogen.inference.log_marginal`, which runs one small chunk under it and sizes its chunks so that
 their tensors stay under a byte budget. Parameters and inputs made before it is entered are not counted.
 """
@@ -30,6 +32,8 @@ class PeakBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out  # a view or an in-place result: its storage was made (and counted, or not) before
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()

@@ -41,7 +41,7 @@ class SiteCollector(Messenger):
             if site_is_subsample(msg):  # the guide's minibatch, if it is one of this plate's
                 fn = msg["fn"]
                 wanted = fn.subsample_size if fn.subsample_size is not None else fn.size
-                if value.dim() != 1 or value.shape[0] != wanted or (value.numel() and int(value.max()) >= fn.size):
+                if value.dim() != 1 or value.shape[0] != wanted:
                     return
             msg["value"] = value
             msg["done"] = True
@@ -197,9 +197,11 @@ def rerun_guide(guide: Callable, values: dict[str, torch.Tensor], args, kwargs) 
     return run.sites
 
 
-def score_term(guide: Callable, values: dict[str, torch.Tensor], args, kwargs, reduce: Callable) -> torch.Tensor:
-    """``reduce(log q(z_detached; phi))`` minus its own value: zero, with the score term as its gradient."""
-    detached = {name: value.detach() for name, value in values.items()}
+def score_term(guide: Callable, values: dict[str, torch.Tensor], args, kwargs, reduce: Callable,
+               live: frozenset[str] = frozenset()) -> torch.Tensor:
+    """``reduce(log q(z_detached; phi))`` minus its own value: zero, with the score term as its gradient.
+    The values named in ``live`` stay attached (DReG keeps a global latent's path into its local sites)."""
+    detached = {name: value if name in live else value.detach() for name, value in values.items()}
     total = 0.0
     for site in rerun_guide(guide, detached, args, kwargs):
         total = total + reduce(site)
@@ -255,10 +257,16 @@ def sandbox(model: Callable, guide: Callable | None):
         copies = (model, guide)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     store = pyro.get_param_store()
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), store.scope(store.get_state()), \
-            warnings.catch_warnings(), check_param_shapes():
-        warnings.simplefilter("ignore")
-        yield copies
+    handles = {name: p.__dict__.get("unconstrained") for name, p in store._params.items()}
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), store.scope(store.get_state()), \
+                warnings.catch_warnings(), check_param_shapes():
+            warnings.simplefilter("ignore")
+            yield copies
+    finally:  # Pyro's get_state drops each parameter's .unconstrained handle: put them back
+        for name, handle in handles.items():
+            if handle is not None and name in store._params:
+                store._params[name].unconstrained = handle
 
 
 def _copy_program(model: Callable, guide: Callable | None):
@@ -288,14 +296,15 @@ class check_param_shapes(Messenger):
 
     def _pyro_param(self, msg: dict) -> None:
         args = msg["args"]
-        if len(args) < 2 or not torch.is_tensor(args[1]):
-            return
         store = pyro.get_param_store()
+        if len(args) < 2 or args[1] is None or args[0] not in store:
+            return
         name = args[0]
-        if name in store and tuple(store._params[name].shape) != tuple(args[1].shape):
+        init = args[1]() if callable(args[1]) else args[1]  # a lazy initial value, as pyro.param would make it
+        if torch.is_tensor(init) and tuple(store._params[name].shape) != tuple(init.shape):
             raise ValueError(
                 f"guide parameter {name!r} exists with shape {tuple(store._params[name].shape)} but is asked for "
-                f"with shape {tuple(args[1].shape)}: a per-datum table sized by the rows the program is handed; "
+                f"with shape {tuple(init.shape)}: a per-datum table sized by the rows the program is handed; "
                 "size it by the whole data set and index it with a subsampled plate "
                 "(pyro.plate(name, N, subsample_size=B) as idx: table[idx]), or fit full batch"
             )

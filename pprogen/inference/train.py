@@ -228,6 +228,10 @@ def evaluate_loss(loss_module: nn.Module, data: torch.Tensor, batch_size: int,
     for start in range(mine.start, mine.stop, batch_size):
         rows = slice(start, min(start + batch_size, mine.stop))
         kw = {k: v[rows] for k, v in (condition or {}).items()}
+        if plan is not None and plan.mode == "indices":  # Pyro scaled the batch to the plate's full size
+            with scale_data_plate((rows.stop - rows.start) / plan.full_size, plan.plate_name):
+                total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
+            continue
         total += loss_module.elbo.loss(loss_module.model, loss_module.guide, data[rows], **kw)
     return world.total(total, data.device) / data.shape[0]
 

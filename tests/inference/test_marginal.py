@@ -138,3 +138,17 @@ def test_chunks_keep_to_the_byte_budget():
     assert small.peak < 2 * 2_000_000
     with pytest.raises(ValueError, match="max_memory must be a positive number of bytes"):
         log_marginal(model, guide, x, num_samples=5, max_memory=0)
+
+
+def test_chunk_sizes_do_not_depend_on_the_tensor_the_rows_are_a_view_of():
+    # the rows handed to log_marginal are often a view of a whole data set; the view is not its size
+    from pprogen.inference.marginal import _chunks, _structure
+
+    model = pprogen.create_model("vae", x_dim=64, z_dim=4, hidden_dims=(32,))
+    guide = model.default_guide()
+    whole = (torch.rand(20000, 64) < 0.3).float()
+    sizes = []
+    for x in (whole[:100], whole[:100].clone()):
+        plan = _structure(model, guide, x, {}, None, 100)
+        sizes.append(_chunks(model, guide, x, {}, plan, 1000, 8_000_000, None))
+    assert sizes[0] == sizes[1]
