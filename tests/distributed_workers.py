@@ -140,7 +140,7 @@ def fit_vae(world, out: Path, epochs: int = 2, run: str | None = None, resume: b
 
 
 def rank_noise(world, out: Path, epochs: int = 2) -> dict:
-    """The latent draws each rank's guide makes in training (the VAE's ``z`` at every step): per-rank
+    """The noise behind each rank's latent draws in training (the VAE's ``z`` at every step): per-rank
     reseeding must give the ranks different noise, and the same noise on every run."""
     import pprogen
     from pprogen.inference import fit
@@ -152,8 +152,10 @@ def rank_noise(world, out: Path, epochs: int = 2) -> dict:
 
     class Record(pyro.poutine.messenger.Messenger):
         def _pyro_post_sample(self, msg):
-            if msg["name"] == "z" and torch.is_grad_enabled():
-                draws.append(msg["value"].detach().clone())
+            base = getattr(msg["fn"], "base_dist", None)
+            if msg["name"] == "z" and torch.is_grad_enabled() and base is not None and base.loc.requires_grad:
+                # the guide's draw (its loc comes from the encoder): keep the standard normal noise behind it
+                draws.append(((msg["value"] - base.loc) / base.scale).detach().clone())
 
     data = (torch.rand(64, 12, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     with Record():
@@ -247,4 +249,5 @@ def too_little_data(world, out: Path) -> dict:
 
 
 SCENARIOS = {"fit_regression": fit_regression, "fit_vae": fit_vae, "train_gan": train_gan,
-             "evaluate_rows": evaluate_rows, "evaluate_exact": evaluate_exact, "too_little_data": too_little_data}
+             "evaluate_rows": evaluate_rows, "evaluate_exact": evaluate_exact, "too_little_data": too_little_data,
+             "rank_noise": rank_noise}

@@ -34,7 +34,6 @@ def test_two_ranks_keep_bit_identical_parameters(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("elbo", ["trace", "graph"])  # graph: Pyro's TraceGraph_ELBO, averaged by hand
 def test_each_rank_draws_its_own_noise_and_a_rerun_draws_the_same(tmp_path):
     """Per-rank reseeding: the ranks' latent draws differ (independent particles), yet a second run of the same
     command draws exactly the same on every rank."""
@@ -48,6 +47,7 @@ def test_each_rank_draws_its_own_noise_and_a_rerun_draws_the_same(tmp_path):
         assert torch.equal(first[rank]["draws"], again[rank]["draws"])
 
 
+@pytest.mark.parametrize("elbo", ["trace", "graph"])  # graph: Pyro's TraceGraph_ELBO, averaged by hand
 def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, elbo):
     """(b) the all-reduced gradient is the single-process gradient of the union of the ranks' batches: the
     global latent counted once, the data plate scaled by N / global batch, the pyro.param averaged too."""
