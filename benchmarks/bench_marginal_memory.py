@@ -2,7 +2,10 @@
 
 Each figure comes from its own child process (peak resident memory is a per-process high-water mark): the
 resident memory after the VAE and the images are loaded is subtracted from the process's peak, so the
-figure is what the estimator itself took. ``--max-memory`` is ``log_marginal``'s chunk budget in bytes.
+figure is what the estimator itself took; next to it, the most bytes its tensors held at once
+(:class:`pprogen.inference.memory.PeakBytes`), and the resident peak again with glibc told to hand large
+freed blocks straight back (its default keeps freed chunk-sized blocks in the heap, which the resident
+figure then counts). ``--max-memory`` is ``log_marginal``'s chunk budget in bytes.
 Then, in one process, the time of ``log_marginal`` against a hand-written vectorized estimator that takes
 5 images x 1000 particles at a time (median of ``--rounds``).
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 import pprogen
 from common import binarized_mnist_or_random
 from pprogen.inference import log_marginal
+from pprogen.inference.memory import PeakBytes
 
 
 def rss_mib() -> float:
@@ -64,9 +69,10 @@ def child(args) -> None:
     model, guide, x, _ = setup(args.images)
     before = rss_mib()
     budget = {"max_memory": args.max_memory} if "max_memory" in inspect.signature(log_marginal).parameters else {}
-    log_marginal(model, guide, x, num_samples=args.child, khat=False, **budget)  # (older versions: no budget)
+    with PeakBytes() as meter:
+        log_marginal(model, guide, x, num_samples=args.child, khat=False, **budget)  # (older versions: no budget)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{peak - before:.0f}")
+    print(f"{peak - before:.0f} {meter.peak / 2**20:.0f}")
 
 
 def main(args) -> None:
@@ -74,14 +80,22 @@ def main(args) -> None:
     print(f"VAE 784-200-200-50 (untrained: memory depends on shapes), {args.images} images of {name}, "
           f"max_memory {args.max_memory / 2**30:.2f} GiB, torch {torch.__version__}, threads {torch.get_num_threads()}")
     for k in map(int, args.ks.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--child", str(k), "--images", str(args.images),
-                              "--max-memory", str(args.max_memory)], capture_output=True, text=True, check=True)
-        print(f"K = {k:5d}: peak resident memory above the loaded model and data: {out.stdout.strip()} MiB")
+        figures = []
+        for env in ({}, {"MALLOC_MMAP_THRESHOLD_": "131072"}):
+            out = subprocess.run([sys.executable, __file__, "--child", str(k), "--images", str(args.images),
+                                  "--max-memory", str(args.max_memory)], capture_output=True, text=True, check=True,
+                                 env={**os.environ, **env})
+            figures.append(out.stdout.split())
+        print(f"K = {k:5d}: tensors held at once {figures[0][1]} MiB; peak resident memory above the loaded model "
+              f"and data {figures[0][0]} MiB ({figures[1][0]} MiB when glibc returns freed large blocks at once, "
+              "MALLOC_MMAP_THRESHOLD_=131072)")
     model, guide, x, _ = setup(args.speed_images)
+    budget = {"max_memory": args.max_memory} if "max_memory" in inspect.signature(log_marginal).parameters else {}
     times = {"hand (5 images x 1000 particles)": [], "log_marginal": []}
     for _ in range(args.rounds):
         for label, fn in (("hand (5 images x 1000 particles)", lambda: hand(model, guide, x, 1000)),
-                          ("log_marginal", lambda: log_marginal(model, guide, x, num_samples=1000, khat=False))):
+                          ("log_marginal", lambda: log_marginal(model, guide, x, num_samples=1000, khat=False,
+                                                                **budget))):
             start = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - start)

@@ -222,8 +222,9 @@ def log_marginal(
 
     Particles and rows are taken in chunks sized so that one chunk's tensors stay under ``max_memory`` bytes
     (1 GiB): the bytes per (particle, row) pair are measured on a small probe chunk, so the bound holds
-    whatever K, the data's dimension and the model's width; ``max_elements`` caps particles x rows per
-    chunk further, and ``batch_size`` the rows per chunk. ``dim`` (the data dimension) turns on
+    whatever K, the data's dimension and the model's width (on a CPU, chunks are kept cache-sized, 16 MiB,
+    which is faster); ``max_elements`` caps particles x rows per chunk further, and ``batch_size`` the rows
+    per chunk. Pyro's argument validation is off while the chunks run, as in ``fit``'s training loop. ``dim`` (the data dimension) turns on
     bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
     datum) for Pareto k-hat; ``keep_weights`` returns them too. ``condition`` maps keyword names to
     per-datum tensors passed to model and guide with each chunk (labels: log p(x_n | y_n)).
@@ -246,6 +247,19 @@ def log_marginal(
             "split per data point; returning the joint estimate of log p(x_1..N) as one row",
             stacklevel=2,
         )
+    validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop, as in fit
+    with validation_off:
+        rows = _estimate(model, guide, data, condition, plan, num_samples, max_memory, max_elements,
+                         keep=khat or keep_weights)
+    log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))
+    k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
+    return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, plan.joint,
+                    weights.float() if keep_weights else None)
+
+
+def _estimate(model, guide, data, condition, plan: "_Plan", num_samples: int, max_memory: int,
+              max_elements: int | None, keep: bool) -> list:
+    """Each chunk of rows' streaming statistics, the particles drawn chunk by chunk."""
     chunk_rows, chunk_particles = _chunks(model, guide, data, condition, plan, num_samples, max_memory, max_elements)
     rows = []
     for start in range(0, data.shape[0], chunk_rows):
@@ -258,17 +272,20 @@ def log_marginal(
             log_w = _log_weights(model, guide, x, k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
             parts.append(log_w[:, : 1 if plan.joint else stop - start].double().T.cpu())
             done += k
-        rows.append(_streaming_stats(parts, num_samples, keep=khat or keep_weights))
-    log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))
-    k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
-    return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, plan.joint,
-                    weights.float() if keep_weights else None)
+        rows.append(_streaming_stats(parts, num_samples, keep=keep))
+    return rows
+
+
+CPU_CHUNK_BYTES = 16 * 2**20  # a chunk's working set on a CPU: cache-sized chunks ran fastest (see _chunks)
 
 
 def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_memory: int,
             max_elements: int | None) -> tuple[int, int]:
     """``(rows, particles)`` per chunk: as many (particle, row) pairs as fit in ``max_memory`` bytes at the
-    footprint measured on a probe chunk, rows first up to the plan's batch, then particles."""
+    footprint measured on a probe chunk, rows first up to the plan's batch, then particles. On a CPU the
+    chunks are kept to ``CPU_CHUNK_BYTES`` as well: for a 784-200-200-50 VAE at K = 1000 on 100 images,
+    16 MiB chunks took 0.98x the time of a hand-written estimator, 64 MiB ones 1.50x and 1 GiB ones 1.68x
+    (the working set falls out of the caches); a GPU takes the whole budget."""
     if not isinstance(max_memory, int) or max_memory < 1:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     n = data.shape[0]
@@ -279,7 +296,8 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
     with torch.random.fork_rng(devices=devices), PeakBytes() as meter:
         _log_weights(model, guide, x, probe_k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
     per_pair = max(1.0, meter.peak / (probe_k * rows))
-    pairs = max(1, int(max_memory / per_pair))
+    budget = max_memory if data.device.type == "cuda" else min(max_memory, CPU_CHUNK_BYTES)
+    pairs = max(1, int(budget / per_pair))
     if max_elements is not None:
         pairs = min(pairs, max_elements)
     if plan.fixed_rows:
