@@ -110,22 +110,25 @@ def test_guide_and_model_site_mismatch_is_a_clear_error():
         TraceELBO().differentiable_loss(model, guide, torch.zeros(3))
 
 
+def coin_model(x):
+    with pyro.plate("data", x.shape[0]):
+        c = pyro.sample("c", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+
+def coin_guide(x):
+    """A non-reparameterized guide: score-function gradients, Pyro's Trace_ELBO."""
+    p = pyro.param("p", torch.tensor(0.3), constraint=dist.constraints.unit_interval)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("c", dist.Bernoulli(p))
+
+
 def test_non_reparameterized_guide_falls_back_to_pyro():
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("c", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
-
-    def guide(x):
-        p = pyro.param("p", torch.tensor(0.3), constraint=dist.constraints.unit_interval)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("c", dist.Bernoulli(p))
-
     x = torch.tensor([0.0, 1.0])
     pyro.set_rng_seed(2)
-    ours = TraceELBO().differentiable_loss(model, guide, x)
+    ours = TraceELBO().differentiable_loss(coin_model, coin_guide, x)
     pyro.set_rng_seed(2)
-    reference = Trace_ELBO().differentiable_loss(model, guide, x)
+    reference = Trace_ELBO().differentiable_loss(coin_model, coin_guide, x)
     assert torch.allclose(ours, reference)
 
 
@@ -133,23 +136,13 @@ def test_the_score_function_fallback_is_quiet_and_refusals_name_the_estimator(ca
     """Pyro's Trace_ELBO logs its plate-nesting guess whenever a new one is built: once a step, it was 15 000
     lines in a run. The fallback is built once, with the nesting known; importance-weighted bounds refuse a
     non-reparameterized guide under their own name."""
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("c", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
-
-    def guide(x):
-        p = pyro.param("p", torch.tensor(0.3), constraint=dist.constraints.unit_interval)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("c", dist.Bernoulli(p))
-
     x = torch.tensor([0.0, 1.0, 0.5, 1.5])
     with caplog.at_level("INFO"):
-        pprogen.inference.fit(model, guide, x, epochs=5, batch_size=2, progress=False)
+        pprogen.inference.fit(coin_model, coin_guide, x, epochs=5, batch_size=2, progress=False)
     assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage()]
     for name in ("iwae", "renyi", "iwae_dreg"):
         with pytest.raises(ValueError, match=f"the '{name}' estimator needs reparameterized latents"):
-            make_elbo(name).loss(model, guide, x)
+            make_elbo(name).loss(coin_model, coin_guide, x)
 
 
 def test_make_elbo_names_and_errors():
