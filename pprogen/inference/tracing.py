@@ -332,7 +332,7 @@ def find_data_plate(sites: list[dict], rows: int | None, plate_name: str | None 
             named = ", ".join(repr(n) for n in frames) or "none"
             raise ValueError(
                 f"the program has no vectorized plate named {plate_name!r} (its plates: {named}); pass the "
-                "name of the plate its per-datum sites sit in as plate_name"
+                "name of the plate its per-datum sites sit in as plate_name (--plate-name on the command line)"
             )
         return frames[plate_name]
     if not frames:
@@ -351,7 +351,7 @@ def find_data_plate(sites: list[dict], rows: int | None, plate_name: str | None 
     found = ", ".join(f"{n!r} (size {s})" for n, (s, _) in sizes.items())
     raise ValueError(
         f"cannot tell which plate holds one entry per row of the {rows} rows handed to the program (plates: "
-        f"{found}); pass plate_name='...' naming the per-datum plate"
+        f"{found}); pass plate_name='...' (--plate-name) naming the per-datum plate"
     )
 
 
