@@ -224,8 +224,8 @@ def log_marginal(
     (1 GiB): the bytes per (particle, row) pair are measured on a small probe chunk, so the bound holds
     whatever K, the data's dimension and the model's width (on a CPU, chunks are kept cache-sized, 16 MiB,
     which is faster); ``max_elements`` caps particles x rows per chunk further, and ``batch_size`` the rows
-    per chunk. Pyro's argument validation is off while the chunks run, as in ``fit``'s training loop. ``dim`` (the data dimension) turns on
-    bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
+    per chunk. Pyro's argument validation is off while the chunks run, as in ``fit``'s training loop.
+    ``dim`` (the data dimension) turns on bits/dim in the summary; ``khat`` keeps each datum's K log weights on the CPU (4 K bytes per
     datum) for Pareto k-hat; ``keep_weights`` returns them too. ``condition`` maps keyword names to
     per-datum tensors passed to model and guide with each chunk (labels: log p(x_n | y_n)).
 
@@ -284,8 +284,9 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
     """``(rows, particles)`` per chunk: as many (particle, row) pairs as fit in ``max_memory`` bytes at the
     footprint measured on a probe chunk, rows first up to the plan's batch, then particles. On a CPU the
     chunks are kept to ``CPU_CHUNK_BYTES`` as well: for a 784-200-200-50 VAE at K = 1000 on 100 images,
-    16 MiB chunks took 0.98x the time of a hand-written estimator, 64 MiB ones 1.50x and 1 GiB ones 1.68x
-    (the working set falls out of the caches); a GPU takes the whole budget."""
+    16 MiB chunks took 1.04x the time of a hand-written estimator, 64 MiB ones 1.60x and 1 GiB ones 1.79x
+    (medians of 7 alternating rounds on a 2-core CPU: the working set falls out of the caches); a GPU
+    takes the whole budget (not measured on one)."""
     if not isinstance(max_memory, int) or max_memory < 1:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     n = data.shape[0]

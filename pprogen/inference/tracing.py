@@ -138,9 +138,7 @@ def direct_call(fn: Callable) -> Callable:
         return fn
     direct = _DIRECT.get(fn)
     if direct is None:
-        direct = _direct_call(fn) is not fn
-        if not direct or next(fn.parameters(), None) is not None:  # a lazily built guide decides once built
-            _DIRECT[fn] = direct
+        direct = _DIRECT[fn] = _direct_call(fn) is not fn
     return fn.forward if direct else fn
 
 
@@ -249,8 +247,8 @@ def check_plate_sizes(guide_sites: list[dict], model_sites: list[dict]) -> None:
 def sandbox(model: Callable, guide: Callable | None):
     """Copies of ``model`` and ``guide`` to probe with, a throw-away param store that starts with the current
     parameters, and forked random generators, without gradients: a probe builds no lazily created parameter
-    (autoguides, per-datum tables) in the real objects and leaves the random streams as found. Objects that cannot be copied are probed as they
-    are (their ``pyro.param`` tables still land in the throw-away store)."""
+    (autoguides, per-datum tables) in the real objects and leaves the random streams as found. Objects that
+    cannot be copied are probed as they are (their ``pyro.param`` tables still land in the throw-away store)."""
     try:
         copies = _copy_program(model, guide)
     except Exception:  # an object that refuses to be copied: probe the original
