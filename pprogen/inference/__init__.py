@@ -1,6 +1,7 @@
 """Inference for any Pyro program: ELBO estimators, SVI training and importance-sampled evidence."""
 
 from pprogen.inference.adversarial import AdversarialTrainer
+from pprogen.inference.ais import AnnealedEvidence, Sandwich, ais, annealing_schedule, bdmc
 from pprogen.inference.elbo import ELBOLoss, TraceELBO
 from pprogen.inference.estimators import make_elbo
 from pprogen.inference.iwae import RenyiELBO
@@ -11,13 +12,18 @@ from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
 
 __all__ = [
     "AdversarialTrainer",
+    "AnnealedEvidence",
     "ELBOLoss",
     "Evidence",
     "History",
     "NonFiniteLossError",
     "RenyiELBO",
+    "Sandwich",
     "TraceELBO",
     "TrainStep",
+    "ais",
+    "annealing_schedule",
+    "bdmc",
     "fit",
     "log_marginal",
     "make_elbo",
