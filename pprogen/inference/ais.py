@@ -202,9 +202,9 @@ class _Latent:
     """One annealed site's layout: how to move it to unconstrained space, and how to fold a per-element
     tensor of its shape to ``(chains, rows)`` and back."""
 
-    def __init__(self, site: dict, plan: _Plan, unconstrained: torch.Tensor) -> None:
+    def __init__(self, site: dict, plan: _Plan, unconstrained: torch.Tensor, transform) -> None:
         self.name = site["name"]
-        self.transform = biject_to(site["fn"].support)
+        self.transform = transform
         self.identity = _is_identity(self.transform)
         self.batch_dims = site["value"].dim() - len(site["fn"].event_shape)
         self.particle_dim = -1 - plan.nesting
@@ -270,12 +270,14 @@ class _Chains:
         self.enumerates = any(_enumerated(s) for s in model_sites)
         names = self._check_sites(proposal, model_sites)
         sites = {s["name"]: s for s in (proposal if proposal is not None else model_sites)}
+        supports = {s["name"]: s["fn"].support for s in model_sites}  # the target's support, not the guide's
         state = {}
         for name in names:
             site = sites[name]
             value = site["value"] if start is None else start[name]
-            unconstrained = biject_to(site["fn"].support).inv(value)
-            self.latents[name] = _Latent(site, self.plan, unconstrained)
+            transform = biject_to(supports[name])
+            unconstrained = transform.inv(value)
+            self.latents[name] = _Latent(site, self.plan, unconstrained, transform)
             state[name] = unconstrained.detach()
         if self.guide is not None:
             self._cache_guide(state)
