@@ -230,6 +230,13 @@ class _Latent:
         return e.reshape(shape)
 
 
+def _grad(out, inputs: list[torch.Tensor], retain_graph: bool = False) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of ``out.sum()``; None for inputs it does not depend on (the caller refuses those)."""
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return (None,) * len(inputs)
+    return torch.autograd.grad(out.sum(), inputs, retain_graph=retain_graph, allow_unused=True)
+
+
 class _Chains:
     """C annealed chains for one chunk of rows: the log-densities of the program at given latents, with
     their gradients, and the HMC transition."""
@@ -378,8 +385,8 @@ class _Chains:
                 for site in sites:
                     log_q = log_q + _reduce(masked_log_prob(site), site, *args)
             inputs = list(leaves.values())
-            grad_q = torch.autograd.grad(log_q.sum(), inputs, retain_graph=True, allow_unused=True)
-            grad_p = torch.autograd.grad(log_p.sum(), inputs, allow_unused=True)
+            grad_q = _grad(log_q, inputs, retain_graph=True)
+            grad_p = _grad(log_p, inputs)
         zero = torch.zeros(())
         grad_q = {n: g if g is not None else zero for n, g in zip(leaves, grad_q)}
         grad_p = {n: g if g is not None else zero for n, g in zip(leaves, grad_p)}
@@ -506,7 +513,13 @@ def _anneal(model, guide, data, condition, plan: _Plan, betas, num_chains, leapf
         stop = min(begin + rows_per_chunk, n)
         x, kw, indices = _chunk(data, condition, plan, begin, stop)
         chains = _Chains(model, guide, x, kw, indices, plan, num_chains, leapfrog_steps, target_accept, adapt)
-        state = chains.initial(start(begin, stop, num_chains) if start is not None else None)
+        state = chains.initial(start(begin, stop, num_chains) if start is not None else None)  # checks the sites
+        if plan.joint and not reverse and begin == 0:
+            warnings.warn(
+                f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
+                "split per data point; returning the joint estimate of log p(x_1..N) as one row",
+                stacklevel=3,
+            )
         log_w, accept_prob, divergent, eps = chains.run(state, betas, step_size, check=begin == 0)
         keep = 1 if plan.joint else stop - begin
         # forward chains: E[w] = p(x); reverse chains: E[w] = 1 / p(x), so log p = -log mean w
@@ -533,12 +546,6 @@ def _prepare(model, guide, data, condition, plate_name, batch_size, num_steps, n
     betas = annealing_schedule(schedule, num_steps)
     condition = check_condition(condition, data, "data")
     plan = _structure(model, guide, data, condition, plate_name, batch_size)
-    if plan.joint:
-        warnings.warn(
-            f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
-            "split per data point; returning the joint estimate of log p(x_1..N) as one row",
-            stacklevel=3,
-        )
     name = schedule if isinstance(schedule, str) else "custom"
     return betas, condition, plan, name
 
@@ -639,7 +646,12 @@ def _simulate(model, data, condition, plan: _Plan):
     with pyro.poutine.uncondition(), SiteCollector() as run:
         program(data, **condition)
     sampled = {s["name"]: s for s in run.sites}
-    simulated = sampled[site["name"]]["value"].reshape(data.shape).to(data.dtype)
+    drawn = sampled[site["name"]]["value"]
+    if drawn.numel() != data.numel():
+        raise ValueError(f"site {site['name']!r} samples shape {tuple(drawn.shape)} but observes data of shape "
+                         f"{tuple(data.shape)} (its distribution broadcasts against obs=); give the distribution the "
+                         "data's full shape (e.g. .expand(...)) so BDMC can simulate data from it")
+    simulated = drawn.reshape(data.shape).to(data.dtype)
     latents = {s["name"]: (s["value"], s) for s in run.sites if s["name"] != site["name"] and not _enumerated(s)}
     with SiteCollector({n: v for n, (v, _) in latents.items()}) as check:
         program(simulated, **condition)
