@@ -525,13 +525,90 @@ def _load_run(path: str, device: torch.device | None = None):
     return run, config, dataset, model, guide, device
 
 
-def cmd_evaluate(args) -> int:
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+ANNEALING_OPTIONS = {"steps": 1000, "chains": 16, "leapfrog": 10, "schedule": "sigmoid"}
+
+
+def _check_evaluate_args(args) -> None:
+    """Refuse options that do not apply to ``--method`` and fill in the defaults of those that do."""
+    given = [f"--{k}" for k in ANNEALING_OPTIONS if getattr(args, k) is not None]
+    if args.method == "is":
+        if given:
+            raise ValueError(f"{', '.join(given)} set the annealed chains of --method ais or bdmc; with importance "
+                             "sampling (--method is) set --num-samples")
+        args.num_samples = 1000 if args.num_samples is None else args.num_samples
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+    else:
+        if args.num_samples is not None:
+            raise ValueError(f"--num-samples sets importance sampling (--method is); --method {args.method} uses "
+                             "--steps T (annealing steps) and --chains C (chains per example)")
+        for key, default in ANNEALING_OPTIONS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, default)
+        for key in ("steps", "chains", "leapfrog"):
+            if getattr(args, key) < 1:
+                raise ValueError(f"--{key} must be at least 1, got {getattr(args, key)}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+
+
+def _evaluate_annealed(model, guide, dataset: Dataset, args, device, run: Run, world) -> tuple[dict, str]:
+    """``--method ais`` (per-example AIS estimates of log p(x) on the split) or ``--method bdmc`` (the
+    sandwich on as many examples simulated from the model): the result for summary.json and its text."""
+    from pprogen.inference import ais, bdmc
+
+    name = type(model).__name__.lower()
+    if callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True):
+        raise ValueError(f"{name} computes log p(x) exactly ({getattr(model, 'log_prob_method', 'exact')}); there is "
+                         "nothing to anneal: evaluate it with --method is (the default)")
+    if callable(getattr(model, "predictive_log_prob", None)):
+        raise ValueError(f"{name} has only global latents and is scored by its posterior predictive; AIS anneals "
+                         "per-example latents: evaluate it with --method is (the default)")
+    if world.size > 1:
+        raise ValueError(f"--method {args.method} runs in one process; run `pprogen evaluate` without torchrun")
+    x = dataset.split(args.split)[: args.limit].to(device)
+    settings = {"num_steps": args.steps, "num_chains": args.chains, "leapfrog_steps": args.leapfrog,
+                "schedule": args.schedule, "plate_name": run.config.get("plate_name"),
+                "condition": _condition(model, dataset, args.split, args.limit, device)}
+    torch.manual_seed(args.seed)
+    given = "given the labels, " if getattr(model, "conditional", False) else ""
+    head = f"T = {args.steps} steps ({args.schedule}), C = {args.chains} chains, L = {args.leapfrog} leapfrog steps"
+    if args.method == "ais":
+        evidence = ais(model, guide, x, dim=dataset.dim if dataset.binary else None, **settings)
+        result = {**evidence.summary(), "method": f"annealed importance sampling ({given}guide to posterior)",
+                  "seed": args.seed}
+        data = evidence.to_inference_data()
+        text = (f"{args.split} NLL (AIS, {head}): {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over "
+                f"{result['num_data']} examples")
+        if "bits_per_dim" in result:
+            text += f" ({result['bits_per_dim']:.4f} bits/dim)"
+    else:
+        sandwich = bdmc(model, guide, x, **settings)
+        result = {**sandwich.summary(), "method": f"bidirectional Monte Carlo ({given}on data simulated from the "
+                  f"model, shaped like the {args.split!r} split)", "seed": args.seed}
+        data = sandwich.to_inference_data()
+        text = (f"BDMC ({head}) on {result['num_data']} examples simulated from the model: log p(x) between "
+                f"{result['lower_log_prob']:.3f} and {result['upper_log_prob']:.3f} nats on average; gap "
+                f"{result['gap']:.3f} ± {result['gap_stderr']:.3f} (max {result['gap_max']:.3f})")
+    text += f"\nHMC: mean acceptance {result['mean_accept_rate']:.2f}, {result['divergences']} divergent transitions"
+    result["inference_data"] = f"{args.method}-{args.split}.nc"
+    atomic_write(run.path / result["inference_data"], data.to_netcdf)
+    return result, text + f"; per-example results in {result['inference_data']} (ArviZ)"
+
+
+def cmd_evaluate(args) -> int:
+    _check_evaluate_args(args)
     world, device = distributed.init(Run.open(args.run).config.get("device", "auto"), args.dist_timeout)
     run, config, dataset, model, guide, device = _load_run(args.run, device)  # each rank on its own GPU
+    if config.get("kind") == "gan" and args.method != "is":
+        raise ValueError(f"a GAN has no likelihood to anneal; evaluate {run.path.name} without --method")
+    if args.method != "is":
+        result, text = _evaluate_annealed(model, guide, dataset, args, device, run, world)
+        summary = run.read_json("summary.json")
+        summary[f"{args.split}_{args.method}"] = result
+        run.write_json("summary.json", summary)
+        print(text)
+        return 0
     if config.get("kind") == "gan":
         if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
             return 0
@@ -647,8 +724,17 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="test NLL of a trained run")
     s.add_argument("run")
     s.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    s.add_argument("--num-samples", type=int, default=1000,
-                   help="importance samples per example (GANs: generated samples scored)")
+    s.add_argument("--method", default="is", choices=("is", "ais", "bdmc"),
+                   help="is: importance sampling with the guide (default); ais: annealed importance sampling from "
+                        "the guide to each example's posterior; bdmc: AIS's sandwich bounds on data simulated "
+                        "from the model")
+    s.add_argument("--num-samples", type=int,
+                   help="importance samples per example (default 1000; GANs: generated samples scored)")
+    s.add_argument("--steps", type=int, help="ais/bdmc: annealing steps T (default 1000)")
+    s.add_argument("--chains", type=int, help="ais/bdmc: chains per example C (default 16)")
+    s.add_argument("--leapfrog", type=int, help="ais/bdmc: leapfrog steps per HMC transition (default 10)")
+    s.add_argument("--schedule", choices=("sigmoid", "linear", "geometric"), help="ais/bdmc: default sigmoid")
+    s.add_argument("--seed", type=int, default=0, help="ais/bdmc: random seed")
     s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
     s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    help="under torchrun: seconds a collective waits for the other ranks")

@@ -109,6 +109,62 @@ def test_evaluate_needs_positive_samples_and_a_run(trained, tmp_path, capsys):
     assert "not a pprogen run folder" in capsys.readouterr().err
 
 
+def test_evaluate_by_ais_and_bdmc_writes_the_method_and_its_settings(trained, capsys):
+    """The CLI's AIS is the library's ais() on the run's split with the given settings (same seed, same
+    figures); BDMC's sandwich and the per-example ArviZ files land in the run folder."""
+    import arviz as az
+    import torch
+
+    from pprogen.cli import _load_run
+    from pprogen.inference import ais
+
+    capsys.readouterr()
+    argv = ["evaluate", str(trained), "--split", "valid", "--limit", "6", "--steps", "20", "--chains", "3",
+            "--leapfrog", "4", "--seed", "5"]
+    assert main([*argv, "--method", "ais"]) == 0
+    assert "valid NLL (AIS, T = 20 steps (sigmoid), C = 3 chains, L = 4 leapfrog steps)" in capsys.readouterr().out
+    result = json.loads((trained / "summary.json").read_text())["valid_ais"]
+    assert (result["num_steps"], result["num_chains"], result["leapfrog_steps"], result["num_data"]) == (20, 3, 4, 6)
+    assert result["method"].startswith("annealed importance sampling") and result["seed"] == 5
+    _, _, dataset, model, guide, _ = _load_run(str(trained), torch.device("cpu"))
+    torch.manual_seed(5)
+    direct = ais(model, guide, dataset.split("valid")[:6], num_steps=20, num_chains=3, leapfrog_steps=4)
+    assert result["nll"] == pytest.approx(-direct.log_prob.double().mean().item(), rel=1e-6)
+    saved = az.from_netcdf(trained / "ais-valid.nc").log_likelihood["x"].values.ravel()
+    assert np.allclose(saved, direct.log_prob.numpy(), atol=1e-5)
+
+    assert main([*argv, "--method", "bdmc"]) == 0
+    assert "simulated from the model" in capsys.readouterr().out
+    summary = json.loads((trained / "summary.json").read_text())
+    assert "valid_ais" in summary and summary["valid_bdmc"]["num_data"] == 6
+    assert summary["valid_bdmc"]["lower_log_prob"] <= summary["valid_bdmc"]["upper_log_prob"] + 5
+    gap = az.from_netcdf(trained / "bdmc-valid.nc").sample_stats["gap"].values.ravel()
+    assert gap.shape == (6,) and np.isclose(gap.mean(), summary["valid_bdmc"]["gap"], atol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "10"], "--steps set the annealed chains of --method ais or bdmc"),
+    (["--method", "ais", "--num-samples", "10"], "--num-samples sets importance sampling"),
+    (["--method", "ais", "--chains", "0"], "--chains must be at least 1"),
+    (["--method", "bdmc", "--steps", "0"], "--steps must be at least 1"),
+])
+def test_evaluate_refuses_options_of_another_method(trained, argv, message, capsys):
+    before = (trained / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(trained), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert (trained / "summary.json").read_text() == before
+
+
+def test_ais_refuses_models_with_an_exact_likelihood(tmp_path, capsys):
+    out = tmp_path / "fv"
+    assert main(["train", "fvsbn", "--limit", "100", "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--method", "ais", "--steps", "5"]) == 2
+    assert "nothing to anneal: evaluate it with --method is" in capsys.readouterr().err
+
+
 def test_any_estimator_and_guide_by_name_then_k_hat_bands(tmp_path, capsys):
     out = tmp_path / "iw"
     argv = ["train", "vae", "--out", str(out), "--guide", "amortized_iaf", "--elbo", "iwae_dreg",
