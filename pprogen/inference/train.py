@@ -454,7 +454,11 @@ def fit(
         bad_epochs = state["bad_epochs"]
         start_epoch = state["epoch"]
         if history.stop_reason == "early_stopping":
-            return history
+            if patience is None or bad_epochs >= patience:  # still stopped: hand back the best state, as it ended
+                if restore_best and best_state is not None:
+                    restore(best_state)
+                return history
+            history.stop_reason = "finished"  # a larger patience continues the run
 
     global_batch = batch_size * world.size
     steps_per_epoch = math.ceil(num_data / global_batch)
@@ -521,6 +525,8 @@ def fit(
                 "lr": opt.param_groups[0]["lr"],
             }
             if valid_data is not None:
+                if kl_warmup:  # scored at the final beta, so that epochs compare and the loss is the bound
+                    loss_module.elbo.beta = beta
                 record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition,
                                                      world, plan)
                 if record["valid_loss"] < history.best_valid_loss:

@@ -195,3 +195,48 @@ def test_kl_warmup_ramps_beta_linearly_per_epoch():
     assert seen == [0.5, 1.0, 1.5]
     with pytest.raises(ValueError, match="kl_warmup anneals"):
         fit(model, guide, x, epochs=1, elbo=pyro.infer.Trace_ELBO(), kl_warmup=2, progress=False)
+
+
+def test_resuming_an_early_stopped_run_hands_back_its_best_state(tmp_path):
+    """A finished early-stopped run resumed (for more epochs, say) trains nothing and leaves the best
+    validation state in the model, as the run ended; a larger patience continues it."""
+    settings = dict(epochs=60, batch_size=8, lr=0.05, progress=False, seed=1)
+    model, guide, x = vae_setup()
+    run = Run.create({"model": "vae", "data": "x"}, tmp_path / "r")
+    history = fit(model, guide, x[20:], valid_data=x[:20], patience=3, run=run, **settings)
+    assert history.stop_reason == "early_stopping" and history.best_epoch < len(history.records)
+    best = params_of(model, guide)
+    pyro.set_rng_seed(7)
+    model, guide, _ = vae_setup()  # other initial weights: all of them must come from the checkpoint
+    again = fit(model, guide, x[20:], valid_data=x[:20], patience=3, run=Run.open(tmp_path / "r"), resume=True,
+                **{**settings, "epochs": 100})
+    assert len(again.records) == len(history.records) and again.stop_reason == "early_stopping"
+    for a, b in zip(best, params_of(model, guide)):
+        assert torch.equal(a, b)
+    longer = fit(model, guide, x[20:], valid_data=x[:20], patience=6, run=Run.open(tmp_path / "r"), resume=True,
+                 **{**settings, "epochs": 100})
+    assert len(longer.records) > len(history.records)
+
+
+def test_validation_during_kl_warmup_is_scored_at_the_final_beta():
+    """With KL warm-up the validation loss is the negative ELBO at the final beta (a bound, comparable
+    across epochs), not at the epoch's smaller beta."""
+    from pprogen.inference import TraceELBO
+
+    model, guide, x = vae_setup()
+    valid = (torch.rand(3000, 6, generator=torch.Generator().manual_seed(2)) < 0.4).float()
+    seen = []
+    fit(model, guide, x, valid_data=valid, epochs=5, batch_size=30, elbo=TraceELBO(), kl_warmup=100,
+        restore_best=False, progress=False, lr=0.05, callback=lambda epoch, record: seen.append(record["valid_loss"]))
+    with torch.no_grad():
+        full = TraceELBO(num_particles=20)
+        bound = sum(full.loss(model, guide, valid[i:i + 500]) for i in range(0, 3000, 500)) / 3000
+        kl = 0.0
+        for i in range(0, 3000, 500):
+            tr = pyro.poutine.trace(guide).get_trace(valid[i:i + 500])
+            q = tr.nodes["z"]["fn"]
+            p = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+            kl += torch.distributions.kl_divergence(q, p).sum().item()
+    kl /= 3000
+    assert kl > 0.5  # at beta = 5/100 the loss would read about 0.95 * kl lower
+    assert abs(seen[-1] - bound) < 0.2 * kl
