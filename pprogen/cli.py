@@ -86,6 +86,75 @@ def build(config: dict[str, Any], dataset: Dataset | None = None) -> tuple[Datas
     return dataset, model, guide
 
 
+SVI_ONLY = ("guide", "plate_name")  # options of the SVI trainer outside config["train"]
+RUN_DEFINING = ("data", "data_dir", "limit", "set", "guide", "seed", "plate_name", "out")
+OVERRIDABLE = {
+    "svi": ("lr", "patience", "clip_norm", "elbo", "particles", "beta", "alpha", "kl_warmup", "batch_size",
+            "eval_samples"),
+    "gan": ("eval_samples",),
+}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _given(args, key: str) -> Any:
+    return getattr(args, key, None)
+
+
+def _refuse_options_of_other_kinds(args, kind: str, defaults: dict[str, Any]) -> None:
+    """A training option that the model's trainer does not read is an error, not silently ignored."""
+    every = set(TRAIN_DEFAULTS) | set(GAN_TRAIN_DEFAULTS) | set(SVI_ONLY)
+    own = set(defaults) | (set(SVI_ONLY) if kind != "gan" else set())
+    stray = [_flag(k) for k in sorted(every - own) if _given(args, k) not in (None, False)]
+    if stray:
+        trainer = "the adversarial trainer" if kind == "gan" else "SVI"
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {args.model} "
+                         f"(a {kind} model, trained by {trainer}); drop {'it' if len(stray) == 1 else 'them'}")
+
+
+def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
+    """The run's config for a resumed run: the options given on the command line must agree with it, except
+    ``--epochs`` (train longer), the machine's (``--device``, ``--no-progress``) and ``--override KEY=VALUE``
+    changes, which are recorded in ``config.json`` with the epoch they take effect."""
+    config = run.config
+    kind = "gan" if config.get("kind") == "gan" else "svi"
+    if args.model and args.model != config["model"]:
+        raise ValueError(f"{run.path} is a {config['model']} run; resume it with `pprogen train --resume {run.path}` "
+                         f"(no model name), or start a new {args.model} run without --resume")
+    for key in RUN_DEFINING:
+        if _given(args, key) is not None:
+            raise ValueError(f"{_flag(key)} is fixed when a run starts and {run.path.name} has its own; drop "
+                             f"{_flag(key)} to resume it, or start a new run")
+    overrides = dict(_model_args(args.override)) if args.override else {}
+    for key in overrides:
+        if key not in OVERRIDABLE[kind]:
+            raise ValueError(f"--override {key}=... is not something a resumed {kind} run can change; it can change "
+                             f"{', '.join(OVERRIDABLE[kind])}")
+    train = config["train"]
+    defaults = GAN_TRAIN_DEFAULTS if kind == "gan" else TRAIN_DEFAULTS
+    _refuse_options_of_other_kinds(argparse.Namespace(**{**vars(args), "model": config["model"]}), config.get("kind"),
+                                   {**defaults, **train})
+    for key in [k for k in train if k != "epochs"] + ["eval_samples"]:
+        value = _given(args, key)
+        current = train.get(key) if key in train else config.get(key)
+        if value is None or value == current or (key in overrides and overrides[key] == value):
+            continue
+        raise ValueError(f"{_flag(key)} {value} differs from the run's {current}; a resumed run keeps its settings: "
+                         f"drop {_flag(key)}, or pass --override {key}={value} to change it from epoch {epoch + 1}")
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.device is not None:
+        config["device"] = args.device
+    for key, value in overrides.items():
+        target = train if key in train or key != "eval_samples" else config
+        config.setdefault("overrides", []).append(
+            {"key": key, "value": value, "previous": target.get(key), "from_epoch": epoch + 1})
+        target[key] = value
+    return config
+
+
 def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     card = get_card(args.model)
     data_name = args.data or card.default_data
@@ -116,6 +185,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
             )
         model_args["num_levels"] = levels
     defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
+    _refuse_options_of_other_kinds(args, card.kind, defaults)
     train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
     config = {
         "pprogen_version": __version__,
@@ -126,11 +196,11 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
         "limit": args.limit,
         "flatten": flatten,
-        "guide": args.guide,
+        "guide": args.guide or "default",
         "train": train,
-        "seed": args.seed,
-        "device": args.device,
-        "eval_samples": args.eval_samples,
+        "seed": 0 if args.seed is None else args.seed,
+        "device": args.device or "auto",
+        "eval_samples": 1000 if args.eval_samples is None else args.eval_samples,
         "plate_name": getattr(args, "plate_name", None),
     }
     return config, dataset
@@ -243,15 +313,35 @@ def _materialize(guide, x: torch.Tensor, **condition) -> None:
             guide(x, **condition)
 
 
+def _finished(config: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
+    """What to tell the user when a resumed run has nothing left to train, else None."""
+    train, epoch = config["train"], checkpoint["epoch"]
+    history = checkpoint.get("history", {})
+    patience = train.get("patience")
+    if history.get("stop_reason") == "early_stopping" and (patience is None or checkpoint.get("bad_epochs", 0) >= patience):
+        return (f"already stopped early at epoch {epoch} (no better validation loss for {checkpoint.get('bad_epochs')} "
+                f"epochs; its weights are those of epoch {history.get('best_epoch')}); to train on, resume with "
+                f"--override patience=N for N > {checkpoint.get('bad_epochs')}")
+    if epoch >= train["epochs"]:
+        return (f"already finished: {epoch} of {train['epochs']} epochs trained; to train on, resume with "
+                f"--epochs N for N > {epoch}")
+    return None
+
+
 def cmd_train(args) -> int:
     dataset = None
     if args.resume:
         run = Run.open(args.resume)
-        config = run.config
-        run.load_checkpoint()  # a damaged checkpoint is reported before anything is written
-        if args.epochs is not None:
-            config["train"]["epochs"] = args.epochs
+        checkpoint = run.load_checkpoint()  # a damaged checkpoint is reported before anything is written
+        config = _resume_config(args, run, checkpoint["epoch"])
+        done = _finished(config, checkpoint)
+        if done:
+            print(f"{run.path.name} {done}")
+            return 0
     else:
+        if args.override:
+            raise ValueError("--override changes a setting of a resumed run; for a new run give the option itself "
+                             "(e.g. --lr 0.01)")
         config, dataset = _config_from_args(args)
     if config.get("kind") == "gan":
         return _train_gan(args, config, dataset, run if args.resume else None)
@@ -704,17 +794,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--r1-weight", type=float, help="GANs: R1 penalty weight gamma on real data")
     s.add_argument("--spectral-norm", action="store_true", default=None, help="GANs: spectral norm in the discriminator")
     s.add_argument("--ema", type=float, help="GANs: decay of the generator's moving average used for sampling")
-    s.add_argument("--guide", default="default",
+    s.add_argument("--guide",
                    help="default (the model's own), amortized_normal, amortized_lowrank, amortized_iaf or auto_*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--device", help="auto (default), cpu or cuda")
     s.add_argument("--autocast", metavar="bf16", help="train under bfloat16 autocast (evaluation stays float32)")
     s.add_argument("--compile", action="store_true", default=None,
                    help="compile the model's networks with torch.compile (pays off on some models only: README)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, help="random seed (default 0)")
     s.add_argument("--out", help="run folder (default: runs/<model>-<data>-<time>)")
     s.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    s.add_argument("--eval-samples", type=int, default=1000, help="importance samples for the final NLL")
+    s.add_argument("--eval-samples", type=int, help="importance samples for the final NLL (default 1000)")
+    s.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="with --resume: change a setting of the run from the next epoch on (recorded in config.json)")
     s.add_argument("--plate-name", help="the per-datum plate's name (default: found from the program)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,

@@ -62,6 +62,10 @@ def test_list_and_info(capsys):
         (["train", "vae", "--guide", "defualt"], "did you mean 'default'"),
         (["train", "vae", "--autocast", "fp16"], "unknown autocast 'fp16'; use 'bf16'"),
         (["train", "dcgan", "--autocast", "half"], "unknown autocast 'half'; use 'bf16'"),
+        (["train", "gan", "--elbo", "iwae"], "--elbo does not apply to gan (a gan model, trained by the adversarial"),
+        (["train", "dcgan", "--beta", "4", "--particles", "5"], "--beta, --particles do not apply to dcgan"),
+        (["train", "vae", "--loss", "hinge"], "--loss does not apply to vae"),
+        (["train", "vae", "--override", "lr=0.1"], "--override changes a setting of a resumed run"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
@@ -95,6 +99,68 @@ def test_corrupted_checkpoint_on_resume_is_reported_and_kept(trained, capsys):
     assert main(["train", "--resume", str(trained), "--epochs", "2", "--no-progress"]) == 2
     assert "unreadable or corrupted" in capsys.readouterr().err
     assert ckpt.read_bytes() == damaged
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0.01"], "--lr 0.01 differs from the run's 0.001; a resumed run keeps its settings: drop --lr, or pass "
+                       "--override lr=0.01 to change it from epoch 2"),
+    (["--elbo", "iwae"], "--elbo iwae differs from the run's trace"),
+    (["--batch-size", "7"], "--batch-size 7 differs"),
+    (["--set", "z_dim=3"], "--set is fixed when a run starts"),
+    (["--data", "digits"], "--data is fixed when a run starts"),
+    (["--seed", "4"], "--seed is fixed when a run starts"),
+    (["--loss", "hinge"], "--loss does not apply to vae"),
+    (["--override", "optimizer=sgd"], "--override optimizer=... is not something a resumed svi run can change"),
+])
+def test_resume_refuses_changed_settings_and_writes_nothing(trained, argv, message, capsys):
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(trained), "--epochs", "3", "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    assert main(["train", "cvae", "--resume", str(trained)]) == 2
+    assert "is a vae run; resume it with" in capsys.readouterr().err
+
+
+def test_resume_with_an_override_records_it_and_trains_with_it(trained, capsys):
+    assert main(["train", "--resume", str(trained), "--epochs", "3", "--no-progress", "--override", "lr=0.01",
+                 "--lr", "0.01"]) == 0
+    config = json.loads((trained / "config.json").read_text())
+    assert config["overrides"] == [{"key": "lr", "value": 0.01, "previous": 0.001, "from_epoch": 2}]
+    assert config["train"]["lr"] == 0.01 and config["train"]["epochs"] == 3
+    lrs = [json.loads(line)["lr"] for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == [0.001, 0.01, 0.01]
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(trained, capsys):
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(trained), "--no-progress"]) == 0
+    assert "already finished: 1 of 1 epochs trained; to train on, resume with --epochs N for N > 1" in \
+        capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+def test_resuming_an_early_stopped_run_keeps_its_best_weights_and_says_so(tmp_path, capsys):
+    out = tmp_path / "es"
+    argv = ["train", "vae", "--out", str(out), "--limit", "120", "--epochs", "80", "--patience", "2",
+            "--lr", "0.03", "--eval-samples", "5", "--no-progress", "--set", "hidden_dims=[32]", "--set", "z_dim=4"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "early_stopping" and summary["best_epoch"] < summary["epochs_run"]
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "200", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert f"already stopped early at epoch {summary['epochs_run']}" in said
+    assert f"weights are those of epoch {summary['best_epoch']}" in said and "--override patience=N" in said
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert main(["train", "--resume", str(out), "--epochs", str(summary["epochs_run"] + 3), "--no-progress",
+                 "--override", "patience=50"]) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["epochs_run"] == summary["epochs_run"] + 3
+    assert after["best_valid_loss"] <= summary["best_valid_loss"]
 
 
 def test_evaluate_limit_takes_the_first_examples(trained, capsys):

@@ -254,6 +254,29 @@ def _data_parallel(loss_module: nn.Module, params: list, buffers: list, probe, w
     return wrapped, [p for p in params if id(p) not in ids]
 
 
+def _continue_schedule(opt, scheduler, schedule: str, state: dict[str, Any], lr: float, epochs: int) -> None:
+    """A resumed run's learning rate continues where it was: a new ``lr`` rescales the schedule from here on
+    (the checkpoint's optimizer would otherwise keep the old one), and a cosine schedule stretched to more
+    epochs decays from its current rate to the new end instead of starting a second cycle."""
+    saved = state.get("lr")
+    if saved is not None and saved != lr:
+        ratio = lr / saved
+        for group in opt.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+    if schedule == "cosine" and scheduler.T_max != epochs:
+        if state["epoch"] >= scheduler.T_max and epochs > state["epoch"]:
+            raise ValueError(
+                f"this run's cosine schedule ended at epoch {scheduler.T_max} with the learning rate at "
+                f"{scheduler.eta_min:g}: more epochs would not move the weights; start a new run (its weights can "
+                "seed the new one) or keep --epochs at " + str(scheduler.T_max)
+            )
+        scheduler.T_max = epochs
+
+
 def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str:
     """Where a non-finite loss came from: the site, and the layer when the model can say
     (``model.locate_nonfinite(batch)``, which flows offer)."""
@@ -433,6 +456,7 @@ def fit(
             "history": history.state(),
             "best_state": best_state or {},
             "bad_epochs": bad_epochs,
+            "lr": lr,
         }
 
     if resume:
@@ -447,6 +471,7 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"]:
             scheduler.load_state_dict(state["scheduler"])
+        _continue_schedule(opt, scheduler, schedule, state, lr, epochs)
         set_rng_state(state["rng"])
         shuffle.set_state(state["shuffle"])
         history = History(**state["history"])

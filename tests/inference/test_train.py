@@ -240,3 +240,29 @@ def test_validation_during_kl_warmup_is_scored_at_the_final_beta():
     kl /= 3000
     assert kl > 0.5  # at beta = 5/100 the loss would read about 0.95 * kl lower
     assert abs(seen[-1] - bound) < 0.2 * kl
+
+
+def test_a_cosine_schedule_resumed_for_more_epochs_decays_on_without_a_second_cycle(tmp_path):
+    settings = dict(batch_size=16, lr=0.05, schedule="cosine", progress=False, seed=3)
+    model, guide, x = vae_setup()
+    run = Run.create({"model": "vae", "data": "x"}, tmp_path / "c")
+
+    def interrupt(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, guide, x, run=run, callback=interrupt, epochs=4, **settings)
+    history = fit(model, guide, x, run=Run.open(tmp_path / "c"), resume=True, epochs=8, **settings)
+    lrs = [r["lr"] for r in history.records]
+    assert len(lrs) == 8 and lrs[:2] == [0.05, 0.05 * (1 + math.cos(math.pi / 4)) / 2]
+    assert all(b < a for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0
+    with pytest.raises(ValueError, match="cosine schedule ended at epoch 8"):
+        fit(model, guide, x, run=Run.open(tmp_path / "c"), resume=True, epochs=12, **settings)
+
+
+def test_a_new_learning_rate_on_resume_takes_effect(tmp_path):
+    model, guide, x = vae_setup()
+    fit(model, guide, x, run=Run.create({"model": "vae"}, tmp_path / "l"), epochs=2, lr=0.01, progress=False)
+    history = fit(model, guide, x, run=Run.open(tmp_path / "l"), resume=True, epochs=4, lr=0.002, progress=False)
+    assert [r["lr"] for r in history.records] == [0.01, 0.01, 0.002, 0.002]
