@@ -22,7 +22,7 @@ from pprogen.inference.accel import check_autocast
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
 from pprogen.registry import create_model, get_card, list_models
-from pprogen.runs import Run, RunError, atomic_write, seed_everything
+from pprogen.runs import REQUIRED, Run, RunError, atomic_write, seed_everything
 
 TRAIN_DEFAULTS = {
     "epochs": 200,
@@ -118,7 +118,7 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
     """The run's config for a resumed run: the options given on the command line must agree with it, except
     ``--epochs`` (train longer), the machine's (``--device``, ``--no-progress``) and ``--override KEY=VALUE``
     changes, which are recorded in ``config.json`` with the epoch they take effect."""
-    config = run.config
+    config = run.config_with(*REQUIRED)
     kind = "gan" if config.get("kind") == "gan" else "svi"
     if args.model and args.model != config["model"]:
         raise ValueError(f"{run.path} is a {config['model']} run; resume it with `pprogen train --resume {run.path}` "
@@ -332,6 +332,7 @@ def cmd_train(args) -> int:
     dataset = None
     if args.resume:
         run = Run.open(args.resume)
+        run.config_with(*REQUIRED)
         checkpoint = run.load_checkpoint()  # a damaged checkpoint is reported before anything is written
         config = _resume_config(args, run, checkpoint["epoch"])
         done = _finished(config, checkpoint)
@@ -593,7 +594,7 @@ def _load_run(path: str, device: torch.device | None = None):
     """The run folder, its config, data, model and guide with their weights, on ``device`` (by default the
     run's own ``--device``)."""
     run = Run.open(path)
-    config = run.config
+    config = run.config_with(*REQUIRED)
     device = resolve_device(config.get("device", "auto")) if device is None else device
     if config.get("kind") == "gan":
         from pprogen.nn import apply_spectral_norm
@@ -688,7 +689,7 @@ def _evaluate_annealed(model, guide, dataset: Dataset, args, device, run: Run, w
 
 def cmd_evaluate(args) -> int:
     _check_evaluate_args(args)
-    world, device = distributed.init(Run.open(args.run).config.get("device", "auto"), args.dist_timeout)
+    world, device = distributed.init(Run.open(args.run).config_with(*REQUIRED).get("device", "auto"), args.dist_timeout)
     run, config, dataset, model, guide, device = _load_run(args.run, device)  # each rank on its own GPU
     if config.get("kind") == "gan" and args.method != "is":
         raise ValueError(f"a GAN has no likelihood to anneal; evaluate {run.path.name} without --method")

@@ -22,25 +22,61 @@ from safetensors.torch import load_file, save_file
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
+REQUIRED = ("model", "data", "model_args", "train")  # what the config.json of every `pprogen train` run holds
 
 
 class RunError(ValueError):
     """A run folder that cannot be created, read or resumed."""
 
 
+class RunWriteError(RunError, OSError):
+    """A file of a run that could not be written (a full disk, a read-only folder): one line naming the file,
+    the space it needs and what is still intact."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the result over ``path`` in one step."""
+    """Call ``write(tmp_path)`` then move the result over ``path`` in one step. The file gets the mode the
+    umask gives a new file (``mkstemp`` alone would leave it 0600). A write that fails for want of space or
+    permission raises :class:`RunError` naming the file; the file it would have replaced is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise RunWriteError(f"cannot write in {path.parent} ({err.strerror}); choose a folder you can write to") from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        size = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) or "write" in str(err).lower() and "pos" in str(err).lower():
+            raise _write_error(path, err, size) from None
         raise
+
+
+def _write_error(path: Path, err: BaseException, written: int) -> RunWriteError:
+    """One line for a write that failed (a full disk, a folder that turned read-only, a quota)."""
+    reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:120]
+    old = path.stat().st_size if path.exists() else 0
+    need = max(old, written)
+    text = f"could not write {path} ({reason})"
+    if need:
+        text += f"; it needs about {need / 2**20:.1f} MiB free in {path.parent}"
+    if path.name == CHECKPOINT and path.exists():
+        text += f"; the last complete checkpoint is intact: free space and resume with --resume {path.parent}"
+    elif path.exists():
+        text += f"; the previous {path.name} is intact"
+    return RunWriteError(text)
 
 
 def seed_everything(seed: int) -> None:
@@ -97,6 +133,9 @@ class Run:
             )
         if path.exists() and not path.is_dir():
             raise RunError(f"output path {path} is a file, not a folder; choose another --out")
+        if path.is_dir() and any(path.iterdir()):
+            raise RunError(f"output folder {path} exists and holds files that are not a pprogen run; choose an "
+                           "empty or new --out")
         run = cls(path)
         write_json(path / CONFIG, config)
         return run
@@ -111,9 +150,21 @@ class Run:
     @property
     def config(self) -> dict[str, Any]:
         try:
-            return json.loads((self.path / CONFIG).read_text())
+            config = json.loads((self.path / CONFIG).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise RunError(f"{self.path / CONFIG} is unreadable ({err}); the run folder is damaged") from None
+        if not isinstance(config, dict):
+            raise RunError(f"{self.path / CONFIG} holds no settings (a JSON object is expected); the run folder is damaged")
+        return config
+
+    def config_with(self, *keys: str) -> dict[str, Any]:
+        """The config, refused with one line when it lacks any of ``keys`` (what a reader of it needs)."""
+        config = self.config
+        missing = [k for k in keys if k not in config]
+        if missing:
+            raise RunError(f"{self.path / CONFIG} lacks {', '.join(repr(k) for k in missing)}: it is not the config "
+                           "of a pprogen run (or was damaged); pass the folder `pprogen train` printed")
+        return config
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))

@@ -173,6 +173,13 @@ def test_evaluate_needs_positive_samples_and_a_run(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained), "--num-samples", "0"]) == 2
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert "not a pprogen run folder" in capsys.readouterr().err
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.json").write_text("{}")
+    for argv in (["evaluate", str(tmp_path / "bare")], ["train", "--resume", str(tmp_path / "bare")],
+                 ["sample", str(tmp_path / "bare"), "--out", str(tmp_path / "s.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "lacks 'model', 'data', 'model_args', 'train'" in err and err.count("\n") == 1
 
 
 def test_evaluate_by_ais_and_bdmc_writes_the_method_and_its_settings(trained, capsys):

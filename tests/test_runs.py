@@ -53,3 +53,60 @@ def test_opening_a_folder_that_is_not_a_run(tmp_path):
 def test_default_folder_name_has_model_data_and_time(tmp_path):
     run = Run.create({"model": "vae", "data": "digits_binary"}, root=tmp_path)
     assert run.path.parent == tmp_path and run.path.name.startswith("vae-digits_binary-")
+
+
+def test_a_failed_write_is_one_line_naming_the_file_and_what_is_intact(tmp_path):
+    import errno
+
+    run = Run.create({"model": "m", "data": "d"}, tmp_path / "r")
+    run.save_checkpoint({"epoch": 1, "params": {"p0": torch.zeros(1000)}})
+    before = (run.path / "checkpoint.pt").read_bytes()
+
+    def full(state, tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    original = torch.save
+    torch.save = full
+    try:
+        with pytest.raises(RunError) as err:
+            run.save_checkpoint({"epoch": 2, "params": {"p0": torch.zeros(1000)}})
+    finally:
+        torch.save = original
+    text = str(err.value)
+    assert text.startswith(f"could not write {run.path / 'checkpoint.pt'} (No space left on device); it needs about")
+    assert f"the last complete checkpoint is intact: free space and resume with --resume {run.path}" in text
+    assert "\n" not in text
+    assert (run.path / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoint.pt", "config.json"]
+
+
+def test_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run = Run.create({"model": "m", "data": "d"}, tmp_path / "r")
+        run.save_checkpoint({"epoch": 1})
+        os.umask(0o077)
+        run.write_json("summary.json", {})
+    finally:
+        os.umask(old)
+    assert (run.path / "config.json").stat().st_mode & 0o777 == 0o644
+    assert (run.path / "checkpoint.pt").stat().st_mode & 0o777 == 0o644
+    assert (run.path / "summary.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_folder_that_is_not_a_run_is_refused_for_writing_and_reading(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(RunError, match="holds files that are not a pprogen run; choose an empty or new --out"):
+        Run.create({"model": "m", "data": "d"}, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    Run.create({"model": "m", "data": "d"}, tmp_path / "empty")  # an empty folder is fine
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.json").write_text("{}")
+    with pytest.raises(RunError, match=r"lacks 'model', 'data', 'model_args', 'train': it is not the config"):
+        Run.open(tmp_path / "bare").config_with("model", "data", "model_args", "train")
