@@ -313,6 +313,20 @@ def _materialize(guide, x: torch.Tensor, **condition) -> None:
             guide(x, **condition)
 
 
+def _interrupted(run: Run | None, world: distributed.World) -> int:
+    """Ctrl-C during training: one line saying what is saved and how to go on (the checkpoint of the last
+    complete epoch is intact: every file is written atomically)."""
+    if world.is_main and run is not None:
+        records = run.read_metrics()
+        if records and (run.path / "checkpoint.pt").is_file():
+            print(f"pprogen: interrupted; epoch {records[-1]['epoch']} is saved in {run.path}: continue with "
+                  f"`pprogen train --resume {run.path}`", file=sys.stderr)
+        else:
+            print(f"pprogen: interrupted before the first epoch ended; nothing to resume in {run.path} (it holds "
+                  "the config only): start the run again", file=sys.stderr)
+    return 130
+
+
 def _finished(config: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
     """What to tell the user when a resumed run has nothing left to train, else None."""
     train, epoch = config["train"], checkpoint["epoch"]
@@ -397,6 +411,8 @@ def cmd_train(args) -> int:
             run.save_weights("guide", guide)
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return _interrupted(run, world)
     seconds = time.perf_counter() - started
     if world.is_main:
         run.save_weights("model", model)
@@ -570,6 +586,8 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
     except NonFiniteLossError as err:
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return _interrupted(run, world)
     seconds = time.perf_counter() - started
     if not world.is_main:
         return 0
@@ -854,5 +872,8 @@ def main(argv: list[str] | None = None) -> int:
     except distributed.CollectiveError as err:
         print(f"pprogen: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("pprogen: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
     finally:
         distributed.shutdown()

@@ -373,3 +373,25 @@ def test_gan_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_naming_the_saved_epoch_and_the_resume_command(tmp_path, capsys, monkeypatch):
+    import pprogen.cli as cli
+
+    real_fit = cli.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(epoch, record):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, callback=stop, **kwargs)
+
+    monkeypatch.setattr(cli, "fit", interrupted_fit)
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--out", str(out), *TINY, "--epochs", "4"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"pprogen: interrupted; epoch 2 is saved in {out}: continue with `pprogen train --resume {out}`"
+    monkeypatch.setattr(cli, "fit", real_fit)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

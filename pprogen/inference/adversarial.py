@@ -48,6 +48,7 @@ from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
 from pprogen.inference.train import History, NonFiniteLossError, make_optimizer
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
+from pprogen.inference.progress import Progress
 from pprogen.nn import CriticPair, apply_spectral_norm
 from pprogen.runs import rng_state, seed_everything, set_rng_state
 
@@ -159,7 +160,7 @@ class AdversarialTrainer:
     are separate (two time-scale updates); ``gp_weight`` (10 by default for ``wgan_gp``, else 0) and
     ``r1_weight`` switch the penalties on; ``spectral_norm`` puts spectral normalization on the
     discriminator's layers; ``ema`` is the decay of the moving average of the generator's weights (None:
-    off), warmed up as ``min(ema, (1 + t) / (10 + t))`` after ``t`` updates unless ``ema_warmup=False`` (an
+    off; by default 0.999 when the model has ``generator`` and ``generator_ema`` modules, else off), warmed up as ``min(ema, (1 + t) / (10 + t))`` after ``t`` updates unless ``ema_warmup=False`` (an
     average with a 1000-step memory would otherwise still be mostly the initial weights after a short run);
     ``schedule="linear"`` decays both learning rates to 0 over the run. ``fit`` returns a
     :class:`~pprogen.inference.train.History` whose records hold the epoch means of ``d_loss``, ``g_loss``
@@ -171,7 +172,7 @@ class AdversarialTrainer:
     def __init__(self, model: nn.Module, loss: str = "nonsaturating", critic_steps: int = 1,
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  gp_weight: float | None = None, r1_weight: float = 0.0, spectral_norm: bool = False,
-                 ema: float | None = 0.999, ema_warmup: bool = True, schedule: str = "constant", batch_size: int = 64,
+                 ema: float | str | None = "auto", ema_warmup: bool = True, schedule: str = "constant", batch_size: int = 64,
                  device: str | torch.device = "auto", seed: int | None = 0, progress: bool = True,
                  world: World | None = None, autocast: str | None = None, compile: bool = False) -> None:
         _check_loss(loss)
@@ -186,13 +187,16 @@ class AdversarialTrainer:
         gp_weight = (10.0 if loss == "wgan_gp" else 0.0) if gp_weight is None else gp_weight
         if gp_weight < 0 or r1_weight < 0:
             raise ValueError(f"penalty weights must be >= 0, got gp_weight={gp_weight}, r1_weight={r1_weight}")
-        if ema is not None and not 0 <= ema < 1:
+        has_average = (isinstance(getattr(model, "generator_ema", None), nn.Module)
+                       and isinstance(getattr(model, "generator", None), nn.Module))
+        if ema == "auto":  # the average where the model has somewhere to keep it
+            ema = 0.999 if has_average else None
+        if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
             raise ValueError(f"ema is the moving average's decay, in [0, 1) (or None for off), got {ema!r}")
         if not isinstance(getattr(model, "discriminator", None), nn.Module):
             raise TypeError(f"{type(model).__name__} has no discriminator module; the adversarial trainer needs "
                             "model.discriminator (see pprogen.inference.adversarial)")
-        if ema is not None and not (isinstance(getattr(model, "generator_ema", None), nn.Module)
-                                    and isinstance(getattr(model, "generator", None), nn.Module)):
+        if ema is not None and not has_average:
             raise TypeError(f"{type(model).__name__} has no generator_ema module to average into; pass ema=None "
                             "or give the model generator and generator_ema modules")
         self.model = model
@@ -406,11 +410,8 @@ class AdversarialTrainer:
             self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
         schedule = getattr(self.model, "schedule", None)
 
-        from tqdm.auto import tqdm
-
         writes = run is not None and world.is_main
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not (self.progress and world.is_main),
-                   unit="step", dynamic_ncols=True, leave=False)
+        bar = Progress(total_steps, start_epoch * steps_per_epoch, epochs, self.progress and world.is_main)
         validation = pyro.validation_enabled(False)
         validation.__enter__()
         flushes = torch.set_flush_denormal(True)  # Adam's subnormal moments slow x86 arithmetic (see fit)
@@ -447,9 +448,9 @@ class AdversarialTrainer:
                         s.step()
                     for key, value in out.items():
                         sums[key] = sums.get(key, 0.0) + value
-                    bar.update(1)
+                    bar.update()
                     if i % 10 == 0:
-                        bar.set_postfix(epoch=epoch + 1, d=f"{out['d_loss']:.3f}", g=f"{out['g_loss']:.3f}", refresh=False)
+                        bar.step_info(epoch=epoch + 1, d=f"{out['d_loss']:.3f}", g=f"{out['g_loss']:.3f}")
                 record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
                           "lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"],
                           "seconds": time.perf_counter() - started}
@@ -458,6 +459,8 @@ class AdversarialTrainer:
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         callback(epoch + 1, record)
                 history.records.append(record)
+                bar.epoch(epoch + 1, d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
+                          seconds=f"{record['seconds']:.1f}")
                 if writes:
                     run.save_checkpoint(self._state(epoch + 1, history, shuffle, schedulers))
                     run.write_metrics(history.records)

@@ -23,6 +23,7 @@ from pprogen.distributed import World, check_enough_data, collective, current, s
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
+from pprogen.inference.progress import Progress
 from pprogen.runs import rng_state, seed_everything, set_rng_state
 from pprogen.inference.checks import (
     OPTIMIZERS,
@@ -494,12 +495,7 @@ def fit(
     # one minibatch of every row: hand them in their own order (a per-datum guide table stays aligned)
     whole = own_rows or (not world.active and global_batch >= num_data)
     writes = run is not None and world.is_main
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-        disable=not (progress and world.is_main), unit="step", dynamic_ncols=True, leave=False,
-    )
+    bar = Progress(epochs * steps_per_epoch, start_epoch * steps_per_epoch, epochs, progress and world.is_main)
     validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop
     validation_off.__enter__()
     # Adam's second-moment estimates decay into subnormal floats for parameters whose gradients
@@ -539,9 +535,9 @@ def fit(
                         run.save_checkpoint(checkpoint_state(epoch))
                     raise NonFiniteLossError(message, history)
                 epoch_loss += value
-                bar.update(1)
+                bar.update()
                 if i % 10 == 0:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{value / num_data:.3f}", refresh=False)
+                    bar.step_info(epoch=epoch + 1, loss=f"{value / num_data:.3f}")
             loss_module.eval()
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -571,9 +567,10 @@ def fit(
             stop = patience is not None and bad_epochs >= patience
             if stop:
                 history.stop_reason = "early_stopping"
-            bar.set_postfix(
-                epoch=epoch + 1, train=f"{record['train_loss']:.3f}",
+            bar.epoch(
+                epoch + 1, train=f"{record['train_loss']:.3f}",
                 valid="-" if record["valid_loss"] is None else f"{record['valid_loss']:.3f}",
+                seconds=f"{record['seconds']:.1f}",
             )
             if writes:
                 run.save_checkpoint(checkpoint_state(epoch + 1))

@@ -4,6 +4,8 @@ training progress on the ring, the NaN guard and bad input."""
 import math
 from contextlib import nullcontext
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
@@ -278,3 +280,30 @@ def test_linear_decay_and_fresh_batches_for_every_critic_step():
     inputs = torch.cat(seen)  # every input the critic saw in the epoch, fakes included
     real_rows = {i for i in range(64) if (inputs == data[i]).all(1).any()}
     assert len(real_rows) == 64  # the epoch's 4 critic batches are 4 different quarters of the data
+
+
+class UserGAN(nn.Module):
+    """A GAN as the module docstring says a user may write it: a Pyro program drawing z, and a discriminator;
+    no generator / generator_ema modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
+        self.discriminator = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, num_samples=1):
+        with pyro.plate("samples", num_samples):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        return self.net(z)
+
+
+def test_a_user_gan_without_an_average_trains_with_the_defaults():
+    model = UserGAN()
+    trainer = AdversarialTrainer(model, batch_size=32, progress=False, device="cpu")
+    assert trainer.ema is None
+    before = [p.detach().clone() for p in model.net.parameters()]
+    trainer.fit(load_dataset("ring8").train[:64], epochs=1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters()))
+    with pytest.raises(TypeError, match="no generator_ema module to average into"):
+        AdversarialTrainer(UserGAN(), ema=0.99, progress=False, device="cpu")
+    assert AdversarialTrainer(small_gan(), progress=False, device="cpu").ema == 0.999

@@ -266,3 +266,11 @@ def test_a_new_learning_rate_on_resume_takes_effect(tmp_path):
     fit(model, guide, x, run=Run.create({"model": "vae"}, tmp_path / "l"), epochs=2, lr=0.01, progress=False)
     history = fit(model, guide, x, run=Run.open(tmp_path / "l"), resume=True, epochs=4, lr=0.002, progress=False)
     assert [r["lr"] for r in history.records] == [0.01, 0.01, 0.002, 0.002]
+
+
+def test_without_a_terminal_progress_is_one_line_per_epoch(capsys):
+    model, guide, x = vae_setup()
+    fit(model, guide, x, epochs=3, batch_size=8, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "train " in lines[0] and "seconds " in lines[0]
