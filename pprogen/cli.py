@@ -15,9 +15,10 @@ import torch
 
 from pprogen import __version__
 from pprogen import distributed
+from pprogen.capabilities import capabilities
 from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
-from pprogen.inference import make_elbo, make_guide
+from pprogen.inference import evaluate, make_elbo, make_guide
 from pprogen.inference.accel import check_autocast
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
@@ -107,7 +108,7 @@ def _refuse_options_of_other_kinds(args, kind: str, defaults: dict[str, Any]) ->
     """A training option that the model's trainer does not read is an error, not silently ignored."""
     every = set(TRAIN_DEFAULTS) | set(GAN_TRAIN_DEFAULTS) | set(SVI_ONLY)
     own = set(defaults) | (set(SVI_ONLY) if kind != "gan" else set())
-    stray = [_flag(k) for k in sorted(every - own) if _given(args, k) not in (None, False)]
+    stray = [_flag(k) for k in sorted(every - own) if _given(args, k) not in (None, False, "default")]
     if stray:
         trainer = "the adversarial trainer" if kind == "gan" else "SVI"
         raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {args.model} "
@@ -208,7 +209,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
 
 def _condition(model, dataset: Dataset, split: str, limit: int | None = None, device=None) -> dict[str, torch.Tensor]:
     """The per-datum keyword arguments a conditional model needs: the split's labels as ``y``."""
-    if not getattr(model, "conditional", False):
+    if not capabilities(model).conditional:
         return {}
     labels = dataset.labels.get(split)
     if labels is None:
@@ -218,41 +219,27 @@ def _condition(model, dataset: Dataset, split: str, limit: int | None = None, de
 
 
 def _evaluate(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
-              limit: int | None = None, world: distributed.World | None = None):
-    """Test NLL: exact where the model has ``log_prob``; for models whose latents are all global, the
-    posterior predictive log p(x_n | training data) under the guide; else importance sampling with the guide.
-    Under torchrun every rank scores its share of the rows and rank 0 gets them all."""
-    plate_name = run.config.get("plate_name") if run is not None else None
+              limit: int | None = None, world: distributed.World | None = None, method: str = "auto",
+              **annealing) -> dict[str, Any]:
+    """The split's score by :func:`pprogen.inference.evaluate`, as the dict summary.json holds; the k-hat
+    picture of an importance-sampled score is saved in the run folder."""
     world = world or distributed.World()
-    x = dataset.split(split)[:limit].to(device)
-    exact = callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True)
-    predictive = callable(getattr(model, "predictive_log_prob", None))
-    if exact or predictive:
-        with torch.no_grad():
-            score = model.log_prob if exact else lambda rows: model.predictive_log_prob(rows, guide, num_samples)
-            mine = x[distributed.my_rows(x.shape[0], world)]
-            log_prob = torch.cat([score(mine[i : i + 1000]) for i in range(0, mine.shape[0], 1000)])
-            log_prob = distributed.gather_shards(log_prob, x.shape[0], world)
-        nll = -log_prob.double()
-        method = getattr(model, "log_prob_method", "exact")
-        result = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),
-                  "num_data": nll.numel(),
-                  "method": method if exact else f"posterior predictive ({num_samples} guide draws of the globals)"}
-        if dataset.binary or getattr(model, "reports_bits_per_dim", False):
-            result["bits_per_dim"] = result["nll"] / (dataset.dim * 0.6931471805599453)
-        return result
-    evidence = distributed.sharded_log_marginal(model, guide, x, world, num_samples=num_samples, plate_name=plate_name,
-                                                dim=dataset.dim if dataset.binary else None,
-                                                condition=_condition(model, dataset, split, limit, device))
-    method = "importance sampling (guide as proposal)"
-    if getattr(model, "conditional", False):
-        method += ", log p(x | y) given the labels"
-    result = {**evidence.summary(), "method": method}
-    if run is not None and evidence.khat is not None and world.is_main:
+    evaluation = evaluate(
+        model, guide, dataset.split(split)[:limit].to(device), method=method, num_samples=num_samples,
+        condition=_condition(model, dataset, split, limit, device), world=world,
+        plate_name=run.config.get("plate_name") if run is not None else None,
+        dim=dataset.dim if dataset.binary else None, **annealing,
+    )
+    result = dict(evaluation.summary)
+    khat = getattr(evaluation.result, "khat", None)
+    if run is not None and khat is not None and world.is_main:
         from pprogen.plots import save_khat
 
-        save_khat(evidence.khat, run.path / f"khat-{split}.png")
+        save_khat(khat, run.path / f"khat-{split}.png")
         result["khat_plot"] = f"khat-{split}.png"
+    if method in ("ais", "bdmc") and run is not None:
+        result["inference_data"] = f"{method}-{split}.nc"
+        atomic_write(run.path / result["inference_data"], evaluation.to_inference_data().to_netcdf)
     return result
 
 
@@ -275,13 +262,14 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
     from pprogen import plots
 
     made = []
-    if hasattr(model, "fitted_network"):  # a Bayesian network: its learned tables say more than samples
+    caps = capabilities(model)
+    if caps.fitted_network:  # a Bayesian network: its learned tables say more than samples
         network = model.fitted_network(guide)
         run.write_json("network.json", network.to_spec())
         atomic_write(run.path / "network.txt", lambda tmp: Path(tmp).write_text(network.describe() + "\n"))
         made += ["network.json", "network.txt"]
     elif hasattr(model, "sample"):
-        if tuple(dataset.shape) == (2,) and getattr(model, "invertible", False):  # a 2-D flow: draw its density
+        if tuple(dataset.shape) == (2,) and caps.invertible and caps.exact_log_prob:  # a 2-D flow: its density
             plots.save_density_2d(model.log_prob, dataset.split("test" if dataset.test is not None else "train"),
                                   run.path / "density.png", title=f"{run.config['model']} on {run.config['data']}",
                                   device=device)
@@ -371,7 +359,7 @@ def cmd_train(args) -> int:
     check_autocast(train.get("autocast"), device)
     seed_everything(config["seed"])  # the initial weights too come from --seed
     dataset, model, guide = build(config, dataset)
-    missing_ok = getattr(model, "accepts_missing", False)
+    missing_ok = capabilities(model).accepts_missing
     check_data(dataset.train, "training data", missing_ok)
     if dataset.valid is not None:
         check_data(dataset.valid, "validation data", missing_ok)
@@ -640,16 +628,16 @@ ANNEALING_OPTIONS = {"steps": 1000, "chains": 16, "leapfrog": 10, "schedule": "s
 def _check_evaluate_args(args) -> None:
     """Refuse options that do not apply to ``--method`` and fill in the defaults of those that do."""
     given = [f"--{k}" for k in ANNEALING_OPTIONS if getattr(args, k) is not None]
-    if args.method == "is":
+    if args.method in ("auto", "is"):
         if given:
-            raise ValueError(f"{', '.join(given)} set the annealed chains of --method ais or bdmc; with importance "
-                             "sampling (--method is) set --num-samples")
+            raise ValueError(f"{', '.join(given)} set the annealed chains of --method ais or bdmc; with --method "
+                             f"{args.method} set --num-samples")
         args.num_samples = 1000 if args.num_samples is None else args.num_samples
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     else:
         if args.num_samples is not None:
-            raise ValueError(f"--num-samples sets importance sampling (--method is); --method {args.method} uses "
+            raise ValueError(f"--num-samples sets importance sampling (--method auto or is); --method {args.method} uses "
                              "--steps T (annealing steps) and --chains C (chains per example)")
         for key, default in ANNEALING_OPTIONS.items():
             if getattr(args, key) is None:
@@ -661,75 +649,49 @@ def _check_evaluate_args(args) -> None:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
 
 
-def _evaluate_annealed(model, guide, dataset: Dataset, args, device, run: Run, world) -> tuple[dict, str]:
-    """``--method ais`` (per-example AIS estimates of log p(x) on the split) or ``--method bdmc`` (the
-    sandwich on as many examples simulated from the model): the result for summary.json and its text."""
-    from pprogen.inference import ais, bdmc
-
-    name = type(model).__name__.lower()
-    if callable(getattr(model, "log_prob", None)) and getattr(model, "has_exact_log_prob", True):
-        raise ValueError(f"{name} computes log p(x) exactly ({getattr(model, 'log_prob_method', 'exact')}); there is "
-                         "nothing to anneal: evaluate it with --method is (the default)")
-    if callable(getattr(model, "predictive_log_prob", None)):
-        raise ValueError(f"{name} has only global latents and is scored by its posterior predictive; AIS anneals "
-                         "per-example latents: evaluate it with --method is (the default)")
-    if world.size > 1:
-        raise ValueError(f"--method {args.method} runs in one process; run `pprogen evaluate` without torchrun")
-    x = dataset.split(args.split)[: args.limit].to(device)
-    settings = {"num_steps": args.steps, "num_chains": args.chains, "leapfrog_steps": args.leapfrog,
-                "schedule": args.schedule, "plate_name": run.config.get("plate_name"),
-                "condition": _condition(model, dataset, args.split, args.limit, device)}
-    torch.manual_seed(args.seed)
-    given = "given the labels, " if getattr(model, "conditional", False) else ""
+def _format_annealed(split: str, args, result: dict[str, Any]) -> str:
     head = f"T = {args.steps} steps ({args.schedule}), C = {args.chains} chains, L = {args.leapfrog} leapfrog steps"
     if args.method == "ais":
-        evidence = ais(model, guide, x, dim=dataset.dim if dataset.binary else None, **settings)
-        result = {**evidence.summary(), "method": f"annealed importance sampling ({given}guide to posterior)",
-                  "seed": args.seed}
-        data = evidence.to_inference_data()
-        text = (f"{args.split} NLL (AIS, {head}): {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over "
+        text = (f"{split} NLL (AIS, {head}): {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over "
                 f"{result['num_data']} examples")
         if "bits_per_dim" in result:
             text += f" ({result['bits_per_dim']:.4f} bits/dim)"
     else:
-        sandwich = bdmc(model, guide, x, **settings)
-        result = {**sandwich.summary(), "method": f"bidirectional Monte Carlo ({given}on data simulated from the "
-                  f"model, shaped like the {args.split!r} split)", "seed": args.seed}
-        data = sandwich.to_inference_data()
-        text = (f"BDMC ({head}) on {result['num_data']} examples simulated from the model: log p(x) between "
-                f"{result['lower_log_prob']:.3f} and {result['upper_log_prob']:.3f} nats on average; gap "
-                f"{result['gap']:.3f} ± {result['gap_stderr']:.3f} (max {result['gap_max']:.3f})")
-    text += f"\nHMC: mean acceptance {result['mean_accept_rate']:.2f}, {result['divergences']} divergent transitions"
-    result["inference_data"] = f"{args.method}-{args.split}.nc"
-    atomic_write(run.path / result["inference_data"], data.to_netcdf)
-    return result, text + f"; per-example results in {result['inference_data']} (ArviZ)"
+        text = (f"BDMC ({head}) on {result['num_data']} examples simulated from the model (shaped like the {split!r} "
+                f"split): log p(x) between {result['lower_log_prob']:.3f} and {result['upper_log_prob']:.3f} nats on "
+                f"average; gap {result['gap']:.3f} ± {result['gap_stderr']:.3f} (max {result['gap_max']:.3f})")
+    return (text + f"\nHMC: mean acceptance {result['mean_accept_rate']:.2f}, {result['divergences']} divergent "
+            f"transitions; per-example results in {result['inference_data']} (ArviZ)")
 
 
 def cmd_evaluate(args) -> int:
     _check_evaluate_args(args)
     world, device = distributed.init(Run.open(args.run).config_with(*REQUIRED).get("device", "auto"), args.dist_timeout)
     run, config, dataset, model, guide, device = _load_run(args.run, device)  # each rank on its own GPU
-    if config.get("kind") == "gan" and args.method != "is":
-        raise ValueError(f"a GAN has no likelihood to anneal; evaluate {run.path.name} without --method")
-    if args.method != "is":
-        result, text = _evaluate_annealed(model, guide, dataset, args, device, run, world)
-        summary = run.read_json("summary.json")
-        summary[f"{args.split}_{args.method}"] = result
-        run.write_json("summary.json", summary)
-        print(text)
-        return 0
+    key = f"{args.split}_evaluation"
+    torch.manual_seed(args.seed)
     if config.get("kind") == "gan":
+        if args.method != "auto":
+            raise ValueError(f"a GAN has no likelihood to estimate; evaluate {run.path.name} without --method")
         if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
             return 0
         result = _evaluate_gan(model, dataset.subset(args.limit), args.split, args.num_samples, device)
         text = _format_gan_eval(result)
+    elif args.method in ("ais", "bdmc"):
+        annealing = {"num_steps": args.steps, "num_chains": args.chains, "leapfrog_steps": args.leapfrog,
+                     "schedule": args.schedule}
+        result = _evaluate(model, guide, dataset, args.split, 0, device, run, args.limit, world, args.method,
+                           **annealing)
+        result["seed"] = args.seed
+        text, key = _format_annealed(args.split, args, result), f"{args.split}_{args.method}"
     else:
-        result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit, world)
+        result = _evaluate(model, guide, dataset, args.split, args.num_samples, device, run, args.limit, world,
+                           args.method)
         text = _format_eval(args.split, result)
     if not world.is_main:
         return 0
     summary = run.read_json("summary.json")
-    summary[f"{args.split}_evaluation"] = result
+    summary[key] = result
     run.write_json("summary.json", summary)
     print(text)
     return 0
@@ -835,17 +797,18 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="test NLL of a trained run")
     s.add_argument("run")
     s.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    s.add_argument("--method", default="is", choices=("is", "ais", "bdmc"),
-                   help="is: importance sampling with the guide (default); ais: annealed importance sampling from "
-                        "the guide to each example's posterior; bdmc: AIS's sandwich bounds on data simulated "
-                        "from the model")
+    s.add_argument("--method", default="auto", choices=("auto", "is", "ais", "bdmc"),
+                   help="auto (default): the model's exact log p(x) where it has one, its posterior predictive for "
+                        "global latents, else importance sampling with the guide; is: importance sampling; ais: "
+                        "annealed importance sampling from the guide to each example's posterior; bdmc: AIS's "
+                        "sandwich bounds on data simulated from the model")
     s.add_argument("--num-samples", type=int,
                    help="importance samples per example (default 1000; GANs: generated samples scored)")
     s.add_argument("--steps", type=int, help="ais/bdmc: annealing steps T (default 1000)")
     s.add_argument("--chains", type=int, help="ais/bdmc: chains per example C (default 16)")
     s.add_argument("--leapfrog", type=int, help="ais/bdmc: leapfrog steps per HMC transition (default 10)")
     s.add_argument("--schedule", choices=("sigmoid", "linear", "geometric"), help="ais/bdmc: default sigmoid")
-    s.add_argument("--seed", type=int, default=0, help="ais/bdmc: random seed")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the estimate (default 0)")
     s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
     s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    help="under torchrun: seconds a collective waits for the other ranks")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -186,14 +186,22 @@ def current() -> World:
 _timeout = DEFAULT_TIMEOUT
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu`` or ``cuda``, checked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
 def init(device: str | torch.device = "auto", timeout: float = DEFAULT_TIMEOUT) -> tuple[World, torch.device]:
     """Join the process group torchrun describes in the environment and pick this rank's device.
 
     ``device``: ``auto`` (a GPU per rank when there are GPUs, else the CPU), ``cpu`` or ``cuda``; NCCL
     serves GPUs and gloo CPUs. Returns the world and the device; without a launcher, ``(World(), device)``.
     """
-    from pprogen.inference.checks import resolve_device
-
     global _timeout
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"the collective timeout must be a positive number of seconds, got {timeout!r}")
@@ -263,19 +271,3 @@ def gather_shards(local: torch.Tensor | None, n: int, world: World) -> torch.Ten
         return local
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     return world.gather_rows(local.to(device), shard_sizes(n, world)).to(local.device)
-
-
-def sharded_log_marginal(model, guide, data: torch.Tensor, world: World | None = None,
-                         condition: dict[str, torch.Tensor] | None = None, **kw: Any):
-    """:func:`pprogen.inference.log_marginal` with each rank estimating its share of the rows; every rank
-    gets the whole :class:`~pprogen.inference.marginal.Evidence` back, per-datum results in data order.
-    A model with global latents (one joint estimate for the whole data set) is not split."""
-    from pprogen.inference.marginal import log_marginal, splits_per_datum
-
-    world = current() if world is None else world
-    if not world.active or not splits_per_datum(model, guide, data, condition, kw.get("plate_name"), kw.get("batch_size", 100)):
-        return log_marginal(model, guide, data, condition=condition, **kw)
-    rows = my_rows(data.shape[0], world)
-    local = log_marginal(model, guide, data[rows], condition={k: v[rows] for k, v in (condition or {}).items()}, **kw)
-    per_datum = ("log_prob", "stderr", "ess", "khat", "log_weights")
-    return replace(local, **{k: gather_shards(getattr(local, k), data.shape[0], world) for k in per_datum})

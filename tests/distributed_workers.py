@@ -191,7 +191,7 @@ def train_gan(world, out: Path, loss: str = "nonsaturating", r1_weight: float = 
 def evaluate_rows(world, out: Path, n: int = 13) -> dict:
     """Sharded importance-sampled evidence, gathered back in data order."""
     import pprogen
-    from pprogen.distributed import sharded_log_marginal
+    from pprogen.inference.evaluate import sharded_log_marginal
 
     import pprogen.inference.marginal as marginal
 

@@ -235,7 +235,7 @@ def test_ais_refuses_models_with_an_exact_likelihood(tmp_path, capsys):
     assert main(["train", "fvsbn", "--limit", "100", "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out), "--method", "ais", "--steps", "5"]) == 2
-    assert "nothing to anneal: evaluate it with --method is" in capsys.readouterr().err
+    assert "computes log p(x) exactly: it is scored by its own route, not by ais" in capsys.readouterr().err
 
 
 def test_any_estimator_and_guide_by_name_then_k_hat_bands(tmp_path, capsys):

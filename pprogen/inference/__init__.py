@@ -1,9 +1,11 @@
-"""Inference for any Pyro program: ELBO estimators, SVI training and importance-sampled evidence."""
+"""Inference for any Pyro program: ELBO estimators, SVI training, evaluation (exact, importance-sampled or
+annealed evidence)."""
 
 from pprogen.inference.adversarial import AdversarialTrainer
 from pprogen.inference.ais import AnnealedEvidence, Sandwich, ais, annealing_schedule, bdmc
 from pprogen.inference.elbo import ELBOLoss, TraceELBO
 from pprogen.inference.estimators import make_elbo
+from pprogen.inference.evaluate import Evaluation, evaluate
 from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
@@ -14,6 +16,7 @@ __all__ = [
     "AdversarialTrainer",
     "AnnealedEvidence",
     "ELBOLoss",
+    "Evaluation",
     "Evidence",
     "History",
     "NonFiniteLossError",
@@ -24,6 +27,7 @@ __all__ = [
     "ais",
     "annealing_schedule",
     "bdmc",
+    "evaluate",
     "fit",
     "log_marginal",
     "make_elbo",

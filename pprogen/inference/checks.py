@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pyro
 import torch
 
+from pprogen.distributed import resolve_device  # noqa: F401  (re-exported: checks is where callers look)
 from pprogen.errors import unknown_name_error
 from pprogen.inference.tracing import (
     SiteCollector,
@@ -29,15 +30,6 @@ OPTIMIZERS = {
     "rmsprop": torch.optim.RMSprop,
 }
 SCHEDULES = ("constant", "cosine", "exponential", "plateau")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def check_hyperparameters(**hp: Any) -> None:

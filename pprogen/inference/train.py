@@ -19,6 +19,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from pprogen.capabilities import capabilities
 from pprogen.distributed import World, check_enough_data, collective, current, shard, shard_slice
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.inference.elbo import ELBOLoss
@@ -366,7 +367,7 @@ def fit(
         epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr,
         clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule,
     )
-    missing_ok = getattr(model, "accepts_missing", False)
+    missing_ok = capabilities(model).accepts_missing
     check_data(data, "training data", missing_ok)
     if valid_data is not None:
         check_data(valid_data, "validation data", missing_ok)

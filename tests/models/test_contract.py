@@ -81,3 +81,42 @@ def test_save_load_round_trip_reproduces_the_loss(name, tmp_path):
     model2.load_state_dict(load_file(tmp_path / "m.safetensors"))
     guide2.load_state_dict(load_file(tmp_path / "g.safetensors"))
     assert torch.equal(loss_of(name, model2, guide2, x, **kw), before)
+
+
+@pytest.mark.parametrize("name", pprogen.list_models())
+def test_declared_capabilities_hold(name):
+    """Every registered model's capabilities (pprogen.capabilities) agree with its card and its methods."""
+    from pprogen.capabilities import SCORING, capabilities
+
+    card = get_card(name)
+    model = pprogen.create_model(name) if card.kind == "gan" else small_model(name)
+    caps = capabilities(model)
+    assert caps.scoring in SCORING
+    assert caps.adversarial == (card.kind == "gan")
+    assert caps.bits_per_dim <= (card.kind == "flow")
+    assert caps.fitted_network == caps.accepts_missing == (card.kind == "bayesnet")
+    assert caps.conditional <= isinstance(getattr(model, "num_classes", None), int)
+    assert caps.predictive <= (card.kind == "mixture")
+    if caps.scoring == "exact" and caps.invertible:
+        x = model.sample(5)
+        with torch.no_grad():
+            log_prob = model.log_prob(x)
+        assert log_prob.shape == (5,) and torch.isfinite(log_prob).all()
+    if not caps.invertible:
+        assert card.kind in ("flow", "gan")
+    if caps.scoring == "exact":
+        assert caps.log_prob_method == "exact" or "bound" in caps.log_prob_method
+
+
+def test_capabilities_are_read_in_one_place():
+    """Only pprogen.capabilities reads the capability attributes of a model; everything else asks it."""
+    import re
+    from pathlib import Path
+
+    names = ("has_exact_log_prob", "log_prob_method", "predictive_log_prob", "reports_bits_per_dim",
+             "conditional", "invertible", "accepts_missing", "fitted_network")
+    reads = re.compile(r"(getattr|hasattr)\(\s*model\s*,\s*[\"'](" + "|".join(names) + r")[\"']")
+    root = Path(pprogen.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "capabilities.py" and reads.search(p.read_text())]
+    assert offenders == []

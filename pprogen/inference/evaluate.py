@@ -1,0 +1,143 @@
+"""``evaluate``: one entry point that scores a model (and guide) on data, for Python and the command line.
+
+The route follows what the model declares (:mod:`pprogen.capabilities`): its exact ``log_prob`` when it has
+one; the posterior predictive ``predictive_log_prob`` for models whose latents are all global; otherwise
+importance sampling with the guide as proposal (:func:`~pprogen.inference.log_marginal`). ``method="ais"``
+and ``method="bdmc"`` anneal instead (:func:`~pprogen.inference.ais`, :func:`~pprogen.inference.bdmc`).
+Under ``torchrun`` every rank scores its share of the rows and every rank gets all of them back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+
+from pprogen.capabilities import capabilities
+from pprogen.distributed import World, current, gather_shards, my_rows
+
+METHODS = ("auto", "is", "ais", "bdmc")
+LN2 = math.log(2)
+
+
+@dataclass
+class Evaluation:
+    """A model's score on data. ``method`` is ``exact``, ``predictive``, ``is``, ``ais`` or ``bdmc`` and
+    ``description`` says it in words; ``log_prob`` holds the per-datum estimates (BDMC: the lower bounds on
+    the simulated data); ``summary`` is what ``pprogen evaluate`` prints and writes to ``summary.json``;
+    ``result`` keeps the estimator's own object (:class:`~pprogen.inference.Evidence`,
+    :class:`~pprogen.inference.AnnealedEvidence`, :class:`~pprogen.inference.Sandwich`) with its diagnostics."""
+
+    method: str
+    description: str
+    log_prob: torch.Tensor
+    summary: dict[str, Any]
+    result: Any = None
+
+    def to_inference_data(self):
+        """ArviZ ``InferenceData`` of the per-datum results (and their diagnostics when the method has any)."""
+        if self.result is not None:
+            return self.result.to_inference_data()
+        import arviz as az
+
+        return az.from_dict(log_likelihood={"x": self.log_prob.detach().cpu().numpy()[None, None]})
+
+
+def evaluate(
+    model: Callable,
+    guide: Callable | None,
+    data: torch.Tensor,
+    method: str = "auto",
+    num_samples: int = 1000,
+    condition: dict[str, torch.Tensor] | None = None,
+    plate_name: str | None = None,
+    dim: int | None = None,
+    world: World | None = None,
+    **annealing: Any,
+) -> Evaluation:
+    """Score ``model`` on ``data`` (rows along the first dimension).
+
+    ``method="auto"`` takes the model's own route (exact, posterior predictive with ``num_samples`` guide
+    draws of the globals, or importance sampling with ``num_samples`` particles); ``"is"`` asks for
+    importance sampling, ``"ais"`` / ``"bdmc"`` for annealing, with ``annealing`` passed on to
+    :func:`~pprogen.inference.ais` (``num_steps``, ``num_chains``, ``leapfrog_steps``, ``schedule``, ...).
+    ``dim`` (values per datum) adds bits/dim to the summary; models that declare ``reports_bits_per_dim``
+    report it anyway. ``condition`` holds per-datum keyword arguments (a conditional model's labels ``y``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown evaluation method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
+        raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
+    caps = capabilities(model)
+    name = type(model).__name__.lower()
+    if caps.adversarial:
+        raise ValueError(f"{name} is a GAN: it has no likelihood to evaluate; score its samples with "
+                         "pprogen.inference.metrics (or `pprogen evaluate RUN`)")
+    world = current() if world is None else world
+    condition = condition or {}
+    given = ", log p(x | y) given the labels" if caps.conditional else ""
+    if method == "auto" and caps.scoring in ("exact", "predictive"):
+        return _direct(model, guide, data, caps, num_samples, dim, world)
+    if caps.scoring in ("exact", "predictive"):
+        route = "computes log p(x) exactly" if caps.scoring == "exact" else "has only global latents"
+        raise ValueError(f"{name} {route}: it is scored by its own route, not by {method}; use method='auto' "
+                         "(the command line's default)")
+    if method in ("ais", "bdmc"):
+        return _annealed(model, guide, data, method, condition, plate_name, dim, world, given, annealing)
+    if annealing:
+        raise ValueError(f"{', '.join(sorted(annealing))} set annealed chains; they apply to method='ais' or 'bdmc'")
+    evidence = sharded_log_marginal(model, guide, data, world, condition, num_samples=num_samples,
+                                     plate_name=plate_name, dim=dim)
+    text = f"importance sampling (guide as proposal){given}"
+    return Evaluation("is", text, evidence.log_prob, {**evidence.summary(), "method": text}, evidence)
+
+
+def _direct(model, guide, data, caps, num_samples, dim, world) -> Evaluation:
+    """Exact log p(x), or the posterior predictive for global-latent models; rows in chunks of 1000."""
+    if caps.scoring == "exact":
+        score, kind, text = model.log_prob, "exact", caps.log_prob_method
+    else:
+        score = lambda rows: model.predictive_log_prob(rows, guide, num_samples)  # noqa: E731
+        kind, text = "predictive", f"posterior predictive ({num_samples} guide draws of the globals)"
+    with torch.no_grad():
+        mine = data[my_rows(data.shape[0], world)]
+        log_prob = torch.cat([score(mine[i: i + 1000]) for i in range(0, mine.shape[0], 1000)])
+        log_prob = gather_shards(log_prob, data.shape[0], world)
+    nll = -log_prob.double()
+    summary = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),
+               "num_data": nll.numel(), "method": text}
+    dim = dim or (data[0].numel() if caps.bits_per_dim else None)
+    if dim:
+        summary["bits_per_dim"] = summary["nll"] / (dim * LN2)
+    return Evaluation(kind, text, log_prob, summary)
+
+
+def _annealed(model, guide, data, method, condition, plate_name, dim, world, given, annealing) -> Evaluation:
+    from pprogen.inference.ais import ais, bdmc
+
+    if world.active:
+        raise ValueError(f"method {method!r} runs in one process; run it without torchrun")
+    if method == "ais":
+        evidence = ais(model, guide, data, condition=condition, plate_name=plate_name, dim=dim, **annealing)
+        text = f"annealed importance sampling (guide to posterior){given}"
+        return Evaluation("ais", text, evidence.log_prob, {**evidence.summary(), "method": text}, evidence)
+    sandwich = bdmc(model, guide, data, condition=condition, plate_name=plate_name, **annealing)
+    text = f"bidirectional Monte Carlo{given}, on {data.shape[0]} rows simulated from the model"
+    return Evaluation("bdmc", text, sandwich.lower.log_prob, {**sandwich.summary(), "method": text}, sandwich)
+
+
+def sharded_log_marginal(model, guide, data: torch.Tensor, world: World,
+                          condition: dict[str, torch.Tensor] | None = None, **kw: Any):
+    """:func:`pprogen.inference.log_marginal` with each rank estimating its share of the rows; every rank
+    gets the whole :class:`~pprogen.inference.marginal.Evidence` back, per-datum results in data order.
+    A model with global latents (one joint estimate for the whole data set) is not split."""
+    from pprogen.inference.marginal import log_marginal, splits_per_datum
+
+    if not world.active or not splits_per_datum(model, guide, data, condition, kw.get("plate_name"), kw.get("batch_size", 100)):
+        return log_marginal(model, guide, data, condition=condition, **kw)
+    rows = my_rows(data.shape[0], world)
+    local = log_marginal(model, guide, data[rows], condition={k: v[rows] for k, v in (condition or {}).items()}, **kw)
+    per_datum = ("log_prob", "stderr", "ess", "khat", "log_weights")
+    return replace(local, **{k: gather_shards(getattr(local, k), data.shape[0], world) for k in per_datum})
