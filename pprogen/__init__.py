@@ -2,6 +2,7 @@
 evaluate any Pyro program."""
 
 from pprogen.registry import create_model, list_models, register_model
+from pprogen import models as _zoo  # noqa: E402,F401  (the zoo registers itself; the registry never imports it)
 
 __version__ = "0.1.0"
 

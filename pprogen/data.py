@@ -362,11 +362,9 @@ def _swiss_roll(n, g):
 
 def _sprinkler(missing: float):
     def sample(n, g):
-        from pprogen.models.bayesnet import BayesianNetwork
+        from pprogen.dag import ancestral_sample
 
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2**31 - 1, (), generator=g)))
-            x = BayesianNetwork("sprinkler", cpt="fixed").sample(n)
+        x = ancestral_sample("sprinkler", n, generator=g)
         if missing:
             x[torch.rand(x.shape, generator=g) < missing] = float("nan")
         return x, None

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from pyro.nn import PyroModule
 from torch import nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -209,3 +210,16 @@ class CriticPair:
     fake: torch.Tensor
     condition: dict[str, torch.Tensor] = field(default_factory=dict)
     name: str = "d"
+
+
+class EmptyGuide(PyroModule):
+    """The guide of a fully observed model (or one whose latents are all enumerated): nothing to propose."""
+
+    def forward(self, *args, **kwargs) -> None:
+        return None
+
+
+def normal_head(out: torch.Tensor, dim: int, min_scale: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A network output ``(..., 2 * dim)`` (or longer: the rest is left out) read as a diagonal Normal's
+    ``loc`` and ``scale = softplus(raw) + min_scale``: the head of every amortized Normal in pprogen."""
+    return out[..., :dim], F.softplus(out[..., dim: 2 * dim]) + min_scale

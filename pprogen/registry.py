@@ -98,12 +98,7 @@ def register_model(
     return decorate(fn) if fn is not None else decorate
 
 
-def _ensure_zoo_loaded() -> None:
-    import pprogen.models  # noqa: F401  (registers the zoo)
-
-
 def get_card(name: str) -> ModelCard:
-    _ensure_zoo_loaded()
     if name not in _REGISTRY:
         raise unknown_name_error("model", name, _REGISTRY)
     return _REGISTRY[name]
@@ -111,7 +106,6 @@ def get_card(name: str) -> ModelCard:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
-    _ensure_zoo_loaded()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 

@@ -668,3 +668,17 @@ __all__ = [
     "InvertibleLinear", "Logit", "MaskedAutoregressive", "MultiScale", "NoInverseError", "Planar", "Radial",
     "RationalQuadratic", "Reverse", "Scaling", "planar_map", "radial_map", "soft_clamp", "squeeze", "unsqueeze",
 ]
+
+
+def check_num_layers(num_layers, name: str = "num_layers") -> int:
+    """``num_layers`` if it is a positive integer, else a one-line error naming the argument."""
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ValueError(f"{name} must be a positive integer, got {num_layers!r}")
+    return num_layers
+
+
+def alternating_orders(x_dim: int, num_layers: int) -> list[list[int]]:
+    """Autoregressive orders for a stack of MADE-style layers: the identity, then reversed, alternately, so that
+    every variable conditions on every other somewhere in the stack."""
+    forward = list(range(x_dim))
+    return [forward if i % 2 == 0 else forward[::-1] for i in range(num_layers)]

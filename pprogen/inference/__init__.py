@@ -9,7 +9,7 @@ from pprogen.inference.evaluate import Evaluation, evaluate
 from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
-from pprogen.inference.mcmc import run_nuts
+from pprogen.mcmc import run_nuts
 from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
 
 __all__ = [

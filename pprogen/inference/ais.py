@@ -71,7 +71,6 @@ from pprogen.inference.tracing import (
     SiteCollector,
     direct_call,
     fix_subsample,
-    in_plate,
     masked_log_prob,
     per_datum,
     sandbox,
@@ -449,7 +448,7 @@ class _Chains:
         point = (start, *self.evaluate(start))
         if check:
             self.check_differentiable(point[1:])
-        log_q, log_p = point[1], point[2]
+        log_p = point[2]
         eps = torch.full(log_p.shape, float(step_size), dtype=log_p.dtype, device=log_p.device)
         log_w = torch.zeros(log_p.shape, dtype=torch.float64, device=log_p.device)
         accept_sum = torch.zeros_like(log_w)

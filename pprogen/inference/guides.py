@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.infer import autoguide
 from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
@@ -36,7 +35,7 @@ from torch.distributions import biject_to, constraints
 
 from pprogen.inference.tracing import SiteCollector, find_data_plate, in_plate
 from pprogen.transforms import ConditionalPlanar
-from pprogen.nn import MLP, ConvEncoder
+from pprogen.nn import MLP, ConvEncoder, normal_head
 from pprogen.errors import unknown_name_error
 
 AUTOGUIDES = {
@@ -145,12 +144,12 @@ class AmortizedGuide(PyroModule):
     def _site_dist(self, name: str, shape: tuple[int, ...], support, h: torch.Tensor):
         dim = math.prod(shape)
         out = self.heads[name](h)
-        loc, raw = out[..., :dim], out[..., dim : 2 * dim]
+        loc, scale = normal_head(out, dim)
         if self.family == "lowrank":
             factor = out[..., 2 * dim :].reshape(out.shape[:-1] + (dim, self.rank))
-            base = dist.LowRankMultivariateNormal(loc, factor, F.softplus(raw) + 1e-5)
+            base = dist.LowRankMultivariateNormal(loc, factor, scale)
         else:
-            base = dist.Normal(loc, F.softplus(raw) + 1e-5).to_event(1)
+            base = dist.Normal(loc, scale).to_event(1)
         transforms = []
         if self.family == "iaf":
             transforms += [ConditionalAffineAutoregressive(nn_).condition(h) for nn_ in self.flows[name]]

@@ -289,7 +289,6 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
     takes the whole budget (not measured on one)."""
     if not isinstance(max_memory, int) or max_memory < 1:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    n = data.shape[0]
     rows = plan.batch_size if plan.fixed_rows else min(plan.batch_size, 8)
     probe_k = max(1, min(num_samples, 64, 512 // rows))  # a small probe, also when it must take every row
     x, kw, indices = _chunk(data, condition, plan, 0, rows)

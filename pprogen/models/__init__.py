@@ -2,7 +2,7 @@
 
 from pprogen.models.autoregressive import MADE, NADE, FVSBN, AutoregressiveBernoulli, RNNAutoregressive, fvsbn, made, nade, rnn_ar
 from pprogen.models.bayesnet import BayesianNetwork, DirichletCPTGuide, bayesnet, sprinkler
-from pprogen.models.dag import SpecError, fully_connected_spec, parse_spec
+from pprogen.dag import SpecError, fully_connected_spec, parse_spec
 from pprogen.models.flows import ENERGIES, EnergyTarget, Flow, FlowGuide, glow, iaf, maf, nice, nsf, planar, radial, realnvp
 from pprogen.models.gan import GAN, ProGAN, cgan, dcgan, gan, progan
 from pprogen.models.mixture import BayesianGaussianMixture, BernoulliMixture, GaussianMixture, bayesian_gmm, gmm, mixture_of_bernoullis

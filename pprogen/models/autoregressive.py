@@ -30,6 +30,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
+from pprogen.nn import EmptyGuide
 from pprogen.registry import register_model
 
 
@@ -83,13 +84,6 @@ class AutoregressiveBernoulli(TorchDistribution):
                 xs[:, i] = torch.bernoulli(torch.sigmoid(logits[:, i]))
             flat[rows] = xs
         return flat.reshape(shape)
-
-
-class EmptyGuide(PyroModule):
-    """The guide of a fully observed model: it has no latent to propose."""
-
-    def forward(self, *args, **kwargs) -> None:
-        return None
 
 
 class AutoregressiveModel(PyroModule):

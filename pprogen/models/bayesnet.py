@@ -4,7 +4,7 @@ r"""Discrete Bayesian networks as Pyro programs: one ``Categorical`` site per no
 
     p(x) = \prod_{v} p\big(x_v \mid x_{\mathrm{pa}(v)}\big)
 
-The network comes from a plain spec (:mod:`pprogen.models.dag`). Each node's conditional distribution is
+The network comes from a plain spec (:mod:`pprogen.dag`). Each node's conditional distribution is
 
 - ``cpd="table"``: a conditional probability table, ``cpt="fixed"`` (the spec's, as buffers),
   ``"learned"`` (parameters started at the spec's table, or uniform with ``init="uniform"`` or where the
@@ -12,7 +12,7 @@ The network comes from a plain spec (:mod:`pprogen.models.dag`). Each node's con
   ``"dirichlet"`` (``cpt_<node>`` latent sites with a symmetric Dirichlet prior, one per parent
   configuration, fitted by SVI with :class:`DirichletCPTGuide`);
 - ``cpd="logistic"``: a softmax regression on the one-hot parents (dummy coded). With binary nodes and
-  every earlier node as a parent (:func:`~pprogen.models.dag.fully_connected_spec`) this is FVSBN.
+  every earlier node as a parent (:func:`~pprogen.dag.fully_connected_spec`) this is FVSBN.
 
 Data are ``(N, num_nodes)`` state indices in the spec's column order; ``NaN`` marks a missing value. A node
 with missing entries becomes a site marked for parallel enumeration, with a factor ``<node>_evidence``
@@ -45,19 +45,11 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from pprogen.errors import suggest
-from pprogen.models.autoregressive import EmptyGuide
+from pprogen.nn import EmptyGuide
 from pprogen.models.cpt_learning import CPTLearning, DirichletCPTGuide
-from pprogen.models.dag import parse_spec, render
+from pprogen.dag import NETWORKS, SPRINKLER, parse_spec, render  # noqa: F401  (SPRINKLER: the public name)
 from pprogen.registry import register_model
 
-SPRINKLER = {
-    "Cloudy": {"states": ["no", "yes"], "parents": [], "cpt": [0.5, 0.5]},
-    "Sprinkler": {"states": ["off", "on"], "parents": ["Cloudy"], "cpt": [[0.5, 0.5], [0.9, 0.1]]},
-    "Rain": {"states": ["no", "yes"], "parents": ["Cloudy"], "cpt": [[0.8, 0.2], [0.2, 0.8]]},
-    "GrassWet": {"states": ["no", "yes"], "parents": ["Sprinkler", "Rain"],
-                 "cpt": [[[1.0, 0.0], [0.1, 0.9]], [[0.1, 0.9], [0.01, 0.99]]]},
-}
-NETWORKS = {"sprinkler": SPRINKLER}
 Evidence = Mapping[str, "int | str"]
 
 

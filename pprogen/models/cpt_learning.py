@@ -12,16 +12,12 @@ Statistical Data, Machine Learning 1995.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import nn
-
-if TYPE_CHECKING:  # bayesnet imports this module
-    from pprogen.models.bayesnet import BayesianNetwork
 
 
 class CPTLearning:
@@ -79,7 +75,7 @@ class DirichletCPTGuide(PyroModule):
     Conjugate to the model with complete data: the optimum is the exact posterior, prior + counts.
     """
 
-    def __init__(self, network: BayesianNetwork) -> None:
+    def __init__(self, network: PyroModule) -> None:  # a BayesianNetwork (which imports this module)
         super().__init__()
         self.names = list(network.names)
         self.shapes = [network.table_shape(i) for i in range(len(network.nodes))]

@@ -36,9 +36,11 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
-from pprogen.models.autoregressive import EmptyGuide
+from pprogen.nn import EmptyGuide
 from pprogen.registry import register_model
 from pprogen.transforms import (
+    alternating_orders,
+    check_num_layers,
     ActNorm, Bijection, Coupling, FlowBatchNorm, InvertibleLinear, Logit, MaskedAutoregressive, MultiScale,
     NoInverseError, Planar, Radial, Scaling,
 )
@@ -378,20 +380,9 @@ def _check_dim(x_dim, what="x_dim") -> int:
     return x_dim
 
 
-def _check_layers(num_layers, name: str = "num_layers") -> int:
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"{name} must be a positive integer, got {num_layers!r}")
-    return num_layers
-
-
 def _vector_flow(name: str, x_dim: int, layers: list[Bijection], num_levels, logit_alpha) -> Flow:
     # data side last: an ActNorm standardizes the data from its first batch
     return Flow((x_dim,), layers + [ActNorm((x_dim,))], num_levels, logit_alpha, name=name)
-
-
-def _orders(x_dim: int, num_layers: int) -> list[list[int]]:
-    forward = list(range(x_dim))
-    return [forward if i % 2 == 0 else forward[::-1] for i in range(num_layers)]
 
 
 _FLOW = dict(kind="flow", default_data="moons")
@@ -406,7 +397,7 @@ _FLOW = dict(kind="flow", default_data="moons")
 def planar(x_dim: int = 2, flow_length: int = 8) -> Flow:
     """Planar flow of ``flow_length`` steps on vectors of size ``x_dim``."""
     _check_dim(x_dim)
-    return Flow((x_dim,), [Planar(x_dim) for _ in range(_check_layers(flow_length))], name="planar")
+    return Flow((x_dim,), [Planar(x_dim) for _ in range(check_num_layers(flow_length))], name="planar")
 
 
 @register_model(
@@ -418,7 +409,7 @@ def planar(x_dim: int = 2, flow_length: int = 8) -> Flow:
 def radial(x_dim: int = 2, flow_length: int = 8) -> Flow:
     """Radial flow of ``flow_length`` steps on vectors of size ``x_dim``."""
     _check_dim(x_dim)
-    return Flow((x_dim,), [Radial(x_dim) for _ in range(_check_layers(flow_length))], name="radial")
+    return Flow((x_dim,), [Radial(x_dim) for _ in range(check_num_layers(flow_length))], name="radial")
 
 
 @register_model(
@@ -431,7 +422,7 @@ def nice(x_dim: int = 2, num_layers: int = 4, hidden_dims: Sequence[int] = (64, 
     """NICE: additive coupling layers with alternating halves and a learned diagonal scaling."""
     _check_dim(x_dim)
     layers: list[Bijection] = [Scaling((x_dim,))]
-    layers += [Coupling((x_dim,), "additive", hidden_dims, swap=bool(i % 2)) for i in range(_check_layers(num_layers))]
+    layers += [Coupling((x_dim,), "additive", hidden_dims, swap=bool(i % 2)) for i in range(check_num_layers(num_layers))]
     return _vector_flow("nice", x_dim, layers, num_levels, logit_alpha)
 
 
@@ -449,7 +440,7 @@ def realnvp(x_dim: int = 2, num_layers: int = 6, hidden_dims: Sequence[int] = (6
         raise ValueError(f"mixing must be 'alternate' or 'permute', got {mixing!r}")
     g = torch.Generator().manual_seed(seed)
     layers: list[Bijection] = []
-    for i in range(_check_layers(num_layers)):
+    for i in range(check_num_layers(num_layers)):
         layers.append(Coupling((x_dim,), "affine", hidden_dims, swap=mixing == "alternate" and bool(i % 2)))
         if mixing == "permute" and i < num_layers - 1:
             layers.append(Permutation(torch.randperm(x_dim, generator=g)))
@@ -477,7 +468,7 @@ def _autoregressive(name, x_dim, num_layers, hidden_dims, fast, kind, batch_norm
                     bins=8, bound=3.0) -> Flow:
     _check_dim(x_dim)
     layers: list[Bijection] = []
-    for i, order in enumerate(_orders(x_dim, _check_layers(num_layers))):
+    for i, order in enumerate(alternating_orders(x_dim, check_num_layers(num_layers))):
         layers.append(MaskedAutoregressive(x_dim, hidden_dims, fast, kind, order, bins, bound))
         if batch_norm and i < num_layers - 1:
             layers.append(FlowBatchNorm((x_dim,)))
@@ -525,7 +516,7 @@ def nsf(x_dim: int = 2, num_layers: int = 5, kind: str = "coupling", hidden_dims
     _check_dim(x_dim)
     layers: list[Bijection] = [
         Coupling((x_dim,), "spline", hidden_dims, swap=bool(i % 2), bins=bins, bound=bound)
-        for i in range(_check_layers(num_layers))
+        for i in range(check_num_layers(num_layers))
     ]
     return _vector_flow("nsf", x_dim, layers, num_levels, logit_alpha)
 

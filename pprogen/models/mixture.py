@@ -27,7 +27,7 @@ from pyro.nn import PyroModule
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from pprogen.models.autoregressive import EmptyGuide
+from pprogen.nn import EmptyGuide
 from pprogen.registry import register_model
 
 
@@ -247,7 +247,7 @@ class BayesianGaussianMixture(PyroModule):
         ``az.summary(idata)`` gives means, HDIs, ``ess_bulk`` and ``r_hat``; ``az.plot_trace`` the chains;
         the ``log_likelihood`` group holds log p(x_n | draw) with ``c`` summed out, for ``az.loo``.
         """
-        from pprogen.inference.mcmc import run_nuts
+        from pprogen.mcmc import run_nuts
 
         idata, mcmc = run_nuts(self, x, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
                                seed=seed, log_likelihood=False)

@@ -20,15 +20,14 @@ from typing import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
-from pprogen.models.flows import Flow, _check_layers, _orders
-from pprogen.nn import MLP, ConvDecoder, ConvEncoder, check_labels, with_onehot
+from pprogen.models.flows import Flow
+from pprogen.nn import MLP, ConvDecoder, ConvEncoder, check_labels, normal_head, with_onehot
 from pprogen.registry import register_model
-from pprogen.transforms import MaskedAutoregressive
+from pprogen.transforms import MaskedAutoregressive, alternating_orders, check_num_layers
 
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 
@@ -42,8 +41,7 @@ class AmortizedNormalGuide(PyroModule):
         self.z_dim = z_dim
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.encoder(x).split(self.z_dim, -1)
-        return loc, F.softplus(raw_scale) + 1e-5
+        return normal_head(self.encoder(x), self.z_dim)
 
     def forward(self, x: torch.Tensor, **condition) -> None:
         loc, scale = self.encode(x)
@@ -176,7 +174,7 @@ def flow_prior(kind: str, z_dim: int, num_layers: int, hidden_dims: Sequence[int
         raise ValueError(f"unknown prior {kind!r}; choose one of {', '.join(PRIORS)}")
     element = "affine" if kind == "maf" else "spline"
     layers = [MaskedAutoregressive(z_dim, hidden_dims, "density", element, order=order)
-              for order in _orders(z_dim, _check_layers(num_layers, "prior_layers"))]
+              for order in alternating_orders(z_dim, check_num_layers(num_layers, "prior_layers"))]
     return Flow((z_dim,), layers, name=f"{kind} prior")
 
 
@@ -221,9 +219,9 @@ class ConditionalNormalGuide(PyroModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **condition) -> None:
         y = check_labels(y, self.num_classes, x.shape[0])
-        loc, raw_scale = self.encoder(with_onehot(x, y, self.num_classes)).split(self.z_dim, -1)
+        loc, scale = normal_head(self.encoder(with_onehot(x, y, self.num_classes)), self.z_dim)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, F.softplus(raw_scale) + 1e-5).to_event(1))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
 class CVAE(VAE):
@@ -300,8 +298,7 @@ class _GaussianLayer(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw = self.net(h).split(self.out_dim, -1)
-        return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
+        return dist.Normal(*normal_head(self.net(h), self.out_dim, min_scale=1e-4)).to_event(1)
 
 
 class HVAEGuide(PyroModule):

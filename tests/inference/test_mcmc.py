@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pprogen.inference.mcmc import run_nuts
+from pprogen.mcmc import run_nuts
 
 
 def normal_normal(x):

@@ -175,6 +175,29 @@ def _check_cpt(node: Node, nodes: list[Node]) -> None:
         )
 
 
+SPRINKLER = {
+    "Cloudy": {"states": ["no", "yes"], "parents": [], "cpt": [0.5, 0.5]},
+    "Sprinkler": {"states": ["off", "on"], "parents": ["Cloudy"], "cpt": [[0.5, 0.5], [0.9, 0.1]]},
+    "Rain": {"states": ["no", "yes"], "parents": ["Cloudy"], "cpt": [[0.8, 0.2], [0.2, 0.8]]},
+    "GrassWet": {"states": ["no", "yes"], "parents": ["Sprinkler", "Rain"],
+                 "cpt": [[[1.0, 0.0], [0.1, 0.9]], [[0.1, 0.9], [0.01, 0.99]]]},
+}
+NETWORKS = {"sprinkler": SPRINKLER}
+
+
+def ancestral_sample(spec: Mapping[str, Any] | str | os.PathLike, n: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` rows of state indices ``(n, nodes)`` (float, in the spec's node order) drawn parents first from a
+    spec whose every node has a CPT: the data a network generates, without building the model."""
+    nodes, order = parse_spec(NETWORKS.get(spec, spec) if isinstance(spec, str) else spec, require_cpts=True)
+    out = torch.zeros(n, len(nodes), dtype=torch.long)
+    for i in order:
+        node = nodes[i]
+        probs = node.cpt[tuple(out[:, p] for p in node.parents)] if node.parents else node.cpt.expand(n, -1)
+        out[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return out.float()
+
+
 def fully_connected_spec(num_nodes: int, states: int = 2) -> dict[str, Any]:
     """Nodes ``x0..x{D-1}``, each with every earlier node as a parent (the FVSBN graph)."""
     return {f"x{i}": {"parents": [f"x{j}" for j in range(i)], "states": states} for i in range(num_nodes)}
