@@ -19,6 +19,7 @@ from pprogen.capabilities import capabilities
 from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
 from pprogen.inference import evaluate, make_elbo, make_guide
+from pprogen.inference.metrics import evaluate_samples, translates
 from pprogen.inference.accel import check_autocast
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.train import NonFiniteLossError, fit
@@ -331,7 +332,7 @@ def _finished(config: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
 
 
 def cmd_train(args) -> int:
-    dataset = None
+    dataset, checkpoint = None, None
     if args.resume:
         run = Run.open(args.resume)
         run.config_with(*REQUIRED)
@@ -354,7 +355,7 @@ def cmd_train(args) -> int:
         lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
         optimizer=train["optimizer"], schedule=train["schedule"],
     )
-    make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
+    estimator = make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
     world, device = distributed.init(config["device"], args.dist_timeout)
     check_autocast(train.get("autocast"), device)
     seed_everything(config["seed"])  # the initial weights too come from --seed
@@ -384,27 +385,22 @@ def cmd_train(args) -> int:
         history = fit(
             model, guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
             batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
-            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=train["elbo"],
+            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=estimator,
             num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
             alpha=train.get("alpha"),
             patience=train["patience"] if dataset.valid is not None else None,
             device=device, seed=config["seed"], progress=not args.no_progress, run=run if world.is_main else None,
-            resume=bool(args.resume), condition=condition, valid_condition=valid_condition, world=world,
+            resume=checkpoint if args.resume and not world.active else bool(args.resume), condition=condition,
+            valid_condition=valid_condition, world=world,
             autocast=train.get("autocast"), compile=train.get("compile", False),
             plate_name=config.get("plate_name"),
         )
     except NonFiniteLossError as err:
-        if world.is_main:
-            run.save_weights("model", model)
-            run.save_weights("guide", guide)
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return _interrupted(run, world)
     seconds = time.perf_counter() - started
-    if world.is_main:
-        run.save_weights("model", model)
-        run.save_weights("guide", guide)
     model.eval()
     summary: dict[str, Any] = {
         "epochs_run": len(history.records),
@@ -446,16 +442,12 @@ def _gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool
     )
 
 
-def _translates(model) -> bool:
-    return hasattr(model, "split") and hasattr(model, "translator")
-
-
 def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: str = "valid") -> None:
     """Samples over the data (2-D), a sample grid (images) or source / translation / target rows."""
     from pprogen import plots
 
     torch.manual_seed(0)  # the same noise every epoch, so the grids show training progress
-    if _translates(model):
+    if translates(model):
         a, b = model.split(dataset.split(split)[:12].to(device))
         rows, labels = [a, model.sample(12, a)], ["A (source)", "G_ab(A)"]
         if dataset.pairing == "paired":
@@ -469,49 +461,6 @@ def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: 
         plots.save_samples(samples, dataset.image_shape, path, title=f"{run.config['model']} samples")
     else:
         plots.save_samples(samples, dataset.shape, path, title=f"{run.config['model']} samples")
-
-
-def _evaluate_gan(model, dataset: Dataset, split: str, num_samples: int, device) -> dict[str, Any]:
-    """Mode coverage on ring8 / grid25, kernel MMD, and Fréchet distance, precision, recall and the
-    classifier score in the features of a digit classifier cached for labelled image data."""
-    from pprogen.data import MODES
-    from pprogen.inference import metrics
-
-    real = dataset.split(split).to(device)
-    torch.manual_seed(0)
-    result: dict[str, Any] = {"split": split}
-    translates = _translates(model)
-    target = (lambda t: model.split(t)[1]) if translates else (lambda t: t)  # the images the generator imitates
-    fake_labels = None
-    if translates:
-        a, b = model.split(real)
-        fake = model.sample(a.shape[0], a)
-        result["method"] = f"translations of the {a.shape[0]} {split} sources"
-        if dataset.pairing == "paired":
-            result["l1_to_target"] = (fake - b).abs().mean().item()
-        if "ba" in model.generator:
-            with torch.no_grad():
-                result["cycle_l1"] = (model.cycle_loss(a, b, model.generator_ema) / 2).item()
-    else:
-        if model.conditional:
-            fake_labels = torch.arange(num_samples, device=device) % model.num_classes
-        fake = model.sample(num_samples, y=fake_labels)
-        result["method"] = f"{num_samples} samples from the moving-average generator"
-        if dataset.name in MODES:
-            result.update(metrics.mode_metrics(fake, *MODES[dataset.name]))
-    real = target(real)
-    result["mmd"] = metrics.mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))  # in data space
-    labels = dataset.labels.get("train")
-    if dataset.is_image and labels is not None and dataset.num_classes:
-        shape = tuple(model.x_shape) if translates else dataset.image_shape
-        valid = None
-        if dataset.valid is not None and dataset.labels.get("valid") is not None:
-            valid = (target(dataset.valid).reshape(-1, *shape), dataset.labels["valid"])
-        classifier, card = metrics.cached_classifier(dataset.name, target(dataset.train).reshape(-1, *shape), labels,
-                                                     dataset.num_classes, valid=valid)
-        result.update(metrics.image_metrics(classifier, real.reshape(-1, *shape), fake.reshape(-1, *shape), fake_labels))
-        result["classifier"] = card
-    return result
 
 
 def _format_gan_eval(result: dict[str, Any]) -> str:
@@ -581,7 +530,7 @@ def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run |
         return 0
     run.save_weights("model", model)
     split = "valid" if dataset.valid is not None else "train"
-    result = _evaluate_gan(model, dataset, split, config.get("eval_samples", 2500), device)
+    result = evaluate_samples(model, dataset, split, config.get("eval_samples", 2500), device)
     run.write_json("summary.json", {"epochs_run": len(history.records), "stop_reason": history.stop_reason,
                                     "train_seconds": round(seconds, 2), "device": str(device),
                                     f"{split}_evaluation": result})
@@ -675,7 +624,7 @@ def cmd_evaluate(args) -> int:
             raise ValueError(f"a GAN has no likelihood to estimate; evaluate {run.path.name} without --method")
         if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
             return 0
-        result = _evaluate_gan(model, dataset.subset(args.limit), args.split, args.num_samples, device)
+        result = evaluate_samples(model, dataset.subset(args.limit), args.split, args.num_samples, device)
         text = _format_gan_eval(result)
     elif args.method in ("ais", "bdmc"):
         annealing = {"num_steps": args.steps, "num_chains": args.chains, "leapfrog_steps": args.leapfrog,
@@ -705,14 +654,14 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--out must end in .png, .pdf, .npy or .pt, got {out.name!r}")
     run, config, dataset, model, guide, device = _load_run(args.run)
     torch.manual_seed(args.seed)
-    if _translates(model):  # translations of the test split's A images
+    if translates(model):  # translations of the test split's A images
         samples = model.sample(args.n, model.split(dataset.split("test").to(device))[0]).cpu()
     else:
         samples = model.sample(args.n).cpu()
     if out.suffix.lower() in (".png", ".pdf"):
         from pprogen.plots import save_samples
 
-        shape = tuple(model.x_shape) if _translates(model) else dataset.image_shape or dataset.shape
+        shape = tuple(model.x_shape) if translates(model) else dataset.image_shape or dataset.shape
         save_samples(samples, shape, out, title=f"{config['model']} samples")
     elif out.suffix.lower() == ".npy":
         import numpy as np

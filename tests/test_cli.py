@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pprogen.cli import main
 
@@ -342,6 +343,11 @@ def test_gan_trains_evaluates_samples_and_resumes_from_the_cli(tmp_path, capsys)
     assert main(["evaluate", str(out), "--split", "test", "--num-samples", "500"]) == 0
     summary = json.loads((out / "summary.json").read_text())["test_evaluation"]
     assert summary["num_modes"] == 8 and sum(summary["counts"]) == round(500 * summary["high_quality"])
+    from pprogen.cli import _load_run
+    from pprogen.inference.metrics import evaluate_samples
+
+    _, _, dataset, model, _, _ = _load_run(str(out), torch.device("cpu"))
+    assert evaluate_samples(model, dataset, "test", 500) == summary  # the library gives the CLI's figures
     assert main(["sample", str(out), "-n", "9", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (9, 2)
     assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0

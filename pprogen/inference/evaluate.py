@@ -74,7 +74,7 @@ def evaluate(
     name = type(model).__name__.lower()
     if caps.adversarial:
         raise ValueError(f"{name} is a GAN: it has no likelihood to evaluate; score its samples with "
-                         "pprogen.inference.metrics (or `pprogen evaluate RUN`)")
+                         "pprogen.inference.metrics.evaluate_samples(model, dataset, split)")
     world = current() if world is None else world
     condition = condition or {}
     given = ", log p(x | y) given the labels" if caps.conditional else ""

@@ -321,7 +321,7 @@ def fit(
     seed: int | None = 0,
     progress: bool = True,
     run: Any = None,
-    resume: bool = False,
+    resume: bool | dict[str, Any] = False,
     callback: Callable[[int, dict], None] | None = None,
     condition: dict[str, torch.Tensor] | None = None,
     valid_condition: dict[str, torch.Tensor] | None = None,
@@ -338,7 +338,9 @@ def fit(
     KL weight linearly from ``beta / kl_warmup`` to ``beta`` over that many epochs (estimators with a
     ``beta``: ``trace``, ``stl``). With a ``run``
     (:class:`pprogen.runs.Run`), each epoch writes metrics and an atomic checkpoint, and ``resume``
-    continues from it exactly. ``condition`` (and ``valid_condition``) map keyword names to per-datum
+    continues from it exactly (``resume`` may be the checkpoint already read with ``run.load_checkpoint()``);
+    at the end (or at a non-finite loss) the run's ``model.safetensors`` and ``guide.safetensors`` get the
+    weights left in the model and guide. ``condition`` (and ``valid_condition``) map keyword names to per-datum
     tensors, sliced with each minibatch and passed to model and guide: the labels of a conditional
     model, ``condition={"y": labels}``. Returns the :class:`History`.
 
@@ -462,7 +464,7 @@ def fit(
         }
 
     if resume:
-        state = world.load_checkpoint(run)
+        state = resume if isinstance(resume, dict) else world.load_checkpoint(run)  # a checkpoint already read
         saved = sum(k.startswith("p") for k in state["params"])
         if saved != len(params):
             raise ValueError(
@@ -534,6 +536,7 @@ def fit(
                     )
                     if writes:
                         run.save_checkpoint(checkpoint_state(epoch))
+                        _save_weights(run, model, guide)
                     raise NonFiniteLossError(message, history)
                 epoch_loss += value
                 bar.update()
@@ -587,4 +590,12 @@ def fit(
             torch.set_flush_denormal(False)
     if restore_best and best_state is not None:
         restore(best_state)
+    if writes:
+        _save_weights(run, model, guide)
     return history
+
+
+def _save_weights(run, model, guide) -> None:
+    """The weights by name, where the run's readers look for them (the checkpoint holds them by position)."""
+    run.save_weights("model", model)
+    run.save_weights("guide", guide)
