@@ -38,7 +38,6 @@ import math
 import time
 from typing import Any, Callable
 
-import pyro
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,9 +47,9 @@ from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
 from pprogen.inference.train import History, NonFiniteLossError, make_optimizer
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
-from pprogen.inference.progress import Progress
+from pprogen.inference.loop import EpochLoop
 from pprogen.nn import CriticPair, apply_spectral_norm
-from pprogen.runs import rng_state, seed_everything, set_rng_state
+from pprogen.runs import seed_everything
 
 LOSSES = ("minimax", "nonsaturating", "wgan_gp", "hinge", "lsgan")
 SCHEDULES = ("constant", "linear")
@@ -337,16 +336,13 @@ class AdversarialTrainer:
 
     # ------------------------------------------------------------------ training loop
 
-    def _state(self, epoch: int, history: History, shuffle: torch.Generator, schedulers) -> dict[str, Any]:
+    def _state(self, epoch: int, loop: EpochLoop, schedulers) -> dict[str, Any]:
         return {
-            "epoch": epoch,
+            **loop.state(epoch),
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "opt_d": self.opt_d.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "schedulers": [s.state_dict() for s in schedulers],
-            "rng": rng_state(),
-            "shuffle": shuffle.get_state(),
-            "history": history.state(),
             "ema_updates": self.ema_updates,
         }
 
@@ -393,9 +389,7 @@ class AdversarialTrainer:
         if self.schedule == "linear":
             schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1 - t / total_steps))
                           for o in (self.opt_d, self.opt_g)]
-        shuffle = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
-        history = History()
-        start_epoch = 0
+        loop = EpochLoop(epochs, self.seed, world, run)
         if resume:
             state = world.load_checkpoint(run)
             self.model.load_state_dict(state["model"])
@@ -403,25 +397,15 @@ class AdversarialTrainer:
             self.opt_g.load_state_dict(state["opt_g"])
             for s, s_state in zip(schedulers, state["schedulers"]):
                 s.load_state_dict(s_state)
-            set_rng_state(state["rng"])
-            shuffle.set_state(state["shuffle"])
-            history = History(**state["history"])
-            start_epoch = state["epoch"]
+            loop.resume(state)
             self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
+        history = loop.history
         schedule = getattr(self.model, "schedule", None)
 
-        writes = run is not None and world.is_main
-        bar = Progress(total_steps, start_epoch * steps_per_epoch, epochs, self.progress and world.is_main)
-        validation = pyro.validation_enabled(False)
-        validation.__enter__()
-        flushes = torch.set_flush_denormal(True)  # Adam's subnormal moments slow x86 arithmetic (see fit)
-        try:
-            for epoch in range(start_epoch, epochs):
+        with loop.running(steps_per_epoch, self.progress) as bar:
+            for epoch, order in loop.epochs(num_data, device):
                 self.model.train()
                 started = time.perf_counter()
-                order = torch.randperm(num_data, generator=shuffle).to(device)
-                if world.active:  # each rank its own noise, the same after a resume on any number of ranks
-                    torch.manual_seed(world.rank_seed(self.seed, epoch))
                 sums: dict[str, float] = {}
                 for i in range(steps_per_epoch):
                     if callable(schedule):
@@ -461,14 +445,7 @@ class AdversarialTrainer:
                 history.records.append(record)
                 bar.epoch(epoch + 1, d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
                           seconds=f"{record['seconds']:.1f}")
-                if writes:
-                    run.save_checkpoint(self._state(epoch + 1, history, shuffle, schedulers))
-                    run.write_metrics(history.records)
-        finally:
-            bar.close()
-            validation.__exit__(None, None, None)
-            if flushes:
-                torch.set_flush_denormal(False)
+                loop.save(lambda: self._state(epoch + 1, loop, schedulers))
         self.model.eval()
         return history
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pyro
@@ -24,8 +23,8 @@ from pprogen.distributed import World, check_enough_data, collective, current, s
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
-from pprogen.inference.progress import Progress
-from pprogen.runs import rng_state, seed_everything, set_rng_state
+from pprogen.inference.loop import EpochLoop, History  # noqa: F401  (History: its public home is here too)
+from pprogen.runs import seed_everything
 from pprogen.inference.checks import (
     OPTIMIZERS,
     check_data,
@@ -44,32 +43,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message: str, history: "History") -> None:
         super().__init__(message)
         self.history = history
-
-
-@dataclass
-class History:
-    """Per-epoch records (``epoch``, ``train_loss``, ``valid_loss``, ``lr``, ``seconds``), per datum."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_valid_loss: float = math.inf
-    stop_reason: str = "finished"
-
-    @property
-    def train_loss(self) -> list[float]:
-        return [r["train_loss"] for r in self.records]
-
-    @property
-    def valid_loss(self) -> list[float | None]:
-        return [r["valid_loss"] for r in self.records]
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "records": self.records,
-            "best_epoch": self.best_epoch,
-            "best_valid_loss": self.best_valid_loss,
-            "stop_reason": self.stop_reason,
-        }
 
 
 class scale_data_plate(Messenger):
@@ -430,11 +403,10 @@ def fit(
     scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
     step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced, autocast,
                      plan.plate_name or "data")
-    shuffle = torch.Generator().manual_seed(0 if seed is None else seed)
-    history = History()
+    loop = EpochLoop(epochs, seed, world, run)
+    history = loop.history
     best_state = None
     bad_epochs = 0
-    start_epoch = 0
 
     def snapshot() -> dict[str, torch.Tensor]:
         state = {f"p{i}": p.detach().clone() for i, p in enumerate(params)}
@@ -451,13 +423,10 @@ def fit(
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
-            "epoch": epoch,
+            **loop.state(epoch),
             "params": snapshot(),
             "optimizer": opt.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "rng": rng_state(),
-            "shuffle": shuffle.get_state(),
-            "history": history.state(),
             "best_state": best_state or {},
             "bad_epochs": bad_epochs,
             "lr": lr,
@@ -476,12 +445,10 @@ def fit(
         if scheduler is not None and state["scheduler"]:
             scheduler.load_state_dict(state["scheduler"])
         _continue_schedule(opt, scheduler, schedule, state, lr, epochs)
-        set_rng_state(state["rng"])
-        shuffle.set_state(state["shuffle"])
-        history = History(**state["history"])
+        loop.resume(state)
+        history = loop.history
         best_state = state["best_state"] or None
         bad_epochs = state["bad_epochs"]
-        start_epoch = state["epoch"]
         if history.stop_reason == "early_stopping":
             if patience is None or bad_epochs >= patience:  # still stopped: hand back the best state, as it ended
                 if restore_best and best_state is not None:
@@ -497,23 +464,13 @@ def fit(
         steps_per_epoch = math.ceil(num_data / plan.subsample_size)
     # one minibatch of every row: hand them in their own order (a per-datum guide table stays aligned)
     whole = own_rows or (not world.active and global_batch >= num_data)
-    writes = run is not None and world.is_main
-    bar = Progress(epochs * steps_per_epoch, start_epoch * steps_per_epoch, epochs, progress and world.is_main)
-    validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop
-    validation_off.__enter__()
-    # Adam's second-moment estimates decay into subnormal floats for parameters whose gradients
-    # vanish (dead ReLUs); x86 arithmetic on subnormals is many times slower, which made a long
-    # binarized-MNIST run 4x slower per step than a fresh one. Flushing them to zero costs nothing.
-    flushes = torch.set_flush_denormal(True)
-    try:
-        for epoch in range(start_epoch, epochs):
+    writes = loop.writes
+    with loop.running(steps_per_epoch, progress) as bar:
+        for epoch, order in loop.epochs(num_data, device):
             loss_module.train()
             if kl_warmup:
                 loss_module.elbo.beta = beta * min(1.0, (epoch + 1) / kl_warmup)
             started = time.perf_counter()
-            order = torch.randperm(num_data, generator=shuffle).to(device)
-            if world.active:  # each rank its own draws, the same after a resume on any number of ranks
-                torch.manual_seed(world.rank_seed(seed, epoch))
             epoch_loss = 0.0
             for i in range(steps_per_epoch):
                 if whole:
@@ -576,18 +533,11 @@ def fit(
                 valid="-" if record["valid_loss"] is None else f"{record['valid_loss']:.3f}",
                 seconds=f"{record['seconds']:.1f}",
             )
-            if writes:
-                run.save_checkpoint(checkpoint_state(epoch + 1))
-                run.write_metrics(history.records)
+            loop.save(lambda: checkpoint_state(epoch + 1))
             if callback is not None:
                 callback(epoch + 1, record)
             if stop:
                 break
-    finally:
-        bar.close()
-        validation_off.__exit__(None, None, None)
-        if flushes:
-            torch.set_flush_denormal(False)
     if restore_best and best_state is not None:
         restore(best_state)
     if writes:
