@@ -7,6 +7,7 @@ import inspect
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +27,62 @@ from pprogen.inference.train import NonFiniteLossError, fit
 from pprogen.registry import create_model, get_card, list_models
 from pprogen.runs import REQUIRED, Run, RunError, atomic_write, seed_everything
 
-TRAIN_DEFAULTS = {
-    "epochs": 200,
-    "batch_size": 128,
-    "lr": 1e-3,
-    "optimizer": "adam",
-    "schedule": "constant",
-    "clip_norm": None,
-    "patience": 20,
-    "elbo": "trace",
-    "particles": 1,
-    "beta": 1.0,
-    "alpha": None,
-    "kl_warmup": 0,
-    "autocast": None,
-    "compile": False,
-}
-GAN_TRAIN_DEFAULTS = {
-    "epochs": 100,
-    "batch_size": 64,
-    "lr": 2e-4,
-    "lr_d": 2e-4,
-    "betas": [0.5, 0.999],
-    "loss": "nonsaturating",
-    "critic_steps": 1,
-    "gp_weight": None,
-    "r1_weight": 0.0,
-    "spectral_norm": False,
-    "ema": 0.999,
-    "schedule": "constant",
-    "autocast": None,
-    "compile": False,
-}
+class _Absent:
+    def __repr__(self) -> str:
+        return "-"
+
+
+NO = _Absent()  # not an option of that kind of trainer
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """A training option, declared once: its type, its default for SVI models and for GANs (``NO``: the
+    trainer does not read it, and giving it is an error), whether a resumed SVI run may change it with
+    ``--override``, and its help. The parser, the defaults written to config.json, the refusal of options
+    of another trainer and the overrides a resumed run accepts all come from this table."""
+
+    key: str
+    type: Any
+    svi: Any
+    gan: Any
+    help: str
+    resumable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+TRAIN_OPTIONS = (
+    TrainOption("epochs", int, 200, 100, "epochs to train (on --resume: train on to this epoch)"),
+    TrainOption("batch_size", int, 128, 64, "rows per step (per rank under torchrun)", resumable=True),
+    TrainOption("lr", float, 1e-3, 2e-4, "learning rate (GANs: the generator's)", resumable=True),
+    TrainOption("optimizer", str, "adam", NO, "adam, adamw, sgd, rmsprop"),
+    TrainOption("schedule", str, "constant", "constant", "constant, cosine, exponential or plateau (GANs: constant "
+                "or linear)"),
+    TrainOption("clip_norm", float, None, NO, "clip the gradient norm", resumable=True),
+    TrainOption("patience", int, 20, NO, "early-stopping patience in epochs", resumable=True),
+    TrainOption("elbo", str, "trace", NO, "ELBO estimator: trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg",
+                resumable=True),
+    TrainOption("particles", int, 1, NO, "particles per ELBO estimate (vectorized)", resumable=True),
+    TrainOption("beta", float, 1.0, NO, "KL weight (beta-VAE)", resumable=True),
+    TrainOption("alpha", float, None, NO, "order of the renyi bound, in [0, 1)", resumable=True),
+    TrainOption("kl_warmup", int, 0, NO, "epochs over which the KL weight ramps up to --beta", resumable=True),
+    TrainOption("lr_d", float, NO, 2e-4, "GANs: the discriminator's learning rate (--lr is the generator's)"),
+    TrainOption("betas", None, NO, [0.5, 0.999], "GANs: Adam's betas (no flag)"),
+    TrainOption("loss", str, NO, "nonsaturating", "GANs: minimax, nonsaturating, wgan_gp, hinge or lsgan"),
+    TrainOption("critic_steps", int, NO, 1, "GANs: discriminator updates per generator update"),
+    TrainOption("gp_weight", float, NO, None, "GANs: gradient-penalty weight (default 10 for wgan_gp, else 0)"),
+    TrainOption("r1_weight", float, NO, 0.0, "GANs: R1 penalty weight gamma on real data"),
+    TrainOption("spectral_norm", bool, NO, False, "GANs: spectral norm in the discriminator"),
+    TrainOption("ema", float, NO, 0.999, "GANs: decay of the generator's moving average used for sampling"),
+    TrainOption("autocast", str, None, None, "train under bfloat16 autocast (evaluation stays float32)"),
+    TrainOption("compile", bool, False, False, "compile the networks with torch.compile (pays off on some models "
+                "only: README)"),
+)
+TRAIN_DEFAULTS = {o.key: o.svi for o in TRAIN_OPTIONS if o.svi is not NO}
+GAN_TRAIN_DEFAULTS = {o.key: o.gan for o in TRAIN_OPTIONS if o.gan is not NO}
 
 
 def _parse_value(text: str) -> Any:
@@ -91,9 +116,8 @@ def build(config: dict[str, Any], dataset: Dataset | None = None) -> tuple[Datas
 SVI_ONLY = ("guide", "plate_name")  # options of the SVI trainer outside config["train"]
 RUN_DEFINING = ("data", "data_dir", "limit", "set", "guide", "seed", "plate_name", "out")
 OVERRIDABLE = {
-    "svi": ("lr", "patience", "clip_norm", "elbo", "particles", "beta", "alpha", "kl_warmup", "batch_size",
-            "eval_samples"),
-    "gan": ("eval_samples",),
+    "svi": tuple(o.key for o in TRAIN_OPTIONS if o.resumable and o.svi is not NO) + ("eval_samples",),
+    "gan": ("eval_samples",),  # the adversarial trainer restores its optimizers' settings from the checkpoint
 }
 
 
@@ -705,32 +729,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data set name or file (default: the model's card)")
     s.add_argument("--data-dir", help="folder with downloaded data (or set PPROGEN_DATA)")
     s.add_argument("--limit", type=int, help="use at most this many examples per split")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--optimizer")
-    s.add_argument("--schedule", help="constant, cosine, exponential or plateau (GANs: constant or linear)")
-    s.add_argument("--clip-norm", type=float)
-    s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    s.add_argument("--elbo", help="ELBO estimator: trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg")
-    s.add_argument("--alpha", type=float, help="order of the renyi bound, in [0, 1)")
-    s.add_argument("--kl-warmup", type=int, help="epochs over which the KL weight ramps up to --beta")
-    s.add_argument("--particles", type=int, help="particles per ELBO estimate (vectorized)")
-    s.add_argument("--beta", type=float, help="KL weight (beta-VAE)")
-    s.add_argument("--loss", help="GANs: minimax, nonsaturating, wgan_gp, hinge or lsgan")
-    s.add_argument("--critic-steps", type=int, help="GANs: discriminator updates per generator update")
-    s.add_argument("--lr-d", type=float, help="GANs: the discriminator's learning rate (--lr is the generator's)")
-    s.add_argument("--gp-weight", type=float, help="GANs: gradient-penalty weight (default 10 for wgan_gp, else 0)")
-    s.add_argument("--r1-weight", type=float, help="GANs: R1 penalty weight gamma on real data")
-    s.add_argument("--spectral-norm", action="store_true", default=None, help="GANs: spectral norm in the discriminator")
-    s.add_argument("--ema", type=float, help="GANs: decay of the generator's moving average used for sampling")
+    for option in TRAIN_OPTIONS:
+        if option.type is bool:
+            s.add_argument(option.flag, action="store_true", default=None, help=option.help)
+        elif option.type is not None:
+            s.add_argument(option.flag, type=option.type, help=option.help)
     s.add_argument("--guide",
                    help="default (the model's own), amortized_normal, amortized_lowrank, amortized_iaf or auto_*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
     s.add_argument("--device", help="auto (default), cpu or cuda")
-    s.add_argument("--autocast", metavar="bf16", help="train under bfloat16 autocast (evaluation stays float32)")
-    s.add_argument("--compile", action="store_true", default=None,
-                   help="compile the model's networks with torch.compile (pays off on some models only: README)")
     s.add_argument("--seed", type=int, help="random seed (default 0)")
     s.add_argument("--out", help="run folder (default: runs/<model>-<data>-<time>)")
     s.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
