@@ -356,7 +356,10 @@ def _finished(config: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
 
 
 def cmd_train(args) -> int:
-    dataset, checkpoint = None, None
+    """One path for every kind of model: the run's settings (new, or resumed and checked), the trainer the
+    model's kind calls for (SVI or adversarial) set up and checked before anything is written, the run folder,
+    training, then the evaluation, the pictures and summary.json."""
+    dataset, checkpoint, run = None, None, None
     if args.resume:
         run = Run.open(args.resume)
         run.config_with(*REQUIRED)
@@ -371,80 +374,164 @@ def cmd_train(args) -> int:
             raise ValueError("--override changes a setting of a resumed run; for a new run give the option itself "
                              "(e.g. --lr 0.01)")
         config, dataset = _config_from_args(args)
-    if config.get("kind") == "gan":
-        return _train_gan(args, config, dataset, run if args.resume else None)
-    train = config["train"]
-    check_hyperparameters(
-        epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
-        lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
-        optimizer=train["optimizer"], schedule=train["schedule"],
-    )
-    estimator = make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
     world, device = distributed.init(config["device"], args.dist_timeout)
-    check_autocast(train.get("autocast"), device)
-    seed_everything(config["seed"])  # the initial weights too come from --seed
-    dataset, model, guide = build(config, dataset)
-    missing_ok = capabilities(model).accepts_missing
-    check_data(dataset.train, "training data", missing_ok)
-    if dataset.valid is not None:
-        check_data(dataset.valid, "validation data", missing_ok)
-    condition = _condition(model, dataset, "train")
-    valid_condition = _condition(model, dataset, "valid") if dataset.valid is not None else None
-    check_model_fits_data(model, guide, dataset.train, batch_size=train["batch_size"],
-                          plate_name=config.get("plate_name"), **condition)
-    distributed.check_enough_data(dataset.train.shape[0], world)
-    if not args.resume and hasattr(model, "init_from_data"):  # mixtures: components start at data points
-        model.init_from_data(dataset.train)
+    session = (_AdversarialSession if config.get("kind") == "gan" else _SVISession)(
+        config, dataset, device, world, progress=not args.no_progress, resumed=bool(args.resume))
     if world.is_main:  # only rank 0 writes
-        if args.resume:
-            run.write_json("config.json", config)
-        else:
+        if run is None:
             run = Run.create(config, args.out)
-        print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples"
-              f"{_ranks(world)}) -> {run.path}")
+        else:
+            run.write_json("config.json", config)
+        session.open(run)
+        print(f"training {config['model']} on {config['data']} ({session.dataset.train.shape[0]} examples"
+              f"{_ranks(world)}{session.banner}) -> {run.path}")
     else:
         run = None
     started = time.perf_counter()
     try:
-        history = fit(
-            model, guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
-            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
-            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=estimator,
-            num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
-            alpha=train.get("alpha"),
-            patience=train["patience"] if dataset.valid is not None else None,
-            device=device, seed=config["seed"], progress=not args.no_progress, run=run if world.is_main else None,
-            resume=checkpoint if args.resume and not world.active else bool(args.resume), condition=condition,
-            valid_condition=valid_condition, world=world,
-            autocast=train.get("autocast"), compile=train.get("compile", False),
-            plate_name=config.get("plate_name"),
-        )
+        history = session.train(run, checkpoint if args.resume and not world.active else bool(args.resume))
     except NonFiniteLossError as err:
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return _interrupted(run, world)
     seconds = time.perf_counter() - started
-    model.eval()
-    summary: dict[str, Any] = {
-        "epochs_run": len(history.records),
-        "best_epoch": history.best_epoch,
-        "best_valid_loss": history.best_valid_loss if history.best_epoch else None,
-        "stop_reason": history.stop_reason,
-        "train_seconds": round(seconds, 2),
-        "device": str(device),
-    }
-    split = "valid" if dataset.valid is not None else "train"
-    result = _evaluate(model, guide, dataset, split, config.get("eval_samples", 1000), device, run, world=world)
+    session.model.eval()
+    split = "valid" if session.dataset.valid is not None else "train"
+    summary: dict[str, Any] = {"epochs_run": len(history.records), **session.history_summary(history),
+                               "stop_reason": history.stop_reason, "train_seconds": round(seconds, 2),
+                               "device": str(device)}
+    result = session.evaluate(split, run)
     if not world.is_main:
         return 0
     summary[f"{split}_evaluation"] = result
     run.write_json("summary.json", summary)
-    pictures = _pictures(run, model, guide, dataset, device)
+    pictures = session.pictures(run, split)
     print(f"trained {summary['epochs_run']} epochs in {seconds:.1f} s on {device} ({history.stop_reason})")
-    print(_format_eval(split, result))
+    print(session.format(split, result))
     print(f"run folder: {run.path}   pictures: {', '.join(str(run.path / p) for p in pictures)}")
     return 0
+
+
+class _SVISession:
+    """Training by SVI (:func:`~pprogen.inference.fit`): the model, its guide and the estimator, checked."""
+
+    banner = ""
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        train = self.train_settings = config["train"]
+        check_hyperparameters(
+            epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
+            lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
+            optimizer=train["optimizer"], schedule=train["schedule"],
+        )
+        self.estimator = make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
+        check_autocast(train.get("autocast"), device)
+        seed_everything(config["seed"])  # the initial weights too come from --seed
+        self.config, self.device, self.world, self.progress = config, device, world, progress
+        self.dataset, self.model, self.guide = build(config, dataset)
+        missing_ok = capabilities(self.model).accepts_missing  # before the run folder is made (fit checks again)
+        check_data(self.dataset.train, "training data", missing_ok)
+        if self.dataset.valid is not None:
+            check_data(self.dataset.valid, "validation data", missing_ok)
+        self.condition = _condition(self.model, self.dataset, "train")
+        self.valid_condition = _condition(self.model, self.dataset, "valid") if self.dataset.valid is not None else None
+        check_model_fits_data(self.model, self.guide, self.dataset.train, batch_size=train["batch_size"],
+                              plate_name=config.get("plate_name"), **self.condition)
+        distributed.check_enough_data(self.dataset.train.shape[0], world)
+        if not resumed and hasattr(self.model, "init_from_data"):  # mixtures: components start at data points
+            self.model.init_from_data(self.dataset.train)
+
+    def open(self, run: Run) -> None:
+        pass
+
+    def train(self, run: Run | None, resume):
+        train, dataset = self.train_settings, self.dataset
+        return fit(
+            self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
+            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
+            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=self.estimator,
+            num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
+            alpha=train.get("alpha"), patience=train["patience"] if dataset.valid is not None else None,
+            device=self.device, seed=self.config["seed"], progress=self.progress, run=run, resume=resume,
+            condition=self.condition, valid_condition=self.valid_condition, world=self.world,
+            autocast=train.get("autocast"), compile=train.get("compile", False),
+            plate_name=self.config.get("plate_name"),
+        )
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return {"best_epoch": history.best_epoch,
+                "best_valid_loss": history.best_valid_loss if history.best_epoch else None}
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        return _evaluate(self.model, self.guide, self.dataset, split, self.config.get("eval_samples", 1000),
+                         self.device, run, world=self.world)
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        return _pictures(run, self.model, self.guide, self.dataset, self.device)
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        return _format_eval(split, result)
+
+
+class _AdversarialSession:
+    """Training by :class:`~pprogen.inference.AdversarialTrainer`: a grid of samples each epoch (and the
+    modes found, on the 2-D mixtures), sample metrics at the end."""
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        from pprogen.data import MODES
+
+        train = self.train_settings = config["train"]
+        seed_everything(config["seed"])
+        if dataset is None:
+            dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
+        self.dataset = dataset.flat() if config.get("flatten") else dataset
+        self.model = create_model(config["model"], **config["model_args"])
+        self.trainer = _gan_trainer(self.model, train, device, config["seed"], progress, world)  # checks the settings
+        self.condition = _condition(self.model, self.dataset, "train")
+        check_data(self.dataset.train, "training data")
+        self.model.check_data(self.dataset.train, pairing=self.dataset.pairing, **self.condition)
+        distributed.check_enough_data(self.dataset.train.shape[0], world)
+        self.config, self.device, self.world = config, device, world
+        self.modes = MODES.get(self.dataset.name) if not self.dataset.is_image else None
+        self.banner = f", {train['loss']} loss"
+
+    def open(self, run: Run) -> None:
+        (run.path / "grids").mkdir(exist_ok=True)
+
+    def train(self, run: Run | None, resume):
+        from pprogen.inference.metrics import mode_metrics
+
+        def each_epoch(epoch: int, record: dict) -> None:
+            if self.modes is not None:
+                with torch.no_grad():
+                    found = mode_metrics(self.model.sample(2500), *self.modes)
+                record.update(modes=found["modes"], high_quality=found["high_quality"])
+            _gan_pictures(run, self.model, self.dataset, self.device, run.path / "grids" / f"epoch-{epoch:03d}.png")
+
+        return self.trainer.fit(self.dataset, epochs=self.train_settings["epochs"], condition=self.condition, run=run,
+                                resume=resume, callback=each_epoch if run is not None else None)
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return {}
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        if not self.world.is_main:  # the sample-based metrics run on rank 0 alone
+            return {}
+        return evaluate_samples(self.model, self.dataset, split, self.config.get("eval_samples", 2500), self.device)
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        from pprogen import plots
+
+        _gan_pictures(run, self.model, self.dataset, self.device, run.path / "samples.png", split)
+        plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel="loss per step",
+                          keys=("d_loss", "g_adv", "cycle", "l1", "high_quality"))
+        return ["samples.png", "curves.png", "grids"]
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        return _format_gan_eval(result)
 
 
 # ---------------------------------------------------------------- GANs: adversarial training and metrics
@@ -502,71 +589,6 @@ def _format_gan_eval(result: dict[str, Any]) -> str:
             parts.append(f"{key.replace('_', ' ')} {result[key]:.4f}")
     parts.append(f"MMD^2 {result['mmd']:.5f}")
     return f"{result['split']}: " + "; ".join(parts) + f" ({result['method']})"
-
-
-def _train_gan(args, config: dict[str, Any], dataset: Dataset | None, run: Run | None) -> int:
-    from pprogen.data import MODES
-    from pprogen.inference.metrics import mode_metrics
-
-    train = config["train"]
-    world, device = distributed.init(config["device"], args.dist_timeout)
-    seed_everything(config["seed"])
-    if dataset is None:
-        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
-    if config.get("flatten"):
-        dataset = dataset.flat()
-    model = create_model(config["model"], **config["model_args"])
-    trainer = _gan_trainer(model, train, device, config["seed"], not args.no_progress, world)  # checks the settings
-    condition = _condition(model, dataset, "train")
-    check_data(dataset.train, "training data")
-    model.check_data(dataset.train, pairing=dataset.pairing, **condition)  # before the run folder is made
-    distributed.check_enough_data(dataset.train.shape[0], world)
-    if world.is_main:  # only rank 0 writes
-        if run is None:
-            run = Run.create(config, args.out)
-        else:
-            run.write_json("config.json", config)
-        (run.path / "grids").mkdir(exist_ok=True)
-    modes = MODES.get(dataset.name) if not dataset.is_image else None
-
-    def each_epoch(epoch: int, record: dict) -> None:
-        if modes is not None:
-            with torch.no_grad():
-                found = mode_metrics(model.sample(2500), *modes)
-            record.update(modes=found["modes"], high_quality=found["high_quality"])
-        _gan_pictures(run, model, dataset, device, run.path / "grids" / f"epoch-{epoch:03d}.png")
-        run.save_weights("model", model)
-
-    if world.is_main:
-        print(f"training {config['model']} on {config['data']} ({dataset.train.shape[0]} examples{_ranks(world)}, "
-              f"{train['loss']} loss) -> {run.path}")
-    started = time.perf_counter()
-    try:
-        history = trainer.fit(dataset, epochs=train["epochs"], condition=condition, run=run if world.is_main else None,
-                              resume=bool(args.resume), callback=each_epoch if world.is_main else None)
-    except NonFiniteLossError as err:
-        print(f"pprogen: training stopped: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return _interrupted(run, world)
-    seconds = time.perf_counter() - started
-    if not world.is_main:
-        return 0
-    run.save_weights("model", model)
-    split = "valid" if dataset.valid is not None else "train"
-    result = evaluate_samples(model, dataset, split, config.get("eval_samples", 2500), device)
-    run.write_json("summary.json", {"epochs_run": len(history.records), "stop_reason": history.stop_reason,
-                                    "train_seconds": round(seconds, 2), "device": str(device),
-                                    f"{split}_evaluation": result})
-    from pprogen import plots
-
-    _gan_pictures(run, model, dataset, device, run.path / "samples.png", split)
-    plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel="loss per step",
-                      keys=("d_loss", "g_adv", "cycle", "l1", "high_quality"))
-    print(f"trained {len(history.records)} epochs in {seconds:.1f} s on {device}")
-    print(_format_gan_eval(result))
-    print(f"run folder: {run.path}   pictures: {run.path / 'samples.png'}, {run.path / 'curves.png'}, {run.path / 'grids'}")
-    return 0
 
 
 def _load_run(path: str, device: torch.device | None = None):

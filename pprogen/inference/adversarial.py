@@ -446,6 +446,8 @@ class AdversarialTrainer:
                 bar.epoch(epoch + 1, d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
                           seconds=f"{record['seconds']:.1f}")
                 loop.save(lambda: self._state(epoch + 1, loop, schedulers))
+                if loop.writes:  # the weights by name each epoch: a GAN has no best epoch to wait for
+                    run.save_weights("model", self.model)
         self.model.eval()
         return history
 
