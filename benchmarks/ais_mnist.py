@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pprogen.cli import _load_run
+from pprogen.engine import load_run as _load_run
 from pprogen.inference import ais, bdmc, log_marginal
 
 

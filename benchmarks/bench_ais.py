@@ -81,7 +81,7 @@ def main(args):
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.run:
-        from pprogen.cli import _load_run
+        from pprogen.engine import load_run as _load_run
 
         _, _, dataset, model, guide, _ = _load_run(args.run, device)
         x, name = dataset.split("valid")[: args.images].to(device), f"run {args.run}"

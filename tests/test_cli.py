@@ -189,7 +189,7 @@ def test_evaluate_by_ais_and_bdmc_writes_the_method_and_its_settings(trained, ca
     import arviz as az
     import torch
 
-    from pprogen.cli import _load_run
+    from pprogen.engine import load_run as _load_run
     from pprogen.inference import ais
 
     capsys.readouterr()
@@ -343,7 +343,7 @@ def test_gan_trains_evaluates_samples_and_resumes_from_the_cli(tmp_path, capsys)
     assert main(["evaluate", str(out), "--split", "test", "--num-samples", "500"]) == 0
     summary = json.loads((out / "summary.json").read_text())["test_evaluation"]
     assert summary["num_modes"] == 8 and sum(summary["counts"]) == round(500 * summary["high_quality"])
-    from pprogen.cli import _load_run
+    from pprogen.engine import load_run as _load_run
     from pprogen.inference.metrics import evaluate_samples
 
     _, _, dataset, model, _, _ = _load_run(str(out), torch.device("cpu"))
@@ -382,9 +382,9 @@ def test_gan_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, c
 
 
 def test_ctrl_c_is_one_line_naming_the_saved_epoch_and_the_resume_command(tmp_path, capsys, monkeypatch):
-    import pprogen.cli as cli
+    import pprogen.engine as engine
 
-    real_fit = cli.fit
+    real_fit = engine.fit
 
     def interrupted_fit(*args, **kwargs):
         def stop(epoch, record):
@@ -393,11 +393,11 @@ def test_ctrl_c_is_one_line_naming_the_saved_epoch_and_the_resume_command(tmp_pa
 
         return real_fit(*args, callback=stop, **kwargs)
 
-    monkeypatch.setattr(cli, "fit", interrupted_fit)
+    monkeypatch.setattr(engine, "fit", interrupted_fit)
     out = tmp_path / "run"
     assert main(["train", "vae", "--out", str(out), *TINY, "--epochs", "4"]) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"pprogen: interrupted; epoch 2 is saved in {out}: continue with `pprogen train --resume {out}`"
-    monkeypatch.setattr(cli, "fit", real_fit)
+    monkeypatch.setattr(engine, "fit", real_fit)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -76,7 +76,8 @@ def test_annealed_routes_and_bad_requests():
 
 
 def test_the_command_lines_evaluation_is_reproduced_from_python(tmp_path, capsys):
-    from pprogen.cli import _load_run, main
+    from pprogen.cli import main
+    from pprogen.engine import load_run as _load_run
 
     out = tmp_path / "run"
     assert main(["train", "vae", "--out", str(out), "--limit", "120", "--epochs", "1", "--eval-samples", "5",

@@ -1,0 +1,640 @@
+"""The run engine: a run's settings, its trainer, and what is written about it — for the command line and Python.
+
+``prepare_run(options)`` turns command-line-like options into a run's settings (a new run's ``config.json``, or
+a resumed run's, checked against what was given), ``train_run(config, ...)`` trains it with the trainer the
+model's kind calls for (SVI by :func:`~pprogen.inference.fit`, or the adversarial trainer) and writes the
+evaluation, the pictures and ``summary.json``; ``load_run(path)`` gives a trained run's data, model and guide
+back. Training options are declared once, in :data:`TRAIN_OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pprogen import __version__
+from pprogen import distributed
+from pprogen.capabilities import capabilities
+from pprogen.data import NAMES as DATA_NAMES
+from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
+from pprogen.inference import evaluate, make_elbo, make_guide
+from pprogen.inference.accel import check_autocast
+from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
+from pprogen.inference.loop import History
+from pprogen.inference.metrics import evaluate_samples, translates
+from pprogen.inference.train import fit
+from pprogen.registry import create_model, get_card
+from pprogen.runs import REQUIRED, Run, atomic_write, seed_everything
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "-"
+
+
+NO = _Absent()  # not an option of that kind of trainer
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """A training option, declared once: its type, its default for SVI models and for GANs (``NO``: the
+    trainer does not read it, and giving it is an error), whether a resumed SVI run may change it with
+    ``--override``, and its help. The parser, the defaults written to config.json, the refusal of options
+    of another trainer and the overrides a resumed run accepts all come from this table."""
+
+    key: str
+    type: Any
+    svi: Any
+    gan: Any
+    help: str
+    resumable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+TRAIN_OPTIONS = (
+    TrainOption("epochs", int, 200, 100, "epochs to train (on --resume: train on to this epoch)"),
+    TrainOption("batch_size", int, 128, 64, "rows per step (per rank under torchrun)", resumable=True),
+    TrainOption("lr", float, 1e-3, 2e-4, "learning rate (GANs: the generator's)", resumable=True),
+    TrainOption("optimizer", str, "adam", NO, "adam, adamw, sgd, rmsprop"),
+    TrainOption("schedule", str, "constant", "constant", "constant, cosine, exponential or plateau (GANs: constant "
+                "or linear)"),
+    TrainOption("clip_norm", float, None, NO, "clip the gradient norm", resumable=True),
+    TrainOption("patience", int, 20, NO, "early-stopping patience in epochs", resumable=True),
+    TrainOption("elbo", str, "trace", NO, "ELBO estimator: trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg",
+                resumable=True),
+    TrainOption("particles", int, 1, NO, "particles per ELBO estimate (vectorized)", resumable=True),
+    TrainOption("beta", float, 1.0, NO, "KL weight (beta-VAE)", resumable=True),
+    TrainOption("alpha", float, None, NO, "order of the renyi bound, in [0, 1)", resumable=True),
+    TrainOption("kl_warmup", int, 0, NO, "epochs over which the KL weight ramps up to --beta", resumable=True),
+    TrainOption("lr_d", float, NO, 2e-4, "GANs: the discriminator's learning rate (--lr is the generator's)"),
+    TrainOption("betas", None, NO, [0.5, 0.999], "GANs: Adam's betas (no flag)"),
+    TrainOption("loss", str, NO, "nonsaturating", "GANs: minimax, nonsaturating, wgan_gp, hinge or lsgan"),
+    TrainOption("critic_steps", int, NO, 1, "GANs: discriminator updates per generator update"),
+    TrainOption("gp_weight", float, NO, None, "GANs: gradient-penalty weight (default 10 for wgan_gp, else 0)"),
+    TrainOption("r1_weight", float, NO, 0.0, "GANs: R1 penalty weight gamma on real data"),
+    TrainOption("spectral_norm", bool, NO, False, "GANs: spectral norm in the discriminator"),
+    TrainOption("ema", float, NO, 0.999, "GANs: decay of the generator's moving average used for sampling"),
+    TrainOption("autocast", str, None, None, "train under bfloat16 autocast (evaluation stays float32)"),
+    TrainOption("compile", bool, False, False, "compile the networks with torch.compile (pays off on some models "
+                "only: README)"),
+)
+TRAIN_DEFAULTS = {o.key: o.svi for o in TRAIN_OPTIONS if o.svi is not NO}
+GAN_TRAIN_DEFAULTS = {o.key: o.gan for o in TRAIN_OPTIONS if o.gan is not NO}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_args(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. --set z_dim=20), got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def build(config: dict[str, Any], dataset: Dataset | None = None) -> tuple[Dataset, Any, Any]:
+    """Data, model and guide exactly as a run's ``config.json`` describes them."""
+    if dataset is None:
+        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
+    if config.get("flatten"):
+        dataset = dataset.flat()
+    model = create_model(config["model"], **config["model_args"])
+    guide = make_guide(config["guide"], model)
+    return dataset, model, guide
+
+
+SVI_ONLY = ("guide", "plate_name")  # options of the SVI trainer outside config["train"]
+RUN_DEFINING = ("data", "data_dir", "limit", "set", "guide", "seed", "plate_name", "out")
+OVERRIDABLE = {
+    "svi": tuple(o.key for o in TRAIN_OPTIONS if o.resumable and o.svi is not NO) + ("eval_samples",),
+    "gan": ("eval_samples",),  # the adversarial trainer restores its optimizers' settings from the checkpoint
+}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _given(args, key: str) -> Any:
+    return getattr(args, key, None)
+
+
+def _refuse_options_of_other_kinds(args, kind: str, defaults: dict[str, Any]) -> None:
+    """A training option that the model's trainer does not read is an error, not silently ignored."""
+    every = set(TRAIN_DEFAULTS) | set(GAN_TRAIN_DEFAULTS) | set(SVI_ONLY)
+    own = set(defaults) | (set(SVI_ONLY) if kind != "gan" else set())
+    stray = [_flag(k) for k in sorted(every - own) if _given(args, k) not in (None, False, "default")]
+    if stray:
+        trainer = "the adversarial trainer" if kind == "gan" else "SVI"
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {args.model} "
+                         f"(a {kind} model, trained by {trainer}); drop {'it' if len(stray) == 1 else 'them'}")
+
+
+def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
+    """The run's config for a resumed run: the options given on the command line must agree with it, except
+    ``--epochs`` (train longer), the machine's (``--device``, ``--no-progress``) and ``--override KEY=VALUE``
+    changes, which are recorded in ``config.json`` with the epoch they take effect."""
+    config = run.config_with(*REQUIRED)
+    kind = "gan" if config.get("kind") == "gan" else "svi"
+    if args.model and args.model != config["model"]:
+        raise ValueError(f"{run.path} is a {config['model']} run; resume it with `pprogen train --resume {run.path}` "
+                         f"(no model name), or start a new {args.model} run without --resume")
+    for key in RUN_DEFINING:
+        if _given(args, key) is not None:
+            raise ValueError(f"{_flag(key)} is fixed when a run starts and {run.path.name} has its own; drop "
+                             f"{_flag(key)} to resume it, or start a new run")
+    overrides = dict(_model_args(args.override)) if args.override else {}
+    for key in overrides:
+        if key not in OVERRIDABLE[kind]:
+            raise ValueError(f"--override {key}=... is not something a resumed {kind} run can change; it can change "
+                             f"{', '.join(OVERRIDABLE[kind])}")
+    train = config["train"]
+    defaults = GAN_TRAIN_DEFAULTS if kind == "gan" else TRAIN_DEFAULTS
+    _refuse_options_of_other_kinds(argparse.Namespace(**{**vars(args), "model": config["model"]}), config.get("kind"),
+                                   {**defaults, **train})
+    for key in [k for k in train if k != "epochs"] + ["eval_samples"]:
+        value = _given(args, key)
+        current = train.get(key) if key in train else config.get(key)
+        if value is None or value == current or (key in overrides and overrides[key] == value):
+            continue
+        raise ValueError(f"{_flag(key)} {value} differs from the run's {current}; a resumed run keeps its settings: "
+                         f"drop {_flag(key)}, or pass --override {key}={value} to change it from epoch {epoch + 1}")
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.device is not None:
+        config["device"] = args.device
+    for key, value in overrides.items():
+        target = train if key in train or key != "eval_samples" else config
+        config.setdefault("overrides", []).append(
+            {"key": key, "value": value, "previous": target.get(key), "from_epoch": epoch + 1})
+        target[key] = value
+    return config
+
+
+def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
+    card = get_card(args.model)
+    data_name = args.data or card.default_data
+    dataset = load_dataset(data_name, args.data_dir).subset(args.limit)
+    if data_name not in DATA_NAMES and Path(data_name).exists():  # a user file: keep an absolute path so the run resumes from anywhere
+        data_name = str(Path(data_name).resolve())
+    params = inspect.signature(card.factory).parameters
+    model_args = _model_args(args.set)
+    given = set(model_args)
+    flatten = False
+    if "x_dim" in params and "x_dim" not in model_args:
+        model_args["x_dim"] = dataset.dim
+        flatten = len(dataset.shape) > 1
+    elif "x_shape" in params and "x_shape" not in model_args:
+        model_args["x_shape"] = list(dataset.shape)
+    if "num_classes" in params and "num_classes" not in model_args and dataset.num_classes:
+        model_args["num_classes"] = dataset.num_classes
+    if dataset.pairing and "x_shape" in params and "x_shape" not in given:  # one domain's image
+        model_args["x_shape"] = [dataset.shape[0] // 2, *dataset.shape[1:]]
+    if "bounded" in params and "bounded" not in model_args and dataset.is_image:
+        model_args["bounded"] = True  # generated pixels in [0, 1]
+    if "num_levels" in params and "num_levels" not in model_args and dataset.is_image:
+        levels = intensity_levels(dataset.train)  # flows dequantize images on their own grid of levels
+        if levels is None:
+            raise DataError(
+                f"{args.model} dequantizes images, but the pixels of {data_name!r} are not on a grid of evenly "
+                "spaced levels in [0, 1]; pass --set num_levels=L for data with L levels"
+            )
+        model_args["num_levels"] = levels
+    defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
+    _refuse_options_of_other_kinds(args, card.kind, defaults)
+    train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
+    config = {
+        "pprogen_version": __version__,
+        "model": args.model,
+        "kind": card.kind,
+        "model_args": model_args,
+        "data": data_name,
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        "limit": args.limit,
+        "flatten": flatten,
+        "guide": args.guide or "default",
+        "train": train,
+        "seed": 0 if args.seed is None else args.seed,
+        "device": args.device or "auto",
+        "eval_samples": 1000 if args.eval_samples is None else args.eval_samples,
+        "plate_name": getattr(args, "plate_name", None),
+    }
+    return config, dataset
+
+
+def _condition(model, dataset: Dataset, split: str, limit: int | None = None, device=None) -> dict[str, torch.Tensor]:
+    """The per-datum keyword arguments a conditional model needs: the split's labels as ``y``."""
+    if not capabilities(model).conditional:
+        return {}
+    labels = dataset.labels.get(split)
+    if labels is None:
+        raise DataError(f"{type(model).__name__.lower()} is conditioned on labels, but the {split!r} split of "
+                        f"{dataset.name!r} has none; use a labelled data set (digits, digits_binary, mnist, ...)")
+    return {"y": labels[:limit].to(device) if device is not None else labels[:limit]}
+
+
+def evaluate_split(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
+              limit: int | None = None, world: distributed.World | None = None, method: str = "auto",
+              **annealing) -> dict[str, Any]:
+    """The split's score by :func:`pprogen.inference.evaluate`, as the dict summary.json holds; the k-hat
+    picture of an importance-sampled score is saved in the run folder."""
+    world = world or distributed.World()
+    evaluation = evaluate(
+        model, guide, dataset.split(split)[:limit].to(device), method=method, num_samples=num_samples,
+        condition=_condition(model, dataset, split, limit, device), world=world,
+        plate_name=run.config.get("plate_name") if run is not None else None,
+        dim=dataset.dim if dataset.binary else None, **annealing,
+    )
+    result = dict(evaluation.summary)
+    khat = getattr(evaluation.result, "khat", None)
+    if run is not None and khat is not None and world.is_main:
+        from pprogen.plots import save_khat
+
+        save_khat(khat, run.path / f"khat-{split}.png")
+        result["khat_plot"] = f"khat-{split}.png"
+    if method in ("ais", "bdmc") and run is not None:
+        result["inference_data"] = f"{method}-{split}.nc"
+        atomic_write(run.path / result["inference_data"], evaluation.to_inference_data().to_netcdf)
+    return result
+
+
+def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
+    from pprogen import plots
+
+    made = []
+    caps = capabilities(model)
+    if caps.fitted_network:  # a Bayesian network: its learned tables say more than samples
+        network = model.fitted_network(guide)
+        run.write_json("network.json", network.to_spec())
+        atomic_write(run.path / "network.txt", lambda tmp: Path(tmp).write_text(network.describe() + "\n"))
+        made += ["network.json", "network.txt"]
+    elif hasattr(model, "sample"):
+        if tuple(dataset.shape) == (2,) and caps.invertible and caps.exact_log_prob:  # a 2-D flow: its density
+            plots.save_density_2d(model.log_prob, dataset.split("test" if dataset.test is not None else "train"),
+                                  run.path / "density.png", title=f"{run.config['model']} on {run.config['data']}",
+                                  device=device)
+            made.append("density.png")
+        params = inspect.signature(model.sample).parameters
+        extra = {"mean": True} if "mean" in params else {"guide": guide} if "guide" in params else {}
+        samples = model.sample(64, **extra)
+        plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=f"{run.config['model']} samples")
+        made.append("samples.png")
+    if hasattr(model, "reconstruct") and dataset.is_image:
+        split = "valid" if dataset.valid is not None else "train"
+        x = dataset.split(split)[:12].to(device)
+        recon = model.reconstruct(x, guide, **_condition(model, dataset, split, 12, device))
+        plots.save_reconstructions(x, recon, dataset.image_shape, run.path / "reconstructions.png")
+        made.append("reconstructions.png")
+    plots.save_curves(run.read_metrics(), run.path / "curves.png")
+    made.append("curves.png")
+    return made
+
+
+def _alpha(train: dict[str, Any]) -> dict[str, Any]:
+    return {} if train.get("alpha") is None else {"alpha": train["alpha"]}
+
+
+def _materialize(guide, x: torch.Tensor, **condition) -> None:
+    """Run a lazily built guide (amortized, auto_*) once so that its parameters exist."""
+    if isinstance(guide, torch.nn.Module):
+        with torch.no_grad(), pyro.poutine.block():
+            guide(x, **condition)
+
+
+def _finished(config: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
+    """What to tell the user when a resumed run has nothing left to train, else None."""
+    train, epoch = config["train"], checkpoint["epoch"]
+    history = checkpoint.get("history", {})
+    patience = train.get("patience")
+    if history.get("stop_reason") == "early_stopping" and (patience is None or checkpoint.get("bad_epochs", 0) >= patience):
+        return (f"already stopped early at epoch {epoch} (no better validation loss for {checkpoint.get('bad_epochs')} "
+                f"epochs; its weights are those of epoch {history.get('best_epoch')}); to train on, resume with "
+                f"--override patience=N for N > {checkpoint.get('bad_epochs')}")
+    if epoch >= train["epochs"]:
+        return (f"already finished: {epoch} of {train['epochs']} epochs trained; to train on, resume with "
+                f"--epochs N for N > {epoch}")
+    return None
+
+
+class _SVISession:
+    """Training by SVI (:func:`~pprogen.inference.fit`): the model, its guide and the estimator, checked."""
+
+    banner = ""
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        train = self.train_settings = config["train"]
+        check_hyperparameters(
+            epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
+            lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
+            optimizer=train["optimizer"], schedule=train["schedule"],
+        )
+        self.estimator = make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
+        check_autocast(train.get("autocast"), device)
+        seed_everything(config["seed"])  # the initial weights too come from --seed
+        self.config, self.device, self.world, self.progress = config, device, world, progress
+        self.dataset, self.model, self.guide = build(config, dataset)
+        missing_ok = capabilities(self.model).accepts_missing  # before the run folder is made (fit checks again)
+        check_data(self.dataset.train, "training data", missing_ok)
+        if self.dataset.valid is not None:
+            check_data(self.dataset.valid, "validation data", missing_ok)
+        self.condition = _condition(self.model, self.dataset, "train")
+        self.valid_condition = _condition(self.model, self.dataset, "valid") if self.dataset.valid is not None else None
+        check_model_fits_data(self.model, self.guide, self.dataset.train, batch_size=train["batch_size"],
+                              plate_name=config.get("plate_name"), **self.condition)
+        distributed.check_enough_data(self.dataset.train.shape[0], world)
+        if not resumed and hasattr(self.model, "init_from_data"):  # mixtures: components start at data points
+            self.model.init_from_data(self.dataset.train)
+
+    def open(self, run: Run) -> None:
+        pass
+
+    def train(self, run: Run | None, resume):
+        train, dataset = self.train_settings, self.dataset
+        return fit(
+            self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
+            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
+            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=self.estimator,
+            num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
+            alpha=train.get("alpha"), patience=train["patience"] if dataset.valid is not None else None,
+            device=self.device, seed=self.config["seed"], progress=self.progress, run=run, resume=resume,
+            condition=self.condition, valid_condition=self.valid_condition, world=self.world,
+            autocast=train.get("autocast"), compile=train.get("compile", False),
+            plate_name=self.config.get("plate_name"),
+        )
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return {"best_epoch": history.best_epoch,
+                "best_valid_loss": history.best_valid_loss if history.best_epoch else None}
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        return evaluate_split(self.model, self.guide, self.dataset, split, self.config.get("eval_samples", 1000),
+                         self.device, run, world=self.world)
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        return _pictures(run, self.model, self.guide, self.dataset, self.device)
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        return _format_eval(split, result)
+
+
+class _AdversarialSession:
+    """Training by :class:`~pprogen.inference.AdversarialTrainer`: a grid of samples each epoch (and the
+    modes found, on the 2-D mixtures), sample metrics at the end."""
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        from pprogen.data import MODES
+
+        train = self.train_settings = config["train"]
+        seed_everything(config["seed"])
+        if dataset is None:
+            dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
+        self.dataset = dataset.flat() if config.get("flatten") else dataset
+        self.model = create_model(config["model"], **config["model_args"])
+        self.trainer = _gan_trainer(self.model, train, device, config["seed"], progress, world)  # checks the settings
+        self.condition = _condition(self.model, self.dataset, "train")
+        check_data(self.dataset.train, "training data")
+        self.model.check_data(self.dataset.train, pairing=self.dataset.pairing, **self.condition)
+        distributed.check_enough_data(self.dataset.train.shape[0], world)
+        self.config, self.device, self.world = config, device, world
+        self.modes = MODES.get(self.dataset.name) if not self.dataset.is_image else None
+        self.banner = f", {train['loss']} loss"
+
+    def open(self, run: Run) -> None:
+        (run.path / "grids").mkdir(exist_ok=True)
+
+    def train(self, run: Run | None, resume):
+        from pprogen.inference.metrics import mode_metrics
+
+        def each_epoch(epoch: int, record: dict) -> None:
+            if self.modes is not None:
+                with torch.no_grad():
+                    found = mode_metrics(self.model.sample(2500), *self.modes)
+                record.update(modes=found["modes"], high_quality=found["high_quality"])
+            _gan_pictures(run, self.model, self.dataset, self.device, run.path / "grids" / f"epoch-{epoch:03d}.png")
+
+        return self.trainer.fit(self.dataset, epochs=self.train_settings["epochs"], condition=self.condition, run=run,
+                                resume=resume, callback=each_epoch if run is not None else None)
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return {}
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        if not self.world.is_main:  # the sample-based metrics run on rank 0 alone
+            return {}
+        return evaluate_samples(self.model, self.dataset, split, self.config.get("eval_samples", 2500), self.device)
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        from pprogen import plots
+
+        _gan_pictures(run, self.model, self.dataset, self.device, run.path / "samples.png", split)
+        plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel="loss per step",
+                          keys=("d_loss", "g_adv", "cycle", "l1", "high_quality"))
+        return ["samples.png", "curves.png", "grids"]
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        return _format_gan_eval(result)
+
+
+def _ranks(world: distributed.World) -> str:
+    return f", {world.size} ranks" if world.active else ""
+
+
+def _gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool, world=None):
+    from pprogen.inference.adversarial import AdversarialTrainer
+
+    return AdversarialTrainer(
+        model, loss=train["loss"], critic_steps=train["critic_steps"], lr_g=train["lr"], lr_d=train["lr_d"],
+        betas=tuple(train["betas"]), gp_weight=train["gp_weight"], r1_weight=train["r1_weight"],
+        spectral_norm=train["spectral_norm"], ema=train["ema"], schedule=train["schedule"],
+        batch_size=train["batch_size"], device=device, seed=seed, progress=progress, world=world,
+        autocast=train.get("autocast"), compile=train.get("compile", False),
+    )
+
+
+def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: str = "valid") -> None:
+    """Samples over the data (2-D), a sample grid (images) or source / translation / target rows."""
+    from pprogen import plots
+
+    torch.manual_seed(0)  # the same noise every epoch, so the grids show training progress
+    if translates(model):
+        a, b = model.split(dataset.split(split)[:12].to(device))
+        rows, labels = [a, model.sample(12, a)], ["A (source)", "G_ab(A)"]
+        if dataset.pairing == "paired":
+            rows, labels = rows + [b], labels + ["B (target)"]
+        elif "ba" in model.generator:
+            rows, labels = rows + [b, model.sample(12, b, "ba")], labels + ["B (source)", "G_ba(B)"]
+        plots.save_translations(rows, labels, path)
+        return
+    samples = model.sample(64 if dataset.is_image else 2500)
+    if dataset.is_image:
+        plots.save_samples(samples, dataset.image_shape, path, title=f"{run.config['model']} samples")
+    else:
+        plots.save_samples(samples, dataset.shape, path, title=f"{run.config['model']} samples")
+
+
+def load_run(path: str, device: torch.device | None = None):
+    """The run folder, its config, data, model and guide with their weights, on ``device`` (by default the
+    run's own ``--device``)."""
+    run = Run.open(path)
+    config = run.config_with(*REQUIRED)
+    device = resolve_device(config.get("device", "auto")) if device is None else device
+    if config.get("kind") == "gan":
+        from pprogen.nn import apply_spectral_norm
+
+        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
+        dataset = dataset.flat() if config.get("flatten") else dataset
+        model = create_model(config["model"], **config["model_args"])
+        if config["train"].get("spectral_norm"):
+            apply_spectral_norm(model.discriminator)
+        run.load_weights("model", model)
+        return run, config, dataset, model.to(device).eval(), None, device
+    dataset, model, guide = build(config)
+    _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
+    run.load_weights("model", model)
+    run.load_weights("guide", guide)
+    for part in (model, guide):
+        if isinstance(part, torch.nn.Module):
+            part.to(device).eval()
+    return run, config, dataset, model, guide, device
+
+
+def _format_eval(split: str, result: dict[str, Any]) -> str:
+    text = f"{split} NLL: {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over {result['num_data']} examples"
+    if "bits_per_dim" in result:
+        text += f" ({result['bits_per_dim']:.4f} bits/dim)"
+    if result.get("method", "").startswith("dequantization"):
+        text += f"; {result['method']}"
+    if "num_samples" in result:
+        text += f", K = {result['num_samples']} importance samples (mean ESS {result['mean_ess']:.1f})"
+    if result.get("khat_bands"):
+        bands = result["khat_bands"]
+        text += "\nPareto k-hat: " + ", ".join(f"{n} {bands[n]}" for n in ("good", "ok", "bad", "very bad"))
+        text += " (k < 0.5 good, < 0.7 ok, < 1 bad, else very bad)"
+    return text
+
+
+def _format_gan_eval(result: dict[str, Any]) -> str:
+    parts = []
+    if "modes" in result:
+        parts.append(f"modes {result['modes']}/{result['num_modes']}, high quality {100 * result['high_quality']:.1f}%, "
+                     f"reverse KL {result['reverse_kl']:.4f}")
+    if "frechet_distance" in result:
+        parts.append(f"Fréchet distance {result['frechet_distance']:.3f}, precision {result['precision']:.3f}, "
+                     f"recall {result['recall']:.3f}, classifier score {result['classifier_score']:.2f}")
+    if "label_agreement" in result:
+        parts.append(f"label agreement {100 * result['label_agreement']:.1f}%")
+    for key in ("l1_to_target", "cycle_l1"):
+        if key in result:
+            parts.append(f"{key.replace('_', ' ')} {result[key]:.4f}")
+    parts.append(f"MMD^2 {result['mmd']:.5f}")
+    return f"{result['split']}: " + "; ".join(parts) + f" ({result['method']})"
+
+
+def prepare_run(options) -> tuple[dict[str, Any], Dataset | None, Run | None, dict[str, Any] | None, str | None]:
+    """``(config, dataset, run, checkpoint, finished)`` from the ``pprogen train`` options (an argparse
+    namespace or any object with those attributes): a new run's settings, or with ``options.resume`` the
+    run's own, checked against the options given; ``finished`` says why a resumed run has nothing to train."""
+    if options.resume:
+        run = Run.open(options.resume)
+        run.config_with(*REQUIRED)
+        checkpoint = run.load_checkpoint()  # a damaged checkpoint is reported before anything is written
+        config = _resume_config(options, run, checkpoint["epoch"])
+        return config, None, run, checkpoint, _finished(config, checkpoint)
+    if options.override:
+        raise ValueError("--override changes a setting of a resumed run; for a new run give the option itself "
+                         "(e.g. --lr 0.01)")
+    config, dataset = _config_from_args(options)
+    return config, dataset, None, None, None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with the one line to tell the user (None on the ranks that do not write)."""
+
+    def __init__(self, message: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class Trained:
+    """What :func:`train_run` did: the run folder (None on ranks that do not write), the session (model,
+    guide, data), the history, the seconds it trained, ``summary.json``'s content and the pictures written."""
+
+    run: Run | None
+    session: Any
+    history: History
+    seconds: float
+    summary: dict[str, Any]
+    split: str
+    pictures: list[str]
+
+
+def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run | None = None,
+              checkpoint: dict[str, Any] | None = None, out: str | Path | None = None, progress: bool = True,
+              dist_timeout: float = distributed.DEFAULT_TIMEOUT, announce=print) -> Trained:
+    """Train the run ``config`` describes, with the trainer its model's kind calls for, set up and checked
+    before anything is written; a resumed ``run`` continues from ``checkpoint``. Then the evaluation, the
+    pictures and ``summary.json``. ``announce`` gets the one line that says what trains where."""
+    world, device = distributed.init(config["device"], dist_timeout)
+    resumed = run is not None
+    session = (_AdversarialSession if config.get("kind") == "gan" else _SVISession)(
+        config, dataset, device, world, progress=progress, resumed=resumed)
+    if world.is_main:  # only rank 0 writes
+        if run is None:
+            run = Run.create(config, out)
+        else:
+            run.write_json("config.json", config)
+        session.open(run)
+        announce(f"training {config['model']} on {config['data']} ({session.dataset.train.shape[0]} examples"
+                 f"{_ranks(world)}{session.banner}) -> {run.path}")
+    else:
+        run = None
+    started = time.perf_counter()
+    try:
+        history = session.train(run, checkpoint if resumed and not world.active else resumed)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(run) if world.is_main else None) from None
+    seconds = time.perf_counter() - started
+    session.model.eval()
+    split = "valid" if session.dataset.valid is not None else "train"
+    summary: dict[str, Any] = {"epochs_run": len(history.records), **session.history_summary(history),
+                               "stop_reason": history.stop_reason, "train_seconds": round(seconds, 2),
+                               "device": str(device)}
+    result = session.evaluate(split, run)
+    pictures: list[str] = []
+    if world.is_main:
+        summary[f"{split}_evaluation"] = result
+        run.write_json("summary.json", summary)
+        pictures = session.pictures(run, split)
+    return Trained(run, session, history, seconds, summary, split, pictures)
+
+
+def _interrupted(run: Run | None) -> str:
+    """The one line for Ctrl-C: what is saved and how to go on (the checkpoint of the last complete epoch is
+    intact: every file is written atomically)."""
+    records = run.read_metrics() if run is not None else []
+    if records and (run.path / "checkpoint.pt").is_file():
+        return (f"pprogen: interrupted; epoch {records[-1]['epoch']} is saved in {run.path}: continue with "
+                f"`pprogen train --resume {run.path}`")
+    return (f"pprogen: interrupted before the first epoch ended; nothing to resume in {run.path if run else 'the run'} "
+            "(it holds the config only): start the run again")
