@@ -571,8 +571,8 @@ def ais(
 
     ``num_steps`` (T) intermediate distributions on the ``schedule`` (``"linear"``, ``"geometric"``,
     ``"sigmoid"`` or a sequence of T + 1 betas), ``num_chains`` (C) chains per row started from the guide
-    (the prior when ``guide=None``), ``leapfrog_steps`` per HMC transition with a per-chain ``step_size``
-    adapted towards ``target_accept``. Rows are taken ``batch_size`` at a time (fewer when one evaluation's
+    (the prior when ``guide=None``), ``leapfrog_steps`` per HMC transition with a ``step_size`` per row,
+    shared by its chains, adapted towards ``target_accept``. Rows are taken ``batch_size`` at a time (fewer when one evaluation's
     tensors for C chains would pass ``max_memory`` bytes). ``plate_name``, ``dim``, ``condition`` and
     ``keep_weights`` are as in :func:`~pprogen.inference.log_marginal`; ``stderr`` and ``ess`` come from the
     C chain weights. The estimate is a stochastic lower bound: its expectation lies below log p(x) unless
