@@ -30,7 +30,7 @@ from pprogen.inference.accel import check_autocast
 from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
 from pprogen.inference.loop import History
 from pprogen.inference.metrics import evaluate_samples, translates
-from pprogen.inference.train import fit
+from pprogen.inference.train import Objective, Optim, Speed, Stopping, fit
 from pprogen.registry import create_model, get_card
 from pprogen.runs import REQUIRED, Run, atomic_write, seed_everything
 
@@ -371,13 +371,14 @@ class _SVISession:
         train, dataset = self.train_settings, self.dataset
         return fit(
             self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
-            batch_size=train["batch_size"], optimizer=train["optimizer"], lr=train["lr"],
-            schedule=train["schedule"], clip_norm=train["clip_norm"], elbo=self.estimator,
-            num_particles=train["particles"], beta=train["beta"], kl_warmup=train.get("kl_warmup", 0),
-            alpha=train.get("alpha"), patience=train["patience"] if dataset.valid is not None else None,
+            batch_size=train["batch_size"],
+            optim=Optim(train["optimizer"], train["lr"], schedule=train["schedule"], clip_norm=train["clip_norm"]),
+            objective=Objective(self.estimator, train["particles"], train["beta"], train.get("kl_warmup", 0),
+                                train.get("alpha")),
+            stopping=Stopping(patience=train["patience"] if dataset.valid is not None else None),
+            speed=Speed(train.get("autocast"), train.get("compile", False)),
             device=self.device, seed=self.config["seed"], progress=self.progress, run=run, resume=resume,
             condition=self.condition, valid_condition=self.valid_condition, world=self.world,
-            autocast=train.get("autocast"), compile=train.get("compile", False),
             plate_name=self.config.get("plate_name"),
         )
 

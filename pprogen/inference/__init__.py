@@ -10,7 +10,7 @@ from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
 from pprogen.mcmc import run_nuts
-from pprogen.inference.train import History, NonFiniteLossError, TrainStep, fit
+from pprogen.inference.train import History, NonFiniteLossError, Objective, Optim, Speed, Stopping, TrainStep, fit
 
 __all__ = [
     "AdversarialTrainer",
@@ -20,8 +20,12 @@ __all__ = [
     "Evidence",
     "History",
     "NonFiniteLossError",
+    "Objective",
+    "Optim",
     "RenyiELBO",
     "Sandwich",
+    "Speed",
+    "Stopping",
     "TraceELBO",
     "TrainStep",
     "ais",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 import pyro
@@ -229,6 +230,29 @@ def _data_parallel(loss_module: nn.Module, params: list, buffers: list, probe, w
     return wrapped, [p for p in params if id(p) not in ids]
 
 
+def _settings(optim, objective, stopping, speed, flat: dict[str, Any]) -> dict[type, Any]:
+    """The four groups of ``fit``'s settings, each given as its object or left at its defaults, with any
+    setting also given by its own name (``lr=1e-2``) put in its group."""
+    given = {Optim: optim, Objective: objective, Stopping: stopping, Speed: speed}
+    for group, value in given.items():
+        if value is not None and not isinstance(value, group):
+            raise TypeError(f"fit's {group.__name__.lower()}= expects pprogen.inference.{group.__name__}, got "
+                            f"{type(value).__name__}")
+    unknown = sorted(set(flat) - set(FLAT))
+    if unknown:
+        raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r}")
+    out = {}
+    for group, value in given.items():
+        mine = {k: v for k, v in flat.items() if FLAT[k] is group}
+        out[group] = replace(value if value is not None else group(), **mine)
+    return out
+
+
+def _values(group) -> tuple:
+    """A settings group's values in field order, as given (``astuple`` would deep-copy an ELBO object)."""
+    return tuple(getattr(group, f.name) for f in fields(group))
+
+
 def _continue_schedule(opt, scheduler, schedule: str, state: dict[str, Any], lr: float, epochs: int) -> None:
     """A resumed run's learning rate continues where it was: a new ``lr`` rescales the schedule from here on
     (the checkpoint's optimizer would otherwise keep the old one), and a cosine schedule stretched to more
@@ -269,6 +293,53 @@ def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str
     return hint
 
 
+@dataclass(frozen=True)
+class Optim:
+    """How ``fit`` steps: the optimizer (``adam``, ``adamw``, ``sgd``, ``rmsprop``), its learning rate and weight
+    decay, the schedule (``constant``, ``cosine``, ``exponential`` or ``plateau``, with ``lr_gamma``) and
+    gradient-norm clipping."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    lr_gamma: float = 0.5
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What ``fit`` maximizes: the ELBO estimator (a name for :func:`make_elbo` or an ELBO object), its
+    particles, the KL weight ``beta`` (ramped up over ``kl_warmup`` epochs) and a Rényi ``alpha``."""
+
+    elbo: Any = "trace"
+    num_particles: int = 1
+    beta: float = 1.0
+    kl_warmup: int = 0
+    alpha: float | None = None
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """Early stopping on the validation loss after ``patience`` epochs without a better one (None: off);
+    ``restore_best`` leaves the best epoch's state in the model and guide."""
+
+    patience: int | None = None
+    restore_best: bool = True
+
+
+@dataclass(frozen=True)
+class Speed:
+    """bfloat16 autocast (``autocast="bf16"``) and ``torch.compile`` of the networks (``compile=True``)."""
+
+    autocast: str | None = None
+    compile: bool = False
+
+
+GROUPS = (Optim, Objective, Stopping, Speed)
+FLAT = {f.name: group for group in GROUPS for f in fields(group)}  # fit(lr=...) is fit(optim=Optim(lr=...))
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -277,19 +348,10 @@ def fit(
     valid_data: torch.Tensor | None = None,
     epochs: int = 10,
     batch_size: int = 128,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
-    lr_gamma: float = 0.5,
-    clip_norm: float | None = None,
-    elbo: Any = "trace",
-    num_particles: int = 1,
-    beta: float = 1.0,
-    kl_warmup: int = 0,
-    alpha: float | None = None,
-    patience: int | None = None,
-    restore_best: bool = True,
+    optim: Optim | None = None,
+    objective: Objective | None = None,
+    stopping: Stopping | None = None,
+    speed: Speed | None = None,
     device: str | torch.device = "auto",
     seed: int | None = 0,
     progress: bool = True,
@@ -299,11 +361,16 @@ def fit(
     condition: dict[str, torch.Tensor] | None = None,
     valid_condition: dict[str, torch.Tensor] | None = None,
     world: World | None = None,
-    autocast: str | None = None,
-    compile: bool = False,
     plate_name: str | None = None,
+    **settings: Any,
 ) -> History:
     """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
+
+    The settings come in four groups: ``optim`` (:class:`Optim`: optimizer, lr, weight_decay, schedule,
+    lr_gamma, clip_norm), ``objective`` (:class:`Objective`: elbo, num_particles, beta, kl_warmup, alpha),
+    ``stopping`` (:class:`Stopping`: patience, restore_best) and ``speed`` (:class:`Speed`: autocast, compile).
+    Any of their settings may also be given by name (``fit(..., lr=1e-2, patience=5)``), which sets it in its
+    group.
 
     Each epoch draws a fresh permutation, takes minibatches by index, and evaluates the validation
     loss (negative ELBO per datum) when validation data exist; ``patience`` stops early on it and
@@ -334,6 +401,11 @@ def fit(
     indices in ``condition``) gets minibatches of rows and Pyro's scale. A guide whose parameters are sized
     by the rows it is handed (a per-datum table, an autoguide over per-datum latents) trains full batch only.
     """
+    groups = _settings(optim, objective, stopping, speed, settings)
+    optimizer, lr, weight_decay, schedule, lr_gamma, clip_norm = _values(groups[Optim])
+    elbo, num_particles, beta, kl_warmup, alpha = _values(groups[Objective])
+    patience, restore_best = _values(groups[Stopping])
+    autocast, compile = _values(groups[Speed])
     world = current() if world is None else world
     if hasattr(data, "train"):
         valid_data = data.valid if valid_data is None else valid_data

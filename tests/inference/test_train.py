@@ -274,3 +274,25 @@ def test_without_a_terminal_progress_is_one_line_per_epoch(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert "train " in lines[0] and "seconds " in lines[0]
+
+
+def test_fit_settings_come_in_groups_or_by_name():
+    """fit(optim=Optim(lr=...)) is fit(lr=...): the same run to the bit; unknown names and wrong group types
+    are refused."""
+    from pprogen.inference import Objective, Optim, Stopping
+
+    results = []
+    for kwargs in (dict(optim=Optim(lr=0.02, schedule="cosine"), objective=Objective(num_particles=2),
+                        stopping=Stopping(patience=3)),
+                   dict(lr=0.02, schedule="cosine", num_particles=2, patience=3)):
+        pyro.set_rng_seed(0)
+        model, guide, x = vae_setup()
+        history = fit(model, guide, x[20:], valid_data=x[:20], epochs=4, batch_size=8, progress=False, **kwargs)
+        results.append((history.train_loss, params_of(model, guide)))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    model, guide, x = vae_setup()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
+        fit(model, guide, x, learning_rate=0.1)
+    with pytest.raises(TypeError, match="optim= expects pprogen.inference.Optim, got dict"):
+        fit(model, guide, x, optim={"lr": 0.1})
