@@ -27,7 +27,7 @@ from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
 from pprogen.inference import evaluate, make_elbo, make_guide
 from pprogen.inference.accel import check_autocast
-from pprogen.inference.checks import check_data, check_hyperparameters, check_model_fits_data, resolve_device
+from pprogen.inference.checks import resolve_device
 from pprogen.inference.loop import History
 from pprogen.inference.metrics import evaluate_samples, translates
 from pprogen.inference.train import Objective, Optim, Speed, Stopping, fit
@@ -342,25 +342,14 @@ class _SVISession:
     def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
                  resumed: bool) -> None:
         train = self.train_settings = config["train"]
-        check_hyperparameters(
-            epochs=train["epochs"], batch_size=train["batch_size"], num_particles=train["particles"],
-            lr=train["lr"], clip_norm=train["clip_norm"], patience=train["patience"],
-            optimizer=train["optimizer"], schedule=train["schedule"],
-        )
         self.estimator = make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
         check_autocast(train.get("autocast"), device)
         seed_everything(config["seed"])  # the initial weights too come from --seed
         self.config, self.device, self.world, self.progress = config, device, world, progress
         self.dataset, self.model, self.guide = build(config, dataset)
-        missing_ok = capabilities(self.model).accepts_missing  # before the run folder is made (fit checks again)
-        check_data(self.dataset.train, "training data", missing_ok)
-        if self.dataset.valid is not None:
-            check_data(self.dataset.valid, "validation data", missing_ok)
+        # the settings, the data and the model's fit to it are checked once, by fit, before the run's first write
         self.condition = _condition(self.model, self.dataset, "train")
         self.valid_condition = _condition(self.model, self.dataset, "valid") if self.dataset.valid is not None else None
-        check_model_fits_data(self.model, self.guide, self.dataset.train, batch_size=train["batch_size"],
-                              plate_name=config.get("plate_name"), **self.condition)
-        distributed.check_enough_data(self.dataset.train.shape[0], world)
         if not resumed and hasattr(self.model, "init_from_data"):  # mixtures: components start at data points
             self.model.init_from_data(self.dataset.train)
 
@@ -412,21 +401,19 @@ class _AdversarialSession:
         self.dataset = dataset.flat() if config.get("flatten") else dataset
         self.model = create_model(config["model"], **config["model_args"])
         self.trainer = _gan_trainer(self.model, train, device, config["seed"], progress, world)  # checks the settings
-        self.condition = _condition(self.model, self.dataset, "train")
-        check_data(self.dataset.train, "training data")
-        self.model.check_data(self.dataset.train, pairing=self.dataset.pairing, **self.condition)
-        distributed.check_enough_data(self.dataset.train.shape[0], world)
+        self.condition = _condition(self.model, self.dataset, "train")  # the data: checked by the trainer's fit
         self.config, self.device, self.world = config, device, world
         self.modes = MODES.get(self.dataset.name) if not self.dataset.is_image else None
         self.banner = f", {train['loss']} loss"
 
     def open(self, run: Run) -> None:
-        (run.path / "grids").mkdir(exist_ok=True)
+        pass
 
     def train(self, run: Run | None, resume):
         from pprogen.inference.metrics import mode_metrics
 
         def each_epoch(epoch: int, record: dict) -> None:
+            run.materialize()  # the folder and config.json before the first picture
             if self.modes is not None:
                 with torch.no_grad():
                     found = mode_metrics(self.model.sample(2500), *self.modes)
@@ -601,8 +588,8 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     session = (_AdversarialSession if config.get("kind") == "gan" else _SVISession)(
         config, dataset, device, world, progress=progress, resumed=resumed)
     if world.is_main:  # only rank 0 writes
-        if run is None:
-            run = Run.create(config, out)
+        if run is None:  # written at the first write: a trainer that refuses the data leaves nothing on disk
+            run = Run.create(config, out, lazy=True)
         else:
             run.write_json("config.json", config)
         session.open(run)
@@ -633,7 +620,9 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
 def _interrupted(run: Run | None) -> str:
     """The one line for Ctrl-C: what is saved and how to go on (the checkpoint of the last complete epoch is
     intact: every file is written atomically)."""
-    records = run.read_metrics() if run is not None else []
+    if run is None or not run.exists:
+        return "pprogen: interrupted before the first epoch ended; nothing was written: start the run again"
+    records = run.read_metrics()
     if records and (run.path / "checkpoint.pt").is_file():
         return (f"pprogen: interrupted; epoch {records[-1]['epoch']} is saved in {run.path}: continue with "
                 f"`pprogen train --resume {run.path}`")

@@ -119,9 +119,13 @@ class Run:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._pending: dict[str, Any] | None = None  # the config of a lazily created run not written yet
 
     @classmethod
-    def create(cls, config: dict[str, Any], out: str | Path | None = None, root: str | Path = "runs") -> "Run":
+    def create(cls, config: dict[str, Any], out: str | Path | None = None, root: str | Path = "runs",
+               lazy: bool = False) -> "Run":
+        """A new run folder for ``config`` (refused where a run or other files already are); with ``lazy`` the
+        folder and config.json are written at the run's first write, not now."""
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = Path(root) / f"{config['model']}-{Path(str(config['data'])).stem}-{stamp}"
@@ -137,8 +141,21 @@ class Run:
             raise RunError(f"output folder {path} exists and holds files that are not a pprogen run; choose an "
                            "empty or new --out")
         run = cls(path)
-        write_json(path / CONFIG, config)
+        run._pending = config
+        if not lazy:
+            run.materialize()
         return run
+
+    def materialize(self) -> None:
+        """Write the folder and its config.json, if that has not happened yet (a lazily created run does it
+        at its first write, so that a run whose trainer refuses its data leaves nothing on disk)."""
+        if self._pending is not None:
+            write_json(self.path / CONFIG, self._pending)
+            self._pending = None
+
+    @property
+    def exists(self) -> bool:
+        return self._pending is None
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
@@ -167,6 +184,7 @@ class Run:
         return config
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.materialize()
         atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
@@ -184,6 +202,7 @@ class Run:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r) + "\n" for r in records)
+        self.materialize()
         atomic_write(self.path / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -195,6 +214,7 @@ class Run:
     def save_weights(self, name: str, module: Any) -> None:
         tensors = _state_tensors(module)
         if tensors:
+            self.materialize()
             atomic_write(self.path / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp))
 
     def load_weights(self, name: str, module: Any) -> None:
@@ -213,6 +233,7 @@ class Run:
         module.load_state_dict(tensors)
 
     def write_json(self, name: str, obj: Any) -> None:
+        self.materialize()
         write_json(self.path / name, obj)
 
     def read_json(self, name: str) -> dict[str, Any]:

@@ -401,3 +401,17 @@ def test_ctrl_c_is_one_line_naming_the_saved_epoch_and_the_resume_command(tmp_pa
     monkeypatch.setattr(engine, "fit", real_fit)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_the_training_data_is_checked_once(tmp_path, monkeypatch):
+    import sys
+
+    import pprogen.inference.checks as checks
+
+    calls = []
+    real = checks.check_data
+    for module in list(sys.modules.values()):  # wherever pprogen imported it
+        if getattr(module, "__name__", "").startswith("pprogen") and getattr(module, "check_data", None) is real:
+            monkeypatch.setattr(module, "check_data", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
+    assert main(["train", "vae", "--out", str(tmp_path / "r"), *TINY]) == 0
+    assert calls == ["training data", "validation data"]

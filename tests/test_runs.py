@@ -110,3 +110,10 @@ def test_a_folder_that_is_not_a_run_is_refused_for_writing_and_reading(tmp_path)
     (tmp_path / "bare" / "config.json").write_text("{}")
     with pytest.raises(RunError, match=r"lacks 'model', 'data', 'model_args', 'train': it is not the config"):
         Run.open(tmp_path / "bare").config_with("model", "data", "model_args", "train")
+
+
+def test_a_lazy_run_is_written_at_its_first_write(tmp_path):
+    run = Run.create({"model": "m", "data": "d"}, tmp_path / "lazy", lazy=True)
+    assert not (tmp_path / "lazy").exists() and not run.exists
+    run.write_metrics([{"epoch": 1}])
+    assert run.exists and Run.open(tmp_path / "lazy").config == {"model": "m", "data": "d"}

@@ -111,6 +111,15 @@ def collect_parameters(loss_module: nn.Module, probe: torch.Tensor, **condition)
     return params + extra
 
 
+def _parameter_names(loss_module: nn.Module, params: list[nn.Parameter]) -> list[str]:
+    """A name for each trained tensor: its module path (``model.decoder.0.weight``), its ``pyro.param`` name
+    (``param_store.loc``), else its position."""
+    names = {id(p): name for name, p in loss_module.named_parameters()}
+    for name, p in pyro.get_param_store().named_parameters():
+        names.setdefault(id(p), f"param_store.{name}")
+    return [names.get(id(p), f"unnamed.{i}") for i, p in enumerate(params)]
+
+
 class TrainStep:
     """One optimization step: loss, backward, finiteness check, optional clipping, update.
 
@@ -480,15 +489,18 @@ def fit(
     best_state = None
     bad_epochs = 0
 
+    keys = [f"p.{name}" for name in _parameter_names(loss_module, params)]  # the checkpoint's, by name
+
     def snapshot() -> dict[str, torch.Tensor]:
-        state = {f"p{i}": p.detach().clone() for i, p in enumerate(params)}
+        state = {key: p.detach().clone() for key, p in zip(keys, params)}
         state.update({f"b.{name}": b.detach().clone() for name, b in buffers.items()})
         return state
 
     def restore(state: dict[str, torch.Tensor]) -> None:
+        named = any(k.startswith("p.") for k in state)  # older checkpoints hold them by position
         with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(state[f"p{i}"])
+            for i, (key, p) in enumerate(zip(keys, params)):
+                p.copy_(state[key] if named else state[f"p{i}"])
             for name, b in buffers.items():
                 if f"b.{name}" in state:
                     b.copy_(state[f"b.{name}"])
@@ -506,10 +518,20 @@ def fit(
 
     if resume:
         state = resume if isinstance(resume, dict) else world.load_checkpoint(run)  # a checkpoint already read
-        saved = sum(k.startswith("p") for k in state["params"])
-        if saved != len(params):
+        saved = [k for k in state["params"] if k.startswith("p")]
+        where = f"checkpoint in {run.path}" if run is not None else "the checkpoint"
+        if any(k.startswith("p.") for k in saved) and saved != keys:
+            theirs, ours = set(saved) - set(keys), set(keys) - set(saved)
+            what = (f"holds {sorted(theirs)[0][2:]!r}, which this model and guide lack" if theirs else
+                    f"lacks {sorted(ours)[0][2:]!r}" if ours else "holds the parameters in another order")
+            raise ValueError(f"{where} {what}; resume with the configuration the run was started with")
+        for key, p in zip(keys, params):
+            if key in state["params"] and state["params"][key].shape != p.shape:
+                raise ValueError(f"{where} holds {key[2:]!r} of shape {tuple(state['params'][key].shape)} where this "
+                                 f"model has {tuple(p.shape)}; resume with the configuration the run was started with")
+        if len(saved) != len(params):
             raise ValueError(
-                f"checkpoint in {run.path} holds {saved} parameter tensors but this model "
+                f"{where} holds {len(saved)} parameter tensors but this model "
                 f"and guide have {len(params)}; resume with the configuration the run was started with"
             )
         restore(state["params"])

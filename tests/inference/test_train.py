@@ -296,3 +296,16 @@ def test_fit_settings_come_in_groups_or_by_name():
         fit(model, guide, x, learning_rate=0.1)
     with pytest.raises(TypeError, match="optim= expects pprogen.inference.Optim, got dict"):
         fit(model, guide, x, optim={"lr": 0.1})
+
+
+def test_the_checkpoint_holds_the_weights_by_name_and_a_mismatch_names_the_tensor(tmp_path):
+    model, guide, x = vae_setup()
+    fit(model, guide, x, run=Run.create({"model": "vae"}, tmp_path / "n"), epochs=1, progress=False)
+    params = Run.open(tmp_path / "n").load_checkpoint()["params"]
+    for name, tensor in model.named_parameters():
+        assert torch.equal(params[f"p.model.{name}"], tensor.detach())
+    for name, tensor in guide.named_parameters():
+        assert torch.equal(params[f"p.guide.{name}"], tensor.detach())
+    wider = pprogen.create_model("vae", x_dim=6, z_dim=3, hidden_dims=(8,))
+    with pytest.raises(ValueError, match=r"checkpoint in .* holds 'model\.\S+' of shape \(\d+, 2\) where this model has"):
+        fit(wider, wider.default_guide(), x, run=Run.open(tmp_path / "n"), resume=True, epochs=2, progress=False)
