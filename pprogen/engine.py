@@ -26,7 +26,6 @@ from pprogen.capabilities import capabilities
 from pprogen.data import NAMES as DATA_NAMES
 from pprogen.data import DataError, Dataset, intensity_levels, load_dataset
 from pprogen.inference import evaluate, make_elbo, make_guide
-from pprogen.inference.accel import check_autocast
 from pprogen.inference.checks import resolve_device
 from pprogen.inference.loop import History
 from pprogen.inference.metrics import evaluate_samples, translates
@@ -343,7 +342,6 @@ class _SVISession:
                  resumed: bool) -> None:
         train = self.train_settings = config["train"]
         self.estimator = make_elbo(train["elbo"], num_particles=train["particles"], beta=train["beta"], **_alpha(train))
-        check_autocast(train.get("autocast"), device)
         seed_everything(config["seed"])  # the initial weights too come from --seed
         self.config, self.device, self.world, self.progress = config, device, world, progress
         self.dataset, self.model, self.guide = build(config, dataset)
@@ -352,9 +350,6 @@ class _SVISession:
         self.valid_condition = _condition(self.model, self.dataset, "valid") if self.dataset.valid is not None else None
         if not resumed and hasattr(self.model, "init_from_data"):  # mixtures: components start at data points
             self.model.init_from_data(self.dataset.train)
-
-    def open(self, run: Run) -> None:
-        pass
 
     def train(self, run: Run | None, resume):
         train, dataset = self.train_settings, self.dataset
@@ -405,9 +400,6 @@ class _AdversarialSession:
         self.config, self.device, self.world = config, device, world
         self.modes = MODES.get(self.dataset.name) if not self.dataset.is_image else None
         self.banner = f", {train['loss']} loss"
-
-    def open(self, run: Run) -> None:
-        pass
 
     def train(self, run: Run | None, resume):
         from pprogen.inference.metrics import mode_metrics
@@ -592,7 +584,6 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
             run = Run.create(config, out, lazy=True)
         else:
             run.write_json("config.json", config)
-        session.open(run)
         announce(f"training {config['model']} on {config['data']} ({session.dataset.train.shape[0]} examples"
                  f"{_ranks(world)}{session.banner}) -> {run.path}")
     else:
