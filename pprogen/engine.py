@@ -140,7 +140,8 @@ def _refuse_options_of_other_kinds(args, kind: str, defaults: dict[str, Any]) ->
     """A training option that the model's trainer does not read is an error, not silently ignored."""
     every = set(TRAIN_DEFAULTS) | set(GAN_TRAIN_DEFAULTS) | set(SVI_ONLY)
     own = set(defaults) | (set(SVI_ONLY) if kind != "gan" else set())
-    stray = [_flag(k) for k in sorted(every - own) if _given(args, k) not in (None, False, "default")]
+    stray = [_flag(k) for k in sorted(every - own)
+             if not (_given(args, k) is None or _given(args, k) is False or _given(args, k) == "default")]
     if stray:
         trainer = "the adversarial trainer" if kind == "gan" else "SVI"
         raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {args.model} "
@@ -174,8 +175,10 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
         current = train.get(key) if key in train else config.get(key)
         if value is None or value == current or (key in overrides and overrides[key] == value):
             continue
+        how = (f"or pass --override {key}={value} to change it from epoch {epoch + 1}" if key in OVERRIDABLE[kind]
+               else "it cannot change on resume (start a new run to change it)")
         raise ValueError(f"{_flag(key)} {value} differs from the run's {current}; a resumed run keeps its settings: "
-                         f"drop {_flag(key)}, or pass --override {key}={value} to change it from epoch {epoch + 1}")
+                         f"drop {_flag(key)}, {how}")
     if args.epochs is not None:
         train["epochs"] = args.epochs
     if args.device is not None:
@@ -323,7 +326,7 @@ def _finished(config: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
     train, epoch = config["train"], checkpoint["epoch"]
     history = checkpoint.get("history", {})
     patience = train.get("patience")
-    if history.get("stop_reason") == "early_stopping" and (patience is None or checkpoint.get("bad_epochs", 0) >= patience):
+    if history.get("stop_reason") == "early_stopping" and patience is not None and checkpoint.get("bad_epochs", 0) >= patience:
         return (f"already stopped early at epoch {epoch} (no better validation loss for {checkpoint.get('bad_epochs')} "
                 f"epochs; its weights are those of epoch {history.get('best_epoch')}); to train on, resume with "
                 f"--override patience=N for N > {checkpoint.get('bad_epochs')}")
@@ -583,7 +586,7 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
         if run is None:  # written at the first write: a trainer that refuses the data leaves nothing on disk
             run = Run.create(config, out, lazy=True)
         else:
-            run.write_json("config.json", config)
+            run.stage_config(config)  # written at the first write, after the trainer's checks
         announce(f"training {config['model']} on {config['data']} ({session.dataset.train.shape[0]} examples"
                  f"{_ranks(world)}{session.banner}) -> {run.path}")
     else:

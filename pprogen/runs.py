@@ -64,6 +64,22 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, which must not exist yet: complete or not at all, and never over a file
+    another process created in the meantime (the name is taken with a hard link, which fails if it exists)."""
+    def claim(tmp: str) -> None:
+        Path(tmp).write_text(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise RunError(f"{path} was created by another run while this one started; choose another --out") from None
+
+    spare = path.with_name(f".{path.name}.claimed")
+    atomic_write(spare, claim)  # the temporary file, linked to ``path`` on success, lands here; removed below
+    spare.unlink(missing_ok=True)
+
+
 def _write_error(path: Path, err: BaseException, written: int) -> RunWriteError:
     """One line for a write that failed (a full disk, a folder that turned read-only, a quota)."""
     reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:120]
@@ -120,6 +136,7 @@ class Run:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._pending: dict[str, Any] | None = None  # the config of a lazily created run not written yet
+        self._staged = False  # True: the pending config replaces an existing one (a resumed run)
 
     @classmethod
     def create(cls, config: dict[str, Any], out: str | Path | None = None, root: str | Path = "runs",
@@ -148,14 +165,25 @@ class Run:
 
     def materialize(self) -> None:
         """Write the folder and its config.json, if that has not happened yet (a lazily created run does it
-        at its first write, so that a run whose trainer refuses its data leaves nothing on disk)."""
-        if self._pending is not None:
+        at its first write, so that a run whose trainer refuses its data leaves nothing on disk). A new run's
+        config.json is created exclusively: a run that took the folder in the meantime is not overwritten."""
+        if self._pending is None:
+            return
+        if self._staged:
             write_json(self.path / CONFIG, self._pending)
-            self._pending = None
+        else:
+            _write_new(self.path / CONFIG, json.dumps(self._pending, indent=2, default=str) + "\n")
+        self._pending = None
+
+    def stage_config(self, config: dict[str, Any]) -> None:
+        """A resumed run's new config.json (more epochs, overrides), written at the run's first write: a resume
+        that its trainer refuses leaves the old one in place."""
+        self._pending, self._staged = config, True
 
     @property
     def exists(self) -> bool:
-        return self._pending is None
+        """Whether the folder and its config.json are on disk (a resumed run's always are)."""
+        return self._pending is None or self._staged
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":

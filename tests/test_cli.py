@@ -67,6 +67,7 @@ def test_list_and_info(capsys):
         (["train", "dcgan", "--beta", "4", "--particles", "5"], "--beta, --particles do not apply to dcgan"),
         (["train", "vae", "--loss", "hinge"], "--loss does not apply to vae"),
         (["train", "vae", "--override", "lr=0.1"], "--override changes a setting of a resumed run"),
+        (["train", "vae", "--r1-weight", "0"], "--r1-weight does not apply to vae"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
@@ -415,3 +416,11 @@ def test_the_training_data_is_checked_once(tmp_path, monkeypatch):
             monkeypatch.setattr(module, "check_data", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
     assert main(["train", "vae", "--out", str(tmp_path / "r"), *TINY]) == 0
     assert calls == ["training data", "validation data"]
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(trained, capsys):
+    before = (trained / "config.json").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(trained), "--epochs", "3", "--no-progress", "--override", "lr=-1"]) == 2
+    assert "learning rate must be a positive number" in capsys.readouterr().err
+    assert (trained / "config.json").read_text() == before

@@ -117,3 +117,24 @@ def test_a_lazy_run_is_written_at_its_first_write(tmp_path):
     assert not (tmp_path / "lazy").exists() and not run.exists
     run.write_metrics([{"epoch": 1}])
     assert run.exists and Run.open(tmp_path / "lazy").config == {"model": "m", "data": "d"}
+
+
+def test_a_lazy_run_never_overwrites_a_run_that_took_its_folder_meanwhile(tmp_path):
+    run = Run.create({"model": "m", "data": "d"}, tmp_path / "race", lazy=True)
+    (tmp_path / "race").mkdir()
+    (tmp_path / "race" / "config.json").write_text('{"model": "other"}')
+    with pytest.raises(RunError, match="was created by another run while this one started"):
+        run.write_metrics([{"epoch": 1}])
+    assert (tmp_path / "race" / "config.json").read_text() == '{"model": "other"}'
+    assert sorted(p.name for p in (tmp_path / "race").iterdir()) == ["config.json"]
+
+
+def test_an_epoch_loop_resumed_after_a_non_finite_stop_is_no_longer_stopped():
+    from pprogen.distributed import World
+    from pprogen.inference.loop import EpochLoop
+
+    loop = EpochLoop(5, 0, World())
+    state = EpochLoop(5, 0, World()).state(2)
+    state["history"]["stop_reason"] = "non_finite"
+    loop.resume(state)
+    assert loop.history.stop_reason == "finished" and loop.start_epoch == 2

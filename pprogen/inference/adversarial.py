@@ -347,7 +347,7 @@ class AdversarialTrainer:
         }
 
     def fit(self, data: torch.Tensor, epochs: int = 10, condition: dict[str, torch.Tensor] | None = None,
-            run: Any = None, resume: bool = False, callback: Callable[[int, dict], None] | None = None) -> History:
+            run: Any = None, resume: bool | dict[str, Any] = False, callback: Callable[[int, dict], None] | None = None) -> History:
         """Train on ``data`` ``(N, ...)`` (or a data set's ``train`` split) for ``epochs`` (each epoch: ``N / (batch_size * critic_steps)``
         generator updates). ``condition`` holds per-datum keyword arguments (``{"y": labels}`` for a
         conditional GAN). With a ``run``, every epoch writes metrics and an atomic checkpoint, and
@@ -391,7 +391,7 @@ class AdversarialTrainer:
                           for o in (self.opt_d, self.opt_g)]
         loop = EpochLoop(epochs, self.seed, world, run)
         if resume:
-            state = world.load_checkpoint(run)
+            state = resume if isinstance(resume, dict) else world.load_checkpoint(run)  # a checkpoint already read
             self.model.load_state_dict(state["model"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.opt_g.load_state_dict(state["opt_g"])

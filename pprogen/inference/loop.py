@@ -69,6 +69,8 @@ class EpochLoop:
         set_rng_state(state["rng"])
         self.shuffle.set_state(state["shuffle"])
         self.history = History(**state["history"])
+        if self.history.stop_reason == "non_finite":  # the run goes on: it is no longer stopped
+            self.history.stop_reason = "finished"
         self.start_epoch = state["epoch"]
 
     def state(self, epoch: int) -> dict[str, Any]:

@@ -253,6 +253,9 @@ def _settings(optim, objective, stopping, speed, flat: dict[str, Any]) -> dict[t
     out = {}
     for group, value in given.items():
         mine = {k: v for k, v in flat.items() if FLAT[k] is group}
+        if value is not None and mine:
+            raise TypeError(f"fit() got {sorted(mine)[0]}= and {group.__name__.lower()}=: give the setting in one "
+                            f"place, e.g. {group.__name__.lower()}={group.__name__}(..., {sorted(mine)[0]}=...)")
         out[group] = replace(value if value is not None else group(), **mine)
     return out
 
@@ -267,6 +270,9 @@ def _continue_schedule(opt, scheduler, schedule: str, state: dict[str, Any], lr:
     (the checkpoint's optimizer would otherwise keep the old one), and a cosine schedule stretched to more
     epochs decays from its current rate to the new end instead of starting a second cycle."""
     saved = state.get("lr")
+    if saved is None and state.get("optimizer", {}).get("param_groups"):  # older checkpoints: the optimizer's
+        group = state["optimizer"]["param_groups"][0]
+        saved = group.get("initial_lr", group.get("lr"))
     if saved is not None and saved != lr:
         ratio = lr / saved
         for group in opt.param_groups:
@@ -544,11 +550,11 @@ def fit(
         best_state = state["best_state"] or None
         bad_epochs = state["bad_epochs"]
         if history.stop_reason == "early_stopping":
-            if patience is None or bad_epochs >= patience:  # still stopped: hand back the best state, as it ended
+            if patience is not None and bad_epochs >= patience:  # still stopped: hand back the best state
                 if restore_best and best_state is not None:
                     restore(best_state)
                 return history
-            history.stop_reason = "finished"  # a larger patience continues the run
+            history.stop_reason = "finished"  # a larger patience (or none) continues the run
 
     global_batch = batch_size * world.size
     steps_per_epoch = math.ceil(num_data / global_batch)

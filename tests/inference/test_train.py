@@ -216,6 +216,9 @@ def test_resuming_an_early_stopped_run_hands_back_its_best_state(tmp_path):
     longer = fit(model, guide, x[20:], valid_data=x[:20], patience=6, run=Run.open(tmp_path / "r"), resume=True,
                  **{**settings, "epochs": 100})
     assert len(longer.records) > len(history.records)
+    unlimited = fit(model, guide, x[20:], valid_data=x[:20], patience=None, run=Run.open(tmp_path / "r"),
+                    resume=True, **{**settings, "epochs": len(longer.records) + 2})
+    assert len(unlimited.records) == len(longer.records) + 2  # early stopping off: the run goes on
 
 
 def test_validation_during_kl_warmup_is_scored_at_the_final_beta():
@@ -296,6 +299,8 @@ def test_fit_settings_come_in_groups_or_by_name():
         fit(model, guide, x, learning_rate=0.1)
     with pytest.raises(TypeError, match="optim= expects pprogen.inference.Optim, got dict"):
         fit(model, guide, x, optim={"lr": 0.1})
+    with pytest.raises(TypeError, match="got lr= and optim=: give the setting in one place"):
+        fit(model, guide, x, optim=Optim(lr=0.1), lr=0.2)
 
 
 def test_the_checkpoint_holds_the_weights_by_name_and_a_mismatch_names_the_tensor(tmp_path):
