@@ -65,6 +65,15 @@ def params_of(model, guide):
     return [p.detach().clone() for p in list(model.parameters()) + list(guide.parameters())]
 
 
+def interrupt_after(last: int):
+    """A fit callback that stops training like Ctrl-C once epoch ``last`` is saved."""
+    def interrupt(epoch, record):
+        if epoch == last:
+            raise KeyboardInterrupt
+
+    return interrupt
+
+
 def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(tmp_path):
     settings = dict(valid_data=None, epochs=5, batch_size=16, lr=1e-2, progress=False, seed=3)
     pyro.set_rng_seed(0)
@@ -75,13 +84,8 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(tmp_path):
     pyro.set_rng_seed(0)
     model, guide, x = vae_setup()
     run = Run.create({"model": "vae", "data": "x"}, tmp_path / "b")
-
-    def interrupt(epoch, record):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(model, guide, x, run=run, callback=interrupt, **settings)
+        fit(model, guide, x, run=run, callback=interrupt_after(2), **settings)
     pyro.set_rng_seed(99)  # a fresh process: different initial weights and random state
     model, guide, _ = vae_setup()
     history = fit(model, guide, x, run=Run.open(tmp_path / "b"), resume=True, **settings)
@@ -249,13 +253,8 @@ def test_a_cosine_schedule_resumed_for_more_epochs_decays_on_without_a_second_cy
     settings = dict(batch_size=16, lr=0.05, schedule="cosine", progress=False, seed=3)
     model, guide, x = vae_setup()
     run = Run.create({"model": "vae", "data": "x"}, tmp_path / "c")
-
-    def interrupt(epoch, record):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(model, guide, x, run=run, callback=interrupt, epochs=4, **settings)
+        fit(model, guide, x, run=run, callback=interrupt_after(2), epochs=4, **settings)
     history = fit(model, guide, x, run=Run.open(tmp_path / "c"), resume=True, epochs=8, **settings)
     lrs = [r["lr"] for r in history.records]
     assert len(lrs) == 8 and lrs[:2] == [0.05, 0.05 * (1 + math.cos(math.pi / 4)) / 2]
