@@ -9,7 +9,6 @@ back. Training options are declared once, in :data:`TRAIN_OPTIONS`.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import time
@@ -136,16 +135,21 @@ def _given(args, key: str) -> Any:
     return getattr(args, key, None)
 
 
-def _refuse_options_of_other_kinds(args, kind: str, defaults: dict[str, Any]) -> None:
+def _refuse_options_of_other_kinds(options, name: str, kind: str) -> None:
     """A training option that the model's trainer does not read is an error, not silently ignored."""
-    every = set(TRAIN_DEFAULTS) | set(GAN_TRAIN_DEFAULTS) | set(SVI_ONLY)
-    own = set(defaults) | (set(SVI_ONLY) if kind != "gan" else set())
-    stray = [_flag(k) for k in sorted(every - own)
-             if not (_given(args, k) is None or _given(args, k) is False or _given(args, k) == "default")]
+    trainer = "gan" if kind == "gan" else "svi"
+    stray = [o.flag for o in TRAIN_OPTIONS if getattr(o, trainer) is NO and _is_given(_given(options, o.key))]
+    stray += [_flag(k) for k in SVI_ONLY if trainer == "gan" and _is_given(_given(options, k))]
+    stray.sort()
     if stray:
-        trainer = "the adversarial trainer" if kind == "gan" else "SVI"
-        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {args.model} "
-                         f"(a {kind} model, trained by {trainer}); drop {'it' if len(stray) == 1 else 'them'}")
+        how = "the adversarial trainer" if trainer == "gan" else "SVI"
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {name} "
+                         f"(a {kind} model, trained by {how}); drop {'it' if len(stray) == 1 else 'them'}")
+
+
+def _is_given(value: Any) -> bool:
+    """An option given on the command line: not left at None / False (a flag) / "default" (--guide)."""
+    return not (value is None or value is False or value == "default")
 
 
 def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
@@ -167,9 +171,7 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
             raise ValueError(f"--override {key}=... is not something a resumed {kind} run can change; it can change "
                              f"{', '.join(OVERRIDABLE[kind])}")
     train = config["train"]
-    defaults = GAN_TRAIN_DEFAULTS if kind == "gan" else TRAIN_DEFAULTS
-    _refuse_options_of_other_kinds(argparse.Namespace(**{**vars(args), "model": config["model"]}), config.get("kind"),
-                                   {**defaults, **train})
+    _refuse_options_of_other_kinds(args, config["model"], config.get("kind"))
     for key in [k for k in train if k != "epochs"] + ["eval_samples"]:
         value = _given(args, key)
         current = train.get(key) if key in train else config.get(key)
@@ -221,7 +223,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
             )
         model_args["num_levels"] = levels
     defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
-    _refuse_options_of_other_kinds(args, card.kind, defaults)
+    _refuse_options_of_other_kinds(args, args.model, card.kind)
     train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
     config = {
         "pprogen_version": __version__,

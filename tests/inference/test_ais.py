@@ -307,3 +307,34 @@ def test_result_converts_to_arviz():
     assert set(data.sample_stats.data_vars) >= {"stderr", "ess", "accept_rate", "divergences", "step_size"}
     summary = e.summary()
     assert summary["method"] == "ais" and summary["num_steps"] == 5 and summary["num_chains"] == 4
+
+
+def test_guides_as_pyro_users_write_them_anneal_to_the_exact_evidence():
+    """A function guide registering an encoder with pyro.module, and a per-datum pyro.param table under a
+    subsampled plate: AIS from either reaches PPCA's closed-form evidence."""
+    ppca = PPCA()
+    x = ppca.data(30)
+    exact = ppca.log_evidence(x)
+    encoder = torch.nn.Linear(D, 2 * K)
+
+    def module_guide(x):
+        pyro.module("encoder", encoder)
+        loc, log_scale = encoder(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    def subsampled_model(x):
+        with pyro.plate("data", x.shape[0], subsample_size=10) as idx:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([K]).to_event(1))
+            pyro.sample("x", dist.Normal(z @ ppca.W.T + ppca.mu, ppca.sigma).to_event(1), obs=x[idx])
+
+    def table_guide(x):
+        loc = pyro.param("loc", torch.zeros(x.shape[0], K))
+        with pyro.plate("data", x.shape[0], subsample_size=10) as idx:
+            pyro.sample("z", dist.Normal(loc[idx], 0.5).to_event(1))
+
+    for model, guide in ((ppca.model, module_guide), (subsampled_model, table_guide)):
+        e = ais(model, guide, x, num_steps=300, num_chains=16)
+        diff = e.log_prob - exact
+        assert e.log_prob.shape == (30,)
+        assert abs(diff.mean().item()) < 3 * diff.std().item() / math.sqrt(diff.numel()) + 0.05
