@@ -198,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="use at most this many examples per split")
     for option in TRAIN_OPTIONS:
         if option.type is bool:
-            s.add_argument(option.flag, action="store_true", default=None, help=option.help)
+            s.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=option.help)
         elif option.type is not None:
             s.add_argument(option.flag, type=option.type, help=option.help)
     s.add_argument("--guide",

@@ -86,6 +86,8 @@ TRAIN_OPTIONS = (
     TrainOption("autocast", str, None, None, "train under bfloat16 autocast (evaluation stays float32)"),
     TrainOption("compile", bool, False, False, "compile the networks with torch.compile (pays off on some models "
                 "only: README)"),
+    TrainOption("fast_path", bool, True, NO, "replay each settled step from a recorded graph of its loss, checked bit "
+                "for bit against the program (--no-fast-path: run the Pyro program every step)", resumable=True),
 )
 TRAIN_DEFAULTS = {o.key: o.svi for o in TRAIN_OPTIONS if o.svi is not NO}
 GAN_TRAIN_DEFAULTS = {o.key: o.gan for o in TRAIN_OPTIONS if o.gan is not NO}
@@ -365,7 +367,7 @@ class _SVISession:
             objective=Objective(self.estimator, train["particles"], train["beta"], train.get("kl_warmup", 0),
                                 train.get("alpha")),
             stopping=Stopping(patience=train["patience"] if dataset.valid is not None else None),
-            speed=Speed(train.get("autocast"), train.get("compile", False)),
+            speed=Speed(train.get("autocast"), train.get("compile", False), train.get("fast_path", True)),
             device=self.device, seed=self.config["seed"], progress=self.progress, run=run, resume=resume,
             condition=self.condition, valid_condition=self.valid_condition, world=self.world,
             plate_name=self.config.get("plate_name"),
@@ -603,6 +605,7 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     split = "valid" if session.dataset.valid is not None else "train"
     summary: dict[str, Any] = {"epochs_run": len(history.records), **session.history_summary(history),
                                "stop_reason": history.stop_reason, "train_seconds": round(seconds, 2),
+                               **({"fast_path": history.fast_path} if history.fast_path else {}),
                                "device": str(device)}
     result = session.evaluate(split, run)
     pictures: list[str] = []

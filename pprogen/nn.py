@@ -173,6 +173,27 @@ def halvings(size: int, smallest: int = 4, most: int = 4) -> int:
     return count
 
 
+def recording() -> bool:
+    """Whether the running code is being recorded as a graph of tensor operations (``make_fx``: the replayed
+    training steps of :mod:`pprogen.inference.replay`), where Python must not read tensor values."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None
+
+
+def value_check(ok: torch.Tensor, message: Callable[[], str]) -> None:
+    """Raise ``ValueError(message())`` unless the boolean tensor ``ok`` is all true.
+
+    While a step is being recorded the check becomes an operation of the graph (``torch._assert_async``), so
+    a replayed step still refuses the values it refuses: the replay then runs the program again, which raises
+    this error with its message. (On a GPU the recorded assertion is a device-side assert: loud, but it ends
+    the process's CUDA context.)"""
+    if recording():
+        torch._assert_async(ok.all())
+    elif not bool(ok.all()):
+        raise ValueError(message())
+
+
 def check_labels(y: torch.Tensor | None, num_classes: int, n: int | None, model: str = "cvae") -> torch.Tensor:
     """Integer labels 0..num_classes-1, one per example (``n`` of them, when given); a one-line error otherwise.
     Shared by the conditional models (cvae, cgan)."""
@@ -181,22 +202,26 @@ def check_labels(y: torch.Tensor | None, num_classes: int, n: int | None, model:
                          "pprogen train takes them from a labelled data set such as digits or mnist")
     y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)  # a tensor stays where it is
     if y.is_floating_point():
-        if not bool((y == y.round()).all()):
-            raise ValueError(f"{model} labels must be integers 0..{num_classes - 1}, got non-integer values")
+        value_check(y == y.round(), lambda: f"{model} labels must be integers 0..{num_classes - 1}, got non-integer values")
         y = y.long()
     if n is not None and (y.dim() != 1 or y.shape[0] != n):
         raise ValueError(f"{model} needs one label per example: {n} examples, labels of shape {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        bad = int(y.max()) if int(y.max()) >= num_classes else int(y.min())
-        raise ValueError(f"label {bad} is out of range for num_classes={num_classes}: labels must lie in [0, {num_classes}), "
-                         f"got values in [{int(y.min())}, {int(y.max())}] (build the model with the data's number of "
-                         "classes: --set num_classes=K)")
+    if y.numel():
+        value_check((y >= 0) & (y < num_classes), lambda: _label_range_message(y, num_classes))
     return y
+
+
+def _label_range_message(y: torch.Tensor, num_classes: int) -> str:
+    low, high = int(y.min()), int(y.max())
+    bad = high if high >= num_classes else low
+    return (f"label {bad} is out of range for num_classes={num_classes}: labels must lie in [0, {num_classes}), "
+            f"got values in [{low}, {high}] (build the model with the data's number of classes: --set num_classes=K)")
 
 
 def with_onehot(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``h`` with the one-hot code of ``y`` appended along the last dimension."""
-    onehot = F.one_hot(y.long(), num_classes).to(h.dtype)
+    # compared with 0..K-1 rather than F.one_hot, which reads the labels' range in Python (check_labels checks it)
+    onehot = (y.long().unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(h.dtype)
     return torch.cat([h, onehot.expand(h.shape[:-1] + (num_classes,))], -1)
 
 

@@ -371,6 +371,16 @@ class ActNorm(Bijection):
         self.log_scale = nn.Parameter(torch.zeros(_per_feature(shape)))
         self.bias = nn.Parameter(torch.zeros(_per_feature(shape)))
         self.register_buffer("initialized", torch.tensor(False))
+        self._initialized = False  # the buffer's value once known to be True: read in Python without a tensor
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized = False  # read the loaded buffer again
+
+    def is_initialized(self) -> bool:
+        if not self._initialized:
+            self._initialized = bool(self.initialized)
+        return self._initialized
 
     @torch.no_grad()
     def initialize(self, y: torch.Tensor) -> None:
@@ -380,6 +390,7 @@ class ActNorm(Bijection):
         self.log_scale.copy_(std.clamp_min(1e-6).log().reshape(self.log_scale.shape))
         self.bias.copy_(flat.mean(1).reshape(self.bias.shape))
         self.initialized.fill_(True)
+        self._initialized = True
 
     def _ladj(self, v):
         total = self.log_scale.sum() * _pixels(self.shape)
@@ -389,7 +400,7 @@ class ActNorm(Bijection):
         return x * self.log_scale.exp() + self.bias, self._ladj(x)
 
     def inverse_ladj(self, y):
-        if self.training and not bool(self.initialized):
+        if self.training and not self.is_initialized():
             self.initialize(y.detach())
         return (y - self.bias) * (-self.log_scale).exp(), self._ladj(y)
 

@@ -89,20 +89,25 @@ class TraceELBO:
         if (id(model), id(guide)) not in self._checked or pyro.poutine.util.is_validation_enabled():
             check_sites_match(guide_sites, model_sites)
             self._checked.add((id(model), id(guide)))
-        observed = latent = 0.0
+        observed = latent = None  # no adding to zero, no multiplying by one: each is an operation per step
         if self.stl:
             latent = score_term(guide, replay, args, kwargs, site_log_prob_sum)
         terms = self.last_terms = {}
         for site in model_sites:
             term = terms[site["name"]] = site_log_prob_sum(site)
             if site["is_observed"]:
-                observed = observed + term
+                observed = term if observed is None else observed + term
             else:
-                latent = latent + term
+                latent = term if latent is None else latent + term
         for site in guide_sites:
             term = terms["guide." + site["name"]] = site_log_prob_sum(site)
-            latent = latent - term
-        return observed + self.beta * latent
+            latent = -term if latent is None else latent - term
+        if latent is not None and self.beta != 1.0:
+            latent = self.beta * latent
+        if observed is None or latent is None:
+            found = observed if latent is None else latent
+            return torch.zeros(()) if found is None else found  # no sites at all: zero, not Pyro's fallback
+        return observed + latent
 
     def _particle_sum(self, model, guide, args, kwargs):
         plate = self._particle_plate(args, kwargs, model, guide)
@@ -134,7 +139,7 @@ class TraceELBO:
                 )
             fallback = self._fallback
             return fallback.differentiable_loss(model, guide, *args, **kwargs)
-        return -total / self.num_particles
+        return -total if self.num_particles == 1 else -total / self.num_particles
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         with torch.no_grad():

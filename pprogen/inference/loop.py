@@ -30,6 +30,7 @@ class History:
     best_epoch: int | None = None
     best_valid_loss: float = float("inf")
     stop_reason: str = "finished"
+    fast_path: str | None = None  # how the steps ran: replayed (and how many), or why not (not in checkpoints)
 
     @property
     def train_loss(self) -> list[float]:

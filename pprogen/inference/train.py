@@ -24,6 +24,7 @@ from pprogen.distributed import World, check_enough_data, collective, current, s
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.inference.elbo import ELBOLoss
 from pprogen.inference.estimators import make_elbo
+from pprogen.inference.replay import StepReplay
 from pprogen.inference.loop import EpochLoop, History  # noqa: F401  (History: its public home is here too)
 from pprogen.runs import seed_everything
 from pprogen.inference.checks import (
@@ -130,11 +131,16 @@ class TrainStep:
     loss is averaged too, so every rank takes the same decision on a non-finite step. ``autocast="bf16"`` runs
     the loss under bfloat16 autocast (:mod:`pprogen.inference.accel`); backward and the update stay outside it.
     ``scale`` multiplies the sites inside the per-datum plate ``plate_name``.
+
+    On one rank, a step whose program has settled is replayed from a recorded graph of its loss
+    (:mod:`pprogen.inference.replay`; ``fast_path=False`` turns that off, ``self.replay.reason`` says why it is
+    off), and the loss and the gradient norm are read from the device together, once per step.
     """
 
     def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
                  forward: Callable | None = None, world: World | None = None, synced_params=(),
-                 autocast: str | None = None, plate_name: str = "data") -> None:
+                 autocast: str | None = None, plate_name: str = "data", fast_path: bool = True,
+                 compiled: bool = False, check_every: int = 200) -> None:
         self.loss_module = loss_module
         self.plate_name = plate_name
         self.forward = forward or loss_module
@@ -145,21 +151,50 @@ class TrainStep:
         self.world = world or World()
         self.hand_synced = list(synced_params) if self.native else self.params
         self.autocast = autocast
+        self.replay = StepReplay(loss_module, self.params, check_every)
+        off = _replay_off_reason(fast_path, self.native, autocast, compiled, self.world)
+        if off is not None:
+            self.replay.switch_off(off)
+
+    def _loss(self, batch: torch.Tensor, scale: float, condition: dict) -> torch.Tensor:
+        with scale_data_plate(scale, self.plate_name), autocast_context(self.autocast, batch.device):
+            return self.forward(batch, **condition)
+
+    def rerun(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> None:
+        """After a replayed step, the program once more on its batch (no gradients, the random streams left as
+        they were), so that the estimator's per-site terms describe that batch: what a non-finite step's
+        message names."""
+        if self.native and self.replay.last_replayed:
+            devices = [batch.device.index or 0] if batch.device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                self._loss(batch, scale, condition)
+
+    def _norm(self) -> torch.Tensor:
+        if self.clip_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
 
     def __call__(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> tuple[float, float | None]:
         """Returns the loss and the gradient norm; non-finite values are returned, never applied.
         ``condition`` holds the batch's per-datum keyword arguments (labels of a conditional model)."""
         self.optimizer.zero_grad(set_to_none=True)
         world = self.world
+        if self.native and not world.active:
+            loss, grads_done = self.replay.run(lambda b, c: self._loss(b, scale, c), batch, scale, condition)
+            if not grads_done:
+                loss.backward()
+            norm = self._norm().to(loss.device)
+            # the step's one host synchronisation: loss and gradient norm read together; a non-finite either
+            # leaves the parameters as they were (its gradients are dropped by the next zero_grad)
+            value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
+            if math.isfinite(value) and math.isfinite(norm):
+                self.optimizer.step()
+            return value, norm
         with scale_data_plate(scale, self.plate_name):
-            if self.native:
+            if self.native:  # several ranks: backward always, since DDP's all-reduce must run on every rank
                 with autocast_context(self.autocast, batch.device):
                     value = loss = self.forward(batch, **condition)
-                if not world.active:  # one rank: a non-finite loss never reaches backward
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        return value, None
-                loss.backward()  # several ranks: always, since DDP's all-reduce must run on every rank
+                loss.backward()
             else:
                 with autocast_context(self.autocast, batch.device):
                     value = self.loss_module.elbo.loss_and_grads(
@@ -172,14 +207,25 @@ class TrainStep:
             value = world.total(value, batch.device) / world.size
             if not math.isfinite(value):
                 return value, None
-        if self.clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        norm = norm.item()
+        norm = self._norm().item()
         if math.isfinite(norm):
             self.optimizer.step()
         return value, norm
+
+
+def _replay_off_reason(fast_path: bool, native: bool, autocast: str | None, compiled: bool, world: World) -> str | None:
+    """Why a step cannot be replayed (:mod:`pprogen.inference.replay`), or None."""
+    if not fast_path:
+        return "switched off (fast_path=False)"
+    if not native:
+        return "the estimator computes its own gradients (no differentiable_loss)"
+    if autocast is not None:
+        return f"{autocast} autocast"
+    if compiled:
+        return "compiled networks (torch.compile)"
+    if world.active:
+        return "several ranks (DistributedDataParallel)"
+    return None
 
 
 def _has_differentiable_loss(elbo: Any) -> bool:
@@ -345,10 +391,12 @@ class Stopping:
 
 @dataclass(frozen=True)
 class Speed:
-    """bfloat16 autocast (``autocast="bf16"``) and ``torch.compile`` of the networks (``compile=True``)."""
+    """bfloat16 autocast (``autocast="bf16"``), ``torch.compile`` of the networks (``compile=True``) and the
+    replayed steps (``fast_path``, on by default: :mod:`pprogen.inference.replay`)."""
 
     autocast: str | None = None
     compile: bool = False
+    fast_path: bool = True
 
 
 GROUPS = (Optim, Objective, Stopping, Speed)
@@ -420,7 +468,7 @@ def fit(
     optimizer, lr, weight_decay, schedule, lr_gamma, clip_norm = _values(groups[Optim])
     elbo, num_particles, beta, kl_warmup, alpha = _values(groups[Objective])
     patience, restore_best = _values(groups[Stopping])
-    autocast, compile = _values(groups[Speed])
+    autocast, compile, fast_path = _values(groups[Speed])
     world = current() if world is None else world
     if hasattr(data, "train"):
         valid_data = data.valid if valid_data is None else valid_data
@@ -489,7 +537,7 @@ def fit(
     opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
     scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
     step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced, autocast,
-                     plan.plate_name or "data")
+                     plan.plate_name or "data", fast_path=fast_path, compiled=compile)
     loop = EpochLoop(epochs, seed, world, run)
     history = loop.history
     best_state = None
@@ -570,6 +618,7 @@ def fit(
             loss_module.train()
             if kl_warmup:
                 loss_module.elbo.beta = beta * min(1.0, (epoch + 1) / kl_warmup)
+            step.replay.refresh()  # callbacks may have changed the program's attributes since the last epoch
             started = time.perf_counter()
             epoch_loss = 0.0
             for i in range(steps_per_epoch):
@@ -584,6 +633,7 @@ def fit(
                     value, norm = step(data[index], scale, **{k: v[index] for k, v in condition.items()})
                 if not (math.isfinite(value) and norm is not None and math.isfinite(norm)):
                     what = "loss" if not math.isfinite(value) else "gradient"
+                    step.rerun(data[index], scale, **{k: v[index] for k, v in condition.items()})
                     history.stop_reason = "non_finite"
                     message = (
                         f"non-finite {what} at epoch {epoch + 1}, step {i + 1} "
@@ -642,6 +692,7 @@ def fit(
         restore(best_state)
     if writes:
         _save_weights(run, model, guide)
+    history.fast_path = step.replay.summary()
     return history
 
 

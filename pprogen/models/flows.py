@@ -36,7 +36,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
-from pprogen.nn import EmptyGuide
+from pprogen.nn import EmptyGuide, value_check
 from pprogen.registry import register_model
 from pprogen.transforms import (
     alternating_orders,
@@ -162,19 +162,15 @@ class Flow(PyroModule):
                 "examples/flow_energy_2d.py) or fit data with realnvp, maf or nsf"
             )
         if self.num_levels is not None:
-            if bool((x < 0).any() | (x > 1).any()):
-                raise ValueError(
-                    f"{self.name} dequantizes pixels in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]; "
-                    "rescale the images to [0, 1]"
-                )
+            value_check((x >= 0) & (x <= 1), lambda: (
+                f"{self.name} dequantizes pixels in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]; "
+                "rescale the images to [0, 1]"))
             scaled = x * (self.num_levels - 1)
             off = (scaled - scaled.round()).abs()
-            if bool((off > 1e-3).any()):
-                bad = x.flatten()[off.flatten().argmax()].item()
-                raise ValueError(
-                    f"{self.name} expects pixels on a grid of num_levels={self.num_levels} levels in [0, 1], but "
-                    f"{bad:g} lies between levels; set num_levels to the data's number of intensity levels"
-                )
+            value_check(off <= 1e-3, lambda: (
+                f"{self.name} expects pixels on a grid of num_levels={self.num_levels} levels in [0, 1], but "
+                f"{x.flatten()[off.flatten().argmax()].item():g} lies between levels; set num_levels to the data's "
+                "number of intensity levels"))
 
     def clear_cache(self) -> None:
         """Forget the transforms' cached last calls (see :meth:`Bijection.clear_cache`): data are scored

@@ -1,0 +1,394 @@
+"""Replayed steps (pprogen.inference.replay) give the program's losses and gradients bit for bit, or say why not.
+
+Each comparison trains twice from the same initial state and random stream, once replaying and once running the
+Pyro program every step, and asks for identical step losses and identical parameters afterwards.
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+from pyro.contrib.easyguide import EasyGuide
+from torch import nn
+
+import pprogen
+from pprogen.inference import fit
+from pprogen.inference.estimators import ELBOS
+from pprogen.inference.replay import MAX_GRAPHS, StepReplay
+from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
+from pprogen.registry import get_card
+from tests.models.test_contract import LIKELIHOOD_MODELS, elbo_for, program, small_model
+
+REPLAYED = ("trace", "stl", "renyi", "iwae")
+NOT_REPLAYED = {  # estimator -> why its steps run the program
+    "graph": "computes its own gradients",
+    "meanfield": "reads tensor values",  # Pyro's TraceMeanField_ELBO reads the loss with .item() every step
+    "enum": "reads tensor values",  # Pyro's TraceEnum_ELBO asks mask.all() in Python
+    "iwae_dreg": "gradients differ",  # its gradient hooks are not part of a graph of the loss
+}
+
+
+@pytest.fixture(autouse=True)
+def no_validation():
+    """As in ``fit``'s loop: Pyro's argument checks read tensor values, so a step under them is never replayed."""
+    with pyro.validation_enabled(False):
+        yield
+
+
+def train(build, batches, fast, check_every=3, lr=1e-2, seed=1):
+    """``build()`` -> (loss module); the step losses and final parameters of training on ``batches``."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    loss_module = build()
+    first_x, first_kw = batches[0]
+    params = collect_parameters(loss_module, first_x, **first_kw)
+    step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=lr), fast_path=fast,
+                     check_every=check_every)
+    pyro.set_rng_seed(seed)
+    with pyro.validation_enabled(False):
+        values = [step(x, 3.0, **kw) for x, kw in batches]
+    return values, [p.detach().clone() for p in params], step
+
+
+def assert_same_training(build, batches, check_every=3):
+    general = train(build, batches, fast=False)
+    fast = train(build, batches, fast=True, check_every=check_every)
+    assert fast[0] == general[0], "step losses differ"
+    assert len(fast[1]) == len(general[1])
+    for a, b in zip(fast[1], general[1]):
+        assert torch.equal(a, b)
+    return fast[2]
+
+
+def tiny_vae(elbo="trace", **kw):
+    def build():
+        model = pprogen.create_model("vae", x_dim=12, z_dim=3, hidden_dims=(8,))
+        return build_loss(model, model.default_guide(), elbo, **kw)
+    return build
+
+
+def binary_batches(n=10, rows=16, dim=12, last=5):
+    g = torch.Generator().manual_seed(3)
+    out = [((torch.rand(rows, dim, generator=g) < 0.4).float(), {}) for _ in range(n)]
+    for _ in range(2):  # two epochs' smaller last batches: a shape's second step records its graph
+        out.append(((torch.rand(last, dim, generator=g) < 0.4).float(), {}))
+    return out
+
+
+@pytest.mark.parametrize("elbo", sorted(ELBOS))
+def test_every_estimator_trains_identically_replayed_or_says_why_not(elbo):
+    particles = 3 if elbo in ("renyi", "iwae", "iwae_dreg") else 1
+    step = assert_same_training(tiny_vae(elbo, num_particles=particles), binary_batches())
+    if elbo in REPLAYED:
+        assert step.replay.reason is None and step.replay.replayed > 0 and step.replay.checked >= 2
+        assert len(step.replay.graphs) == 2  # the full batches and the smaller last one
+    else:
+        assert NOT_REPLAYED[elbo] in step.replay.reason
+        assert step.replay.replayed == 0
+
+
+ENUMERATED = "reads tensor values"  # Pyro's TraceEnum_ELBO asks mask.all() in Python
+ZOO_NOT_REPLAYED = {  # zoo model -> why its steps run the program
+    "bayesian_gmm": ENUMERATED,
+    "gmm": ENUMERATED,
+    "mixture_of_bernoullis": ENUMERATED,
+    "bayesnet": "reads tensor values",  # which nodes are missing in a batch decides the program's structure
+    "sprinkler": "reads tensor values",
+}
+
+
+@pytest.mark.parametrize("name", LIKELIHOOD_MODELS)
+def test_every_zoo_model_trains_identically_replayed(name):
+    zoo = small_model(name)
+    pyro.set_rng_seed(5)
+    _, _, x0, kw0 = program(zoo, zoo.sample(6))
+    batches = []
+    for i in range(7):
+        x = x0 if i == 0 else program(zoo, zoo.sample(6))[2]
+        batches.append((x, kw0))
+
+    def build():
+        pyro.set_rng_seed(0)
+        model, guide, _, _ = program(small_model(name), x0)
+        return elbo_for(name)(model, guide)
+
+    step = assert_same_training(build, batches, check_every=2)
+    if name in ZOO_NOT_REPLAYED:
+        assert ZOO_NOT_REPLAYED[name] in step.replay.reason
+    else:
+        assert step.replay.reason is None, step.replay.reason
+        assert step.replay.replayed > 0
+
+
+# -- Pyro programs as Pyro users write them -----------------------------------------------------------------------
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, 4)
+
+    def forward(self, x):
+        out = self.net(x)
+        return out[:, :2], nn.functional.softplus(out[:, 2:]) + 1e-3
+
+
+ENCODER = Encoder()
+DECODER = nn.Linear(2, 4)
+
+
+def module_model(x):
+    pyro.module("decoder", DECODER)
+    with pyro.plate("rows", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(DECODER(z), 0.5).to_event(1), obs=x)
+
+
+def module_guide(x):
+    pyro.module("encoder", ENCODER)
+    loc, scale = ENCODER(x)
+    with pyro.plate("rows", x.shape[0]):
+        pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+N_ROWS = 20
+
+
+def table_model(x):
+    shift = pyro.sample("shift", dist.Normal(0.0, 3.0))
+    with pyro.plate("items", N_ROWS, subsample_size=5) as idx:
+        z = pyro.sample("z", dist.Normal(shift, 1.0))
+        pyro.sample("x", dist.Normal(z.unsqueeze(-1).expand(5, 4), 0.5).to_event(1), obs=x[idx])
+
+
+def table_guide(x):
+    loc = pyro.param("loc", lambda: torch.zeros(N_ROWS))
+    log_scale = pyro.param("log_scale", lambda: torch.zeros(N_ROWS))
+    shift_loc = pyro.param("shift_loc", lambda: torch.tensor(0.0))
+    pyro.sample("shift", dist.Normal(shift_loc, 0.1))
+    with pyro.plate("items", N_ROWS, subsample_size=5) as idx:
+        pyro.sample("z", dist.Normal(loc[idx], log_scale[idx].exp()))
+
+
+class Easy(EasyGuide):
+    def guide(self, x):
+        group = self.group(match="z")
+        loc = pyro.param("easy_loc", lambda: torch.zeros(x.shape[0], 2))
+        scale = pyro.param("easy_scale", lambda: torch.ones(x.shape[0], 2), constraint=dist.constraints.positive)
+        with self.plate("rows", x.shape[0]):
+            group.sample("joint", dist.Normal(loc, scale).to_event(1))
+
+
+def gaussian_batches(n=8, rows=N_ROWS):
+    g = torch.Generator().manual_seed(4)
+    return [(torch.randn(rows, 4, generator=g), {}) for _ in range(n)]
+
+
+@pytest.mark.parametrize("idiom", ["pyro.module functions", "pyro.param table, subsampled plate", "AutoNormal",
+                                   "EasyGuide"])
+def test_pyro_users_programs_train_identically_replayed(idiom):
+    x = gaussian_batches()
+    if idiom == "pyro.module functions":
+        def build():
+            torch.manual_seed(0)
+            for layer in (ENCODER.net, DECODER):
+                layer.reset_parameters()
+            return build_loss(module_model, module_guide, "trace")
+        batches = x
+    elif idiom == "pyro.param table, subsampled plate":
+        def build():
+            return build_loss(table_model, table_guide, "trace")
+        batches = [(b, {}) for b, _ in x]
+    elif idiom == "AutoNormal":
+        def build():
+            torch.manual_seed(0)
+            DECODER.reset_parameters()
+            return build_loss(module_model, AutoNormal(module_model), "trace")
+        batches = x
+    else:
+        def build():
+            torch.manual_seed(0)
+            DECODER.reset_parameters()
+            return build_loss(module_model, Easy(module_model), "trace")
+        batches = x
+    step = assert_same_training(build, batches)
+    assert step.replay.reason is None, step.replay.reason
+    assert step.replay.replayed > 0
+
+
+# -- falling back, one test per reason ------------------------------------------------------------------------------
+
+def tiny_step(fast=True, **kw):
+    pyro.set_rng_seed(0)
+    loss_module = tiny_vae()()
+    x = binary_batches(1)[0][0]
+    params = collect_parameters(loss_module, x)
+    return TrainStep(loss_module, params, make_optimizer("adam", params), fast_path=fast, **kw), x
+
+
+@pytest.mark.parametrize("option, reason", [
+    ({"fast": False}, "switched off"),
+    ({"autocast": "bf16"}, "bf16 autocast"),
+    ({"compiled": True}, "compiled networks"),
+])
+def test_options_the_replay_does_not_cover_run_the_program(option, reason):
+    step, x = tiny_step(**option)
+    for _ in range(4):
+        step(x)
+    assert reason in step.replay.reason and step.replay.replayed == 0
+
+
+def test_several_ranks_run_the_program():
+    class Ranks:
+        active, size = True, 2
+
+    step, _ = tiny_step(world=Ranks())
+    assert "several ranks" in step.replay.reason
+
+
+def test_a_program_that_reads_tensor_values_runs_the_program():
+    def model(x):
+        mu = pyro.param("mu", torch.zeros(4))
+        with pyro.plate("data", x.shape[0]):
+            scale = 1.0 if float(x.abs().max()) < 10 else 2.0  # Python reading a value: no graph can hold it
+            pyro.sample("x", dist.Normal(mu, scale).to_event(1), obs=x)
+
+    step = assert_same_training(lambda: build_loss(model, lambda x: None, "trace"), gaussian_batches())
+    assert "reads tensor values" in step.replay.reason
+
+
+def test_a_program_whose_python_state_changes_is_caught_and_runs_the_program():
+    calls = {"n": 0}
+
+    def model(x):
+        calls["n"] += 1
+        mu = pyro.param("mu", torch.zeros(4))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0 + calls["n"] % 3).to_event(1), obs=x)
+
+    def build():
+        calls["n"] = 0
+        return build_loss(model, lambda x: None, "trace")
+
+    general = train(build, gaussian_batches(), fast=False)
+    fast = train(build, gaussian_batches(), fast=True)
+    assert "differs from the program" in fast[2].replay.reason
+    assert fast[2].replay.replayed == 0
+    # every step's value came from a run of the program (the check's own run included), never from a stale graph
+    assert all(math.isfinite(v) for v, _ in fast[0]) and len(fast[0]) == len(general[0])
+
+
+def test_too_many_batch_shapes_turn_the_replay_off():
+    step, _ = tiny_step()
+    g = torch.Generator().manual_seed(0)
+    for rows in range(2, 2 + MAX_GRAPHS + 1):
+        for _ in range(2):  # a shape's first step runs the program, its second records it
+            step((torch.rand(rows, 12, generator=g) < 0.5).float())
+    assert "differently shaped" in step.replay.reason
+
+
+def test_a_new_kl_weight_or_training_flag_records_a_new_graph():
+    def run(fast):
+        pyro.set_rng_seed(0)
+        loss_module = tiny_vae()()
+        batches = binary_batches(12)
+        params = collect_parameters(loss_module, batches[0][0])
+        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast)
+        values = []
+        for i, (x, _) in enumerate(batches[:12]):
+            loss_module.elbo.beta = 0.5 if i < 6 else 1.0  # KL warm-up changes beta between steps
+            values.append(step(x, 2.0))
+        return values, step
+
+    fast, step = run(True)
+    assert fast == run(False)[0]
+    assert step.replay.reason is None and len(step.replay.graphs) == 2 and step.replay.replayed > 0
+
+
+def test_refresh_drops_graphs_when_a_module_attribute_changes():
+    class Tempered(pyro.nn.PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.mu = nn.Parameter(torch.zeros(4))
+            self.temperature = 1.0
+
+        def forward(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(self.mu, self.temperature).to_event(1), obs=x)
+
+    def run(fast):
+        pyro.set_rng_seed(0)
+        model = Tempered()
+        loss_module = build_loss(model, lambda x: None, "trace")
+        batches = gaussian_batches(10)
+        params = collect_parameters(loss_module, batches[0][0])
+        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast)
+        values = []
+        for i, (x, _) in enumerate(batches):
+            if i == 5:
+                model.temperature = 3.0  # what a callback between epochs might do
+                step.replay.refresh()  # fit calls it at each epoch's start
+            values.append(step(x))
+        return values, step
+
+    fast, step = run(True)
+    assert fast == run(False)[0]
+    assert step.replay.reason is None and step.replay.replayed > 0
+
+
+def test_a_nan_in_a_replayed_step_leaves_the_last_good_parameters():
+    def model(x, w):
+        mu = pyro.param("mu", torch.zeros(4))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0).to_event(1), obs=x * w.unsqueeze(-1))
+
+    pyro.clear_param_store()
+    loss_module = build_loss(model, lambda x, w: None, "trace")
+    x = torch.randn(8, 4)
+    good, bad = torch.ones(8), torch.ones(8)
+    bad[3] = math.nan
+    params = collect_parameters(loss_module, x, w=good)
+    step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=0.1))
+    for _ in range(5):
+        value, norm = step(x, w=good)
+        assert math.isfinite(value) and math.isfinite(norm)
+    assert step.replay.replayed > 0
+    before = [p.detach().clone() for p in params]
+    value, norm = step(x, w=bad)
+    assert step.replay.last_replayed  # the poisoned step was a replayed one
+    assert not math.isfinite(value)
+    for a, b in zip(before, params):
+        assert torch.equal(a, b)
+    value, _ = step(x, w=good)  # and training goes on from there
+    assert math.isfinite(value)
+
+
+def test_a_replayed_step_still_refuses_values_the_program_refuses():
+    model = pprogen.create_model("cvae", x_dim=12, z_dim=3, hidden_dims=(8,), num_classes=3)
+    loss_module = build_loss(model, model.default_guide(), "trace")
+    x = (torch.rand(8, 12) < 0.5).float()
+    y = torch.arange(8) % 3
+    params = collect_parameters(loss_module, x, y=y)
+    step = TrainStep(loss_module, params, make_optimizer("adam", params))
+    for _ in range(4):
+        step(x, y=y)
+    assert step.replay.replayed > 0
+    with pytest.raises(ValueError, match="label 7 is out of range for num_classes=3"):
+        step(x, y=torch.where(y == 2, 7, y))
+
+
+def test_fit_replays_by_default_and_reports_it():
+    model = pprogen.create_model("vae", x_dim=12, z_dim=3, hidden_dims=(8,))
+    x = torch.cat([b for b, _ in binary_batches(8)])
+    history = fit(model, model.default_guide(), x, epochs=2, batch_size=16, progress=False)
+    assert history.fast_path.startswith("replayed")
+    model = pprogen.create_model("vae", x_dim=12, z_dim=3, hidden_dims=(8,))
+    history = fit(model, model.default_guide(), x, epochs=1, batch_size=16, progress=False, fast_path=False)
+    assert "switched off" in history.fast_path
+
+
+def test_check_every_must_be_positive():
+    with pytest.raises(ValueError, match="check_every must be a positive integer"):
+        StepReplay(nn.Linear(1, 1), [], check_every=0)
