@@ -11,6 +11,8 @@ program's.
 
 What keeps a replay honest:
 
+- **Recorded once settled.** A key's first ``record_after`` steps (50) run the program; recording costs some
+  tens of steps, so a short run never pays for it.
 - **A graph per key.** The key holds the shapes, dtypes and devices of the batch and its conditions, the
   data-plate scale, the estimator's settings (``beta`` under KL warm-up, particles, ...), grad mode and a
   fingerprint of the modules (training flags, plain attributes, the identity of every parameter and buffer).
@@ -51,15 +53,19 @@ class StepReplay:
     the reference, and what is recorded.
     """
 
-    def __init__(self, loss_module: nn.Module, params: list[torch.Tensor], check_every: int = 200) -> None:
+    def __init__(self, loss_module: nn.Module, params: list[torch.Tensor], check_every: int = 200,
+                 record_after: int = 50) -> None:
         if not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+        if not isinstance(record_after, int) or record_after < 1:
+            raise ValueError(f"record_after must be a positive integer, got {record_after!r}")
+        self.record_after = record_after  # steps of a key run by the program before it is recorded
         self.loss_module = loss_module
         self.params = list(params)
         self.check_every = check_every
         self.reason: str | None = None  # why the replay is off; None while it is on
         self.graphs: dict[tuple, Any] = {}
-        self.seen: set[tuple] = set()
+        self.seen: dict[tuple, int] = {}
         self.replayed = 0  # steps taken by replaying a graph
         self.checked = 0  # steps that compared the graph against the program
         self._since_check: dict[tuple, int] = {}
@@ -140,8 +146,8 @@ class StepReplay:
             self.refresh()
             if key in self.graphs:
                 return self._checked_step(graph, general, batch, condition, key)
-        if key not in self.seen:  # the first step of a key runs the program: lazily built state settles
-            self.seen.add(key)
+        runs = self.seen[key] = self.seen.get(key, 0) + 1
+        if runs <= self.record_after:  # lazily built state settles; a short run never pays for a recording
             return general(batch, condition), False
         if len(self.graphs) >= MAX_GRAPHS:
             self.switch_off(f"more than {MAX_GRAPHS} differently shaped steps (the batch shapes keep changing)")

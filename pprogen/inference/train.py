@@ -140,7 +140,7 @@ class TrainStep:
     def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
                  forward: Callable | None = None, world: World | None = None, synced_params=(),
                  autocast: str | None = None, plate_name: str = "data", fast_path: bool = True,
-                 compiled: bool = False, check_every: int = 200) -> None:
+                 compiled: bool = False, check_every: int = 200, record_after: int = 50) -> None:
         self.loss_module = loss_module
         self.plate_name = plate_name
         self.forward = forward or loss_module
@@ -151,7 +151,7 @@ class TrainStep:
         self.world = world or World()
         self.hand_synced = list(synced_params) if self.native else self.params
         self.autocast = autocast
-        self.replay = StepReplay(loss_module, self.params, check_every)
+        self.replay = StepReplay(loss_module, self.params, check_every, record_after)
         off = _replay_off_reason(fast_path, self.native, autocast, compiled, self.world)
         if off is not None:
             self.replay.switch_off(off)

@@ -19,7 +19,6 @@ from pprogen.inference import fit
 from pprogen.inference.estimators import ELBOS
 from pprogen.inference.replay import MAX_GRAPHS, StepReplay
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
-from pprogen.registry import get_card
 from tests.models.test_contract import LIKELIHOOD_MODELS, elbo_for, program, small_model
 
 REPLAYED = ("trace", "stl", "renyi", "iwae")
@@ -46,7 +45,7 @@ def train(build, batches, fast, check_every=3, lr=1e-2, seed=1):
     first_x, first_kw = batches[0]
     params = collect_parameters(loss_module, first_x, **first_kw)
     step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=lr), fast_path=fast,
-                     check_every=check_every)
+                     check_every=check_every, record_after=1)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
         values = [step(x, 3.0, **kw) for x, kw in batches]
@@ -225,6 +224,7 @@ def tiny_step(fast=True, **kw):
     loss_module = tiny_vae()()
     x = binary_batches(1)[0][0]
     params = collect_parameters(loss_module, x)
+    kw.setdefault("record_after", 1)
     return TrainStep(loss_module, params, make_optimizer("adam", params), fast_path=fast, **kw), x
 
 
@@ -295,7 +295,8 @@ def test_a_new_kl_weight_or_training_flag_records_a_new_graph():
         loss_module = tiny_vae()()
         batches = binary_batches(12)
         params = collect_parameters(loss_module, batches[0][0])
-        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast)
+        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
+                         record_after=1)
         values = []
         for i, (x, _) in enumerate(batches[:12]):
             loss_module.elbo.beta = 0.5 if i < 6 else 1.0  # KL warm-up changes beta between steps
@@ -324,7 +325,8 @@ def test_refresh_drops_graphs_when_a_module_attribute_changes():
         loss_module = build_loss(model, lambda x: None, "trace")
         batches = gaussian_batches(10)
         params = collect_parameters(loss_module, batches[0][0])
-        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast)
+        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
+                         record_after=1)
         values = []
         for i, (x, _) in enumerate(batches):
             if i == 5:
@@ -350,7 +352,7 @@ def test_a_nan_in_a_replayed_step_leaves_the_last_good_parameters():
     good, bad = torch.ones(8), torch.ones(8)
     bad[3] = math.nan
     params = collect_parameters(loss_module, x, w=good)
-    step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=0.1))
+    step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=0.1), record_after=1)
     for _ in range(5):
         value, norm = step(x, w=good)
         assert math.isfinite(value) and math.isfinite(norm)
@@ -371,7 +373,7 @@ def test_a_replayed_step_still_refuses_values_the_program_refuses():
     x = (torch.rand(8, 12) < 0.5).float()
     y = torch.arange(8) % 3
     params = collect_parameters(loss_module, x, y=y)
-    step = TrainStep(loss_module, params, make_optimizer("adam", params))
+    step = TrainStep(loss_module, params, make_optimizer("adam", params), record_after=1)
     for _ in range(4):
         step(x, y=y)
     assert step.replay.replayed > 0
@@ -382,13 +384,23 @@ def test_a_replayed_step_still_refuses_values_the_program_refuses():
 def test_fit_replays_by_default_and_reports_it():
     model = pprogen.create_model("vae", x_dim=12, z_dim=3, hidden_dims=(8,))
     x = torch.cat([b for b, _ in binary_batches(8)])
-    history = fit(model, model.default_guide(), x, epochs=2, batch_size=16, progress=False)
-    assert history.fast_path.startswith("replayed")
+    history = fit(model, model.default_guide(), x, epochs=12, batch_size=16, progress=False)
+    assert history.fast_path.startswith("replayed")  # 12 epochs of 5 steps: recorded after 50
     model = pprogen.create_model("vae", x_dim=12, z_dim=3, hidden_dims=(8,))
     history = fit(model, model.default_guide(), x, epochs=1, batch_size=16, progress=False, fast_path=False)
     assert "switched off" in history.fast_path
 
 
-def test_check_every_must_be_positive():
-    with pytest.raises(ValueError, match="check_every must be a positive integer"):
-        StepReplay(nn.Linear(1, 1), [], check_every=0)
+def test_a_short_run_never_records():
+    step, x = tiny_step(record_after=50)
+    for _ in range(50):
+        step(x)
+    assert not step.replay.graphs and step.replay.replayed == 0
+    step(x)
+    assert len(step.replay.graphs) == 1
+
+
+@pytest.mark.parametrize("option", ["check_every", "record_after"])
+def test_replay_settings_must_be_positive(option):
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer"):
+        StepReplay(nn.Linear(1, 1), [], **{option: 0})
