@@ -17,8 +17,9 @@ Contenders:
   replayed fast path (the default);
 - ``general``: the same with ``fast_path=False`` (the Pyro program runs every step).
 
-Rounds alternate between contenders; the script prints each median step time, its ratio to ``hand`` and to
-``hand_mc``, and the overhead in microseconds over each. Run:
+Contenders take turns step by step on the same batch (the order rotating); the script prints each median step
+time, its ratio to ``hand`` and to ``hand_mc``, the median of the per-step ratios (paired: same batch, same
+moment of the machine's load), and the overhead in microseconds over each. Run:
 ``python benchmarks/bench_step_overhead.py [--models tiny,vae --rounds 7 --steps 100 --device cpu --threads 1]``.
 """
 
@@ -114,25 +115,30 @@ def run_model(name: str, args, device: torch.device, data: torch.Tensor) -> None
     rows = data if x_dim == data.shape[1] else (torch.rand(10000, x_dim, device=device) < 0.3).float()
     steps = make_steps(name, device, rows.shape[0])
     timings = {label: [] for label in steps}
+    labels = list(steps)
     with pyro.validation_enabled(False):
-        for _ in range(args.rounds):
-            for label, step in steps.items():
-                for _ in range(args.warmup):
-                    step(rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)])
-                for _ in range(args.steps):
-                    x = rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)]
-                    timings[label].append(timed(lambda: step(x), device)[0])
+        for label in labels:  # settle each: lazy state, and the replay's recording (after 50 program steps)
+            for _ in range(args.warmup):
+                steps[label](rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)])
+        for round_ in range(args.rounds):
+            for i in range(args.steps):  # contenders take turns step by step (the order rotating), so that the
+                x = rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)]  # machine's noise hits all alike
+                shift = (round_ + i) % len(labels)
+                for label in labels[shift:] + labels[:shift]:
+                    timings[label].append(timed(lambda: steps[label](x), device)[0])
     hand = statistics.median(timings["hand"])
     hand_mc = statistics.median(timings["hand_mc"])
     sizes = f"{x_dim}-{'-'.join(map(str, MODELS[name][1]))}-{MODELS[name][2]}"
     print(f"\n{name}: VAE {sizes}, batch {BATCH}, device {device}, threads {torch.get_num_threads()}, "
           f"{args.rounds} rounds x {args.steps} steps")
-    print(f"{'contender':10s} {'median us':>10s} {'/ hand':>8s} {'/ hand_mc':>10s} {'over hand us':>13s} "
-          f"{'over hand_mc us':>16s}")
+    print(f"{'contender':10s} {'median us':>10s} {'/ hand':>8s} {'/ hand_mc':>10s} {'paired / hand':>14s} "
+          f"{'paired / hand_mc':>17s} {'over hand us':>13s} {'over hand_mc us':>16s}")
     for label, values in timings.items():
         med = statistics.median(values)
-        print(f"{label:10s} {med * 1e6:10.0f} {med / hand:8.3f} {med / hand_mc:10.3f} {(med - hand) * 1e6:13.0f} "
-              f"{(med - hand_mc) * 1e6:16.0f}")
+        paired = statistics.median(v / h for v, h in zip(values, timings["hand"]))  # same batch, same moment
+        paired_mc = statistics.median(v / h for v, h in zip(values, timings["hand_mc"]))
+        print(f"{label:10s} {med * 1e6:10.0f} {med / hand:8.3f} {med / hand_mc:10.3f} {paired:14.3f} {paired_mc:17.3f} "
+              f"{(med - hand) * 1e6:13.0f} {(med - hand_mc) * 1e6:16.0f}")
     print(f"pprogen's steps: {steps['pprogen'].replay.summary()}")
 
 
@@ -152,7 +158,7 @@ if __name__ == "__main__":
     parser.add_argument("--models", default="tiny,vae")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     main(parser.parse_args())

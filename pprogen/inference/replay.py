@@ -135,6 +135,10 @@ class StepReplay:
             if since < self.check_every:
                 try:
                     loss = graph(batch, *condition.values())
+                except StaleGraph:  # a folded buffer changed: record again on the key's next step
+                    del self.graphs[key]
+                    self.seen[key] = self.record_after
+                    return general(batch, condition), False
                 except RuntimeError:  # a recorded value check failed: the program raises its own error
                     loss = general(batch, condition)
                     self.switch_off("the recorded step failed where the program runs")
@@ -188,12 +192,14 @@ class StepReplay:
         self.checked += 1
         buffers = [b for b in self.loss_module.buffers()]
         start_buffers = [b.detach().clone() for b in buffers]
+        versions = [b._version for b in buffers]
         start_rng = _rng_state(batch.device)
         loss = general(batch, condition)
         grads = _grads(loss, self.params)
         end_buffers = [b.detach().clone() for b in buffers]
         end_rng = _rng_state(batch.device)
-        _restore(buffers, start_buffers, start_rng, batch.device)
+        written = [b._version != v for b, v in zip(buffers, versions)]  # only these are put back (a copy
+        _restore(buffers, start_buffers, start_rng, batch.device, written)  # bumps a version a fold checks)
         try:
             replayed = graph(batch, *condition.values())
             replayed_grads = _grads(replayed, self.params)
@@ -205,7 +211,7 @@ class StepReplay:
                                   end_rng, _rng_state(batch.device))
         if failure is not None:
             self.switch_off(failure)
-            _restore(buffers, end_buffers, end_rng, batch.device)
+            _restore(buffers, end_buffers, end_rng, batch.device, written)
             _set_grads(self.params, grads)
             return loss.detach(), True
         self.graphs[key] = graph
@@ -266,10 +272,11 @@ def _rng_state(device: torch.device) -> list[torch.Tensor]:
     return states
 
 
-def _restore(buffers, values, rng, device: torch.device) -> None:
+def _restore(buffers, values, rng, device: torch.device, written: list[bool]) -> None:
     with torch.no_grad():
-        for b, v in zip(buffers, values):
-            b.copy_(v)
+        for b, v, w in zip(buffers, values, written):
+            if w:
+                b.copy_(v)
     torch.set_rng_state(rng[0])
     if device.type == "cuda":
         torch.cuda.set_rng_state(rng[1], device)
@@ -376,13 +383,58 @@ def simplify(gm) -> None:
     gm.recompile()
 
 
+class StaleGraph(RuntimeError):
+    """A constant the graph folded (a buffer) was written to since: the graph must be recorded again."""
+
+
+_FACTORIES = {_aten.empty.memory_format, _aten.empty_like.default, _aten.zeros.default, _aten.zeros_like.default,
+              _aten.ones.default, _aten.ones_like.default, _aten.full.default, _aten.full_like.default}
+
+
+def _writes_only_fresh_tensors(nodes) -> bool:
+    """Whether every in-place write of the graph goes into a tensor it allocated itself (a random draw's buffer)."""
+    for node in nodes:
+        schema = getattr(node.target, "_schema", None)
+        if schema is None:
+            continue
+        for spec, arg in zip(schema.arguments, node.args):
+            if spec.alias_info is not None and spec.alias_info.is_write:
+                if not (isinstance(arg, torch.fx.Node) and arg.op == "call_function" and arg.target in _FACTORIES):
+                    return False
+    return True
+
+
+def fold_constants(gm, nodes) -> tuple[dict, list[tuple[torch.Tensor, int]]]:
+    """The nodes computed from constants alone (buffers and tensors made in the program, no gradient reaching
+    them: a N(0, I) prior's ``scale ** 2`` and ``log(scale)``), evaluated once, and the constants they read with
+    their version counters, which the replayed step checks (:class:`StaleGraph` when one was written to)."""
+    if not _writes_only_fresh_tensors(nodes):
+        return {}, []
+    values: dict[Any, Any] = {}
+    for node in nodes:
+        if node.op == "get_attr":
+            value = getattr(gm, node.target)
+            if isinstance(value, torch.Tensor) and not value.requires_grad:
+                values[node] = value
+        elif node.op == "call_function" and node.all_input_nodes and not _keeps(node) \
+                and all(i in values for i in node.all_input_nodes):
+            args = torch.fx.node.map_arg(node.args, values.__getitem__)
+            kwargs = torch.fx.node.map_arg(node.kwargs, values.__getitem__)
+            with torch.no_grad():
+                values[node] = node.target(*args, **kwargs)
+    folded = {node: value for node, value in values.items() if node.op == "call_function"}
+    read = {node for node in folded for node in node.all_input_nodes if node.op == "get_attr"}
+    return folded, [(values[node], values[node]._version) for node in read]
+
+
 def lean_function(gm) -> Callable:
     """The recorded graph as one plain Python function that calls each operator's C++ entry point directly.
 
     ``GraphModule.forward`` calls every operator through its Python ``OpOverload`` wrapper and flattens its inputs
     through a pytree spec; at some fifty operators a step that is a tenth of a small network's step. Constants
-    (parameters, buffers, devices, dtypes) are bound by reference, so the function reads live parameters."""
-    bound: dict[str, Any] = {}
+    (parameters, buffers, devices, dtypes) are bound by reference, so the function reads live parameters; what
+    depends on constants alone is computed once (:func:`fold_constants`) behind a check of their versions."""
+    bound: dict[str, Any] = {"StaleGraph": StaleGraph}
     names: dict[Any, str] = {}
 
     def constant(value: Any) -> str:
@@ -401,20 +453,32 @@ def lean_function(gm) -> Callable:
         return constant(value)
 
     nodes = list(gm.graph.nodes)
+    folded, guards = fold_constants(gm, nodes)
+    needed = {node for node in nodes if node not in folded and node.op != "get_attr"}
+    needed |= {i for node in list(needed) for i in node.all_input_nodes}  # folded or constant inputs they read
     last_use: dict[Any, int] = {}
     for i, node in enumerate(nodes):
-        for used in node.all_input_nodes:
-            last_use[used] = i
+        if node in needed:
+            for used in node.all_input_nodes:
+                last_use[used] = i
     position = {node: i for i, node in enumerate(nodes)}
     freed: dict[int, list[str]] = {}
     for node, i in last_use.items():
         if node.op != "placeholder" and nodes[i].op != "output":
             freed.setdefault(i, []).append(f"v{position[node]}")
     inputs, lines = [], []
+    if guards:
+        checks = " or ".join(f"{constant(t)}._version != {version}" for t, version in guards)
+        lines.append(f"if {checks}:")
+        lines.append("    raise StaleGraph('a constant the replayed step folded was written to')")
     for i, node in enumerate(nodes):
         name = names[node] = f"v{i}"
         if node.op == "placeholder":
             inputs.append(name)
+        elif node not in needed:
+            continue
+        elif node in folded:
+            lines.append(f"{name} = {constant(folded[node])}")
         elif node.op == "get_attr":
             lines.append(f"{name} = {constant(getattr(gm, node.target))}")
         elif node.op == "call_function":

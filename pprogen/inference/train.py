@@ -152,6 +152,7 @@ class TrainStep:
         self.hand_synced = list(synced_params) if self.native else self.params
         self.autocast = autocast
         self.replay = StepReplay(loss_module, self.params, check_every, record_after)
+        self._one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         off = _replay_off_reason(fast_path, self.native, autocast, compiled, self.world)
         if off is not None:
             self.replay.switch_off(off)
@@ -172,7 +173,10 @@ class TrainStep:
     def _norm(self) -> torch.Tensor:
         if self.clip_norm is not None:
             return torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-        return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self._one_kind and grads:  # get_total_norm's own operations, without its wrappers' Python
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        return torch.nn.utils.get_total_norm(grads)
 
     def __call__(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> tuple[float, float | None]:
         """Returns the loss and the gradient norm; non-finite values are returned, never applied.

@@ -340,6 +340,29 @@ def test_refresh_drops_graphs_when_a_module_attribute_changes():
     assert step.replay.reason is None and step.replay.replayed > 0
 
 
+def test_a_buffer_written_after_recording_is_read_again():
+    """The prior's N(0, I) scale is a buffer: its square and log are folded into the graph, behind a check of
+    the buffer's version; writing to it sends the step back to the program and records it again."""
+    def run(fast):
+        pyro.set_rng_seed(0)
+        loss_module = tiny_vae()()
+        batches = binary_batches(12)
+        params = collect_parameters(loss_module, batches[0][0])
+        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
+                         record_after=1)
+        values = []
+        for i, (x, _) in enumerate(batches[:12]):
+            if i == 6:
+                with torch.no_grad():
+                    loss_module.model.z_scale.mul_(2.0)  # a wider prior from here on
+            values.append(step(x, 2.0))
+        return values, step
+
+    fast, step = run(True)
+    assert fast == run(False)[0]
+    assert step.replay.reason is None and step.replay.replayed >= 6
+
+
 def test_a_nan_in_a_replayed_step_leaves_the_last_good_parameters():
     def model(x, w):
         mu = pyro.param("mu", torch.zeros(4))
