@@ -24,6 +24,7 @@ from pprogen.inference.adversarial import AdversarialTrainer
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
 
 BATCH = 128
+SETTLE = 60
 SVI_MODELS = {
     "vae": dict(x_dim=784, z_dim=50, hidden_dims=(400, 400)),
     "maf": dict(x_dim=784),
@@ -48,23 +49,23 @@ def group_of(filename: str, name: str) -> str:
         return "nn.Module calls"
     if "pprogen replayed step" in filename:
         return "replayed step"
-    if filename == "~" and ("torch" in name or "Tensor" in name):
+    if filename == "~" and ("torch" in name or "Tensor" in name or "PyCapsule" in name or "_op" in name):
         return "tensor ops"
     return "other"
 
 
 def profile(step, batches) -> dict[str, float]:
-    for x in batches[:20]:  # settle: lazy state, the replay's recording and first check
+    for x in batches[:SETTLE]:  # settle: lazy state, the replay's recording (after 50 steps) and first check
         step(x)
     profiler = cProfile.Profile()
     profiler.enable()
-    for x in batches[20:]:
+    for x in batches[SETTLE:]:
         step(x)
     profiler.disable()
     totals: dict[str, float] = defaultdict(float)
     for (filename, _, name), (_, _, own, _, _) in pstats.Stats(profiler).stats.items():
         totals[group_of(filename, name)] += own
-    steps = len(batches) - 20
+    steps = len(batches) - SETTLE
     return {k: v / steps * 1e6 for k, v in totals.items()}
 
 
@@ -82,7 +83,7 @@ def main(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = (torch.rand(4096, 784) < 0.2).float()
-    batches = [data[torch.randint(0, data.shape[0], (BATCH,))] for _ in range(args.steps + 20)]
+    batches = [data[torch.randint(0, data.shape[0], (BATCH,))] for _ in range(args.steps + SETTLE)]
     rows = {}
     with pyro.validation_enabled(False):
         for name in args.models.split(","):
@@ -90,7 +91,7 @@ def main(args):
                 model = pprogen.create_model("dcgan")
                 images = torch.rand(4096, *model.x_shape) * 2 - 1
                 trainer = AdversarialTrainer(model)
-                image_batches = [images[torch.randint(0, 4096, (64,))] for _ in range(args.steps + 20)]
+                image_batches = [images[torch.randint(0, 4096, (64,))] for _ in range(args.steps + SETTLE)]
                 rows["dcgan (adversarial, batch 64)"] = profile(lambda x: trainer.step([(x, {})]), image_batches)
                 continue
             for fast in (False, True):
