@@ -76,3 +76,19 @@ def test_compiled_fit_on_the_gpu_matches_eager():
         losses.append(fit(model, model.default_guide(), x, epochs=2, batch_size=32, device="cuda", progress=False,
                           compile=compiled).train_loss)
     assert all(abs(a - b) < 1e-3 * abs(a) for a, b in zip(*losses))
+
+
+def test_replayed_steps_on_the_gpu_train_identically_to_the_program():
+    """The replay on CUDA: the same losses and parameters as running the program, the CUDA random stream included."""
+    from tests.inference.test_replay import binary_batches, tiny_vae, train
+
+    batches = [(x.cuda(), kw) for x, kw in binary_batches()]
+
+    def build():
+        return tiny_vae()().cuda()
+
+    general = train(build, batches, fast=False)
+    fast = train(build, batches, fast=True)
+    assert fast[2].replay.reason is None and fast[2].replay.replayed > 0
+    assert fast[0] == general[0]
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], general[1]))

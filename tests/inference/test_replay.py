@@ -280,6 +280,33 @@ def test_a_program_whose_python_state_changes_is_caught_and_runs_the_program():
     assert all(math.isfinite(v) for v, _ in fast[0]) and len(fast[0]) == len(general[0])
 
 
+def test_a_condition_that_is_not_a_tensor_runs_the_program():
+    def model(x, shift):
+        mu = pyro.param("mu", torch.zeros(4))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu + shift, 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    loss_module = build_loss(model, lambda x, shift: None, "trace")
+    x = torch.randn(8, 4)
+    params = collect_parameters(loss_module, x, shift=0.5)
+    step = TrainStep(loss_module, params, make_optimizer("adam", params), record_after=1)
+    for _ in range(3):
+        step(x, shift=0.5)
+    assert "not a tensor" in step.replay.reason
+
+
+def test_steps_under_pyro_validation_run_the_program_and_later_ones_replay():
+    step, x = tiny_step()
+    with pyro.validation_enabled(True):
+        for _ in range(4):
+            step(x)
+    assert step.replay.reason is None and step.replay.replayed == 0 and not step.replay.graphs
+    for _ in range(4):
+        step(x)
+    assert step.replay.replayed > 0
+
+
 def test_too_many_batch_shapes_turn_the_replay_off():
     step, _ = tiny_step()
     g = torch.Generator().manual_seed(0)
