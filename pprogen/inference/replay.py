@@ -203,6 +203,12 @@ class StepReplay:
         try:
             replayed = graph(batch, *condition.values())
             replayed_grads = _grads(replayed, self.params)
+        except StaleGraph:  # a folded buffer was written since the recording: record again, keep the replay on
+            self.graphs.pop(key, None)
+            self.seen[key] = self.record_after
+            _restore(buffers, end_buffers, end_rng, batch.device, written)
+            _set_grads(self.params, grads)
+            return loss.detach(), True
         except Exception as err:
             replayed, replayed_grads = None, None
             failure = f"the recorded step fails where the program runs ({type(err).__name__})"

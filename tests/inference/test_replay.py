@@ -390,6 +390,21 @@ def test_a_buffer_written_after_recording_is_read_again():
     assert step.replay.reason is None and step.replay.replayed >= 6
 
 
+def test_a_buffer_written_just_before_a_checking_step_is_recorded_again():
+    step, x = tiny_step(check_every=3)
+    for _ in range(4):
+        step(x)
+    assert len(step.replay.graphs) == 1
+    with torch.no_grad():
+        step.loss_module.model.z_scale.mul_(2.0)
+    for _ in range(2):  # the next step is a checking one: its graph is stale
+        step(x)
+    assert step.replay.reason is None
+    for _ in range(4):
+        step(x)
+    assert step.replay.reason is None and len(step.replay.graphs) == 1
+
+
 def test_a_nan_in_a_replayed_step_leaves_the_last_good_parameters():
     def model(x, w):
         mu = pyro.param("mu", torch.zeros(4))
