@@ -9,6 +9,7 @@ from pprogen.inference.evaluate import Evaluation, evaluate
 from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
+from pprogen.inference.replay import StepReplay
 from pprogen.mcmc import run_nuts
 from pprogen.inference.train import History, NonFiniteLossError, Objective, Optim, Speed, Stopping, TrainStep, fit
 
@@ -25,6 +26,7 @@ __all__ = [
     "RenyiELBO",
     "Sandwich",
     "Speed",
+    "StepReplay",
     "Stopping",
     "TraceELBO",
     "TrainStep",
