@@ -10,7 +10,7 @@ mean NLL ± standard error, mean effective sample size, and the time of each est
 
 Run: ``python benchmarks/bench_vae_epoch.py --device cuda [--rounds 5 --train-epochs 20 --num-samples 5000]``.
 Options: ``--autocast bf16`` and ``--compile`` time pprogen's epoch with those options (the hand loop stays
-float32 and eager).
+float32 and eager); ``--no-fast-path`` times it running the Pyro program every step instead of replaying it.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main(args):
     hand_opt = torch.optim.Adam(hand.parameters(), lr=LR, fused=True)
     generator = torch.Generator().manual_seed(1)
     times = {"hand": [], "pprogen": []}
+    fast_path = not args.no_fast_path
 
     def each_epoch(epoch, record):
         times["pprogen"].append(record["seconds"])  # fit's own timer: the epoch's steps (no validation data here)
@@ -56,15 +57,16 @@ def main(args):
     label = device.type + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     print(f"VAE {X_DIM}-{'-'.join(map(str, HIDDEN))}-{Z_DIM} on {name} ({train.shape[0]} images), batch {BATCH}, "
           f"device {label}, torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}, "
-          f"autocast {args.autocast}, compile {args.compile}")
-    fit(model, guide, train, epochs=args.rounds + 1, batch_size=BATCH, lr=LR, device=device, progress=False,
-        callback=each_epoch, autocast=args.autocast, compile=args.compile)
+          f"autocast {args.autocast}, compile {args.compile}, fast path {fast_path}")
+    history = fit(model, guide, train, epochs=args.rounds + 1, batch_size=BATCH, lr=LR, device=device, progress=False,
+                  callback=each_epoch, autocast=args.autocast, compile=args.compile, fast_path=fast_path)
     rows = {k: v[1:] for k, v in times.items()}  # the first epoch of each warms up (and compiles)
     base = statistics.median(rows["hand"])
     print(f"{'contender':10s} {'median s/epoch':>15s} {'ratio to hand':>14s}   (first epoch: {times['pprogen'][0]:.2f} s "
           f"pprogen, {times['hand'][0]:.2f} s hand; {args.rounds} timed epochs each)")
     for key, values in rows.items():
         print(f"{key:10s} {statistics.median(values):15.3f} {statistics.median(values) / base:14.3f}")
+    print(f"pprogen's steps: {history.fast_path}")
     if args.num_samples == 0:
         return
     if args.train_epochs > args.rounds + 1:
@@ -93,4 +95,5 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--autocast", default=None)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-fast-path", action="store_true", help="run the Pyro program every step (no replay)")
     main(parser.parse_args())

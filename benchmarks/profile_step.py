@@ -1,12 +1,13 @@
 """Where a training step's time goes: a profile of the SVI steps of ``vae``, ``maf`` and ``made`` (run as the
-Pyro program every step, and replayed) and of ``dcgan``'s adversarial step, grouped by what spends it.
+Pyro program every step, and replayed) and of the adversarial steps of ``dcgan`` and the 2-D MLP ``gan``,
+grouped by what spends it.
 
 Groups (cProfile's own time of each function, summed): the backward pass (autograd's engine), the optimizer,
 Pyro's effect handlers and plates, distribution objects (torch's and Pyro's), pprogen's estimator and tracing,
 network modules' Python (``nn.Module`` calls), the replayed step's own Python, tensor operations called from
 Python (their C++ time included), and the rest. cProfile inflates Python's share; read the groups against each
 other, and ``bench_step_overhead.py`` for wall-clock ratios.
-Run: ``python benchmarks/profile_step.py [--steps 200 --models vae,maf,made,dcgan]``.
+Run: ``python benchmarks/profile_step.py [--steps 200 --models vae,maf,made,dcgan,gan]``.
 """
 
 from __future__ import annotations
@@ -87,12 +88,12 @@ def main(args):
     rows = {}
     with pyro.validation_enabled(False):
         for name in args.models.split(","):
-            if name == "dcgan":
-                model = pprogen.create_model("dcgan")
+            if name in ("dcgan", "gan"):  # the adversarial trainer's step (D and G updates): not replayed
+                model = pprogen.create_model(name)
                 images = torch.rand(4096, *model.x_shape) * 2 - 1
                 trainer = AdversarialTrainer(model)
                 image_batches = [images[torch.randint(0, 4096, (64,))] for _ in range(args.steps + SETTLE)]
-                rows["dcgan (adversarial, batch 64)"] = profile(lambda x: trainer.step([(x, {})]), image_batches)
+                rows[f"{name} (adversarial, batch 64)"] = profile(lambda x: trainer.step([(x, {})]), image_batches)
                 continue
             for fast in (False, True):
                 fn, step = svi_step(name, fast, data)
@@ -112,7 +113,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vae,maf,made,dcgan")
+    parser.add_argument("--models", default="vae,maf,made,dcgan,gan")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     main(parser.parse_args())

@@ -254,7 +254,7 @@ class AdversarialTrainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _critic_loss(self, pairs: list[CriticPair]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _critic_loss(self, pairs: list[CriticPair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, parts = 0.0, {}
         for pair in pairs:
             # with R1 the real batch carries gradients, so the critic's real output serves the loss and R1 both
@@ -265,31 +265,46 @@ class AdversarialTrainer:
             if self.gp_weight:
                 penalty = gradient_penalty(pair.critic, pair.real, pair.fake, pair.condition)
                 value = value + self.gp_weight * penalty
-                parts[f"gp_{pair.name}"] = penalty.item()
+                parts[f"gp_{pair.name}"] = penalty.detach()
             if self.r1_weight:
                 penalty = r1_from_output(real_out, real)
                 value = value + 0.5 * self.r1_weight * penalty
-                parts[f"r1_{pair.name}"] = penalty.item()
+                parts[f"r1_{pair.name}"] = penalty.detach()
             total = total + value
         return total, parts
 
-    def _apply(self, loss: torch.Tensor, optimizer, params) -> tuple[float, float]:
-        """Backward and update unless the loss or the gradient is non-finite (then nothing is applied). With
-        several ranks backward always runs (DDP's all-reduce needs every rank) and the loss is averaged, so
-        all ranks take the same decision."""
+    def _apply(self, loss: torch.Tensor, optimizer, params, reported: dict[str, torch.Tensor] | None = None,
+               gate: torch.Tensor | None = None) -> tuple[float, float, dict[str, float]]:
+        """Backward and update unless the loss or the gradient is non-finite, or ``gate`` (a boolean tensor) is
+        false: then nothing is applied. Returns the loss, the gradient norm and the ``reported`` tensors as
+        numbers. On one rank everything is read from the device at once, one synchronisation per update (a
+        non-finite loss's backward runs, and its gradients are dropped by the next zero_grad). With several
+        ranks backward always runs (DDP's all-reduce needs every rank) and the loss is averaged, so all ranks
+        take the same decision."""
         world = self.world
-        if not world.active:
-            value = loss.item()
-            if not math.isfinite(value):
-                return value, math.nan
+        reported = reported or {}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if world.active:
             value = world.total(loss) / world.size
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
-        if math.isfinite(value) and math.isfinite(norm):
+            norm = norm.item()
+            numbers = {k: v.item() for k, v in reported.items()}
+            ok = gate is None or bool(gate)
+        else:
+            read = [loss.detach().float().reshape(()), norm.float().to(loss.device)]
+            read += [v.float().reshape(()).to(loss.device) for v in reported.values()]
+            if gate is not None:
+                read.append(gate.float().reshape(()).to(loss.device))
+            values = torch.stack(read).tolist()
+            value, norm = values[0], values[1]
+            numbers = dict(zip(reported, values[2:2 + len(reported)]))
+            ok = gate is None or values[-1] == 1.0
+            if gate is not None:
+                numbers["gate"] = 1.0 if ok else 0.0
+        if ok and math.isfinite(value) and math.isfinite(norm):
             optimizer.step()
-        return value, norm
+        return value, norm, numbers
 
     def _all_ranks(self, ok: bool) -> bool:
         """``ok`` on every rank (one small all-reduce when several ranks train)."""
@@ -302,17 +317,24 @@ class AdversarialTrainer:
 
     def step(self, batches: list[tuple[torch.Tensor, dict]]) -> dict[str, float]:
         """``critic_steps`` discriminator updates (one per batch given) and one generator update (on the
-        last batch). Returns the losses; a non-finite one is reported, never applied."""
+        last batch). Returns the losses; a non-finite one is reported, never applied. On one rank each update
+        reads its numbers from the device once (the fakes' finiteness with the critic's loss and norm)."""
         out: dict[str, float] = {}
         for real, condition in batches:
             with torch.no_grad(), autocast_context(self.autocast, self.device):
                 pairs, _ = self.terms(real, False, **condition)
-            if not self._all_ranks(all(bool(torch.isfinite(pair.fake).all()) for pair in pairs)):
+            finite = torch.stack([torch.isfinite(pair.fake).all() for pair in pairs]).all()
+            if self.world.active and not self._all_ranks(bool(finite)):
                 out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
                 return out
             d_loss, parts = self._run(0, lambda: self._critic_loss(pairs))
-            out["d_loss"], out["d_grad_norm"] = self._apply(d_loss, self.opt_d, self.d_params)
-            out.update(parts)
+            out["d_loss"], out["d_grad_norm"], numbers = self._apply(
+                d_loss, self.opt_d, self.d_params, parts, gate=None if self.world.active else finite)
+            if numbers.pop("gate", 1.0) != 1.0:  # read with the critic's loss: nothing was applied
+                out.pop("d_loss"), out.pop("d_grad_norm")
+                out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
+                return out
+            out.update(numbers)
             if not (math.isfinite(out["d_loss"]) and math.isfinite(out["d_grad_norm"])):
                 return out
         real, condition = batches[-1]
@@ -323,9 +345,9 @@ class AdversarialTrainer:
         finally:
             for p in self.d_params:
                 p.requires_grad_(True)
-        out["g_adv"] = g_loss.item()
-        out.update({k: v.item() for k, v in extra.items()})
-        out["g_loss"], out["g_grad_norm"] = self._apply(total, self.opt_g, self.g_params)
+        reported = {"g_adv": g_loss.detach(), **{k: v.detach() for k, v in extra.items()}}
+        out["g_loss"], out["g_grad_norm"], numbers = self._apply(total, self.opt_g, self.g_params, reported)
+        out.update(numbers)
         updated = math.isfinite(out["g_loss"]) and math.isfinite(out["g_grad_norm"])
         if self.ema is not None and updated and self.world.is_main:  # the average lives on rank 0
             t = self.ema_updates
