@@ -273,11 +273,10 @@ class AdversarialTrainer:
             total = total + value
         return total, parts
 
-    def _apply(self, loss: torch.Tensor, optimizer, params, reported: dict[str, torch.Tensor] | None = None,
-               gate: torch.Tensor | None = None) -> tuple[float, float, dict[str, float]]:
-        """Backward and update unless the loss or the gradient is non-finite, or ``gate`` (a boolean tensor) is
-        false: then nothing is applied. Returns the loss, the gradient norm and the ``reported`` tensors as
-        numbers. On one rank everything is read from the device at once, one synchronisation per update (a
+    def _apply(self, loss: torch.Tensor, optimizer, params, reported: dict[str, torch.Tensor] | None = None
+               ) -> tuple[float, float, dict[str, float]]:
+        """Backward and update unless the loss or the gradient is non-finite: then nothing is applied. Returns the
+        loss, the gradient norm and the ``reported`` tensors as numbers. On one rank everything is read from the device at once, one synchronisation per update (a
         non-finite loss's backward runs, and its gradients are dropped by the next zero_grad). With several
         ranks backward always runs (DDP's all-reduce needs every rank) and the loss is averaged, so all ranks
         take the same decision."""
@@ -290,19 +289,13 @@ class AdversarialTrainer:
             value = world.total(loss) / world.size
             norm = norm.item()
             numbers = {k: v.item() for k, v in reported.items()}
-            ok = gate is None or bool(gate)
         else:
             read = [loss.detach().float().reshape(()), norm.float().to(loss.device)]
             read += [v.float().reshape(()).to(loss.device) for v in reported.values()]
-            if gate is not None:
-                read.append(gate.float().reshape(()).to(loss.device))
             values = torch.stack(read).tolist()
             value, norm = values[0], values[1]
-            numbers = dict(zip(reported, values[2:2 + len(reported)]))
-            ok = gate is None or values[-1] == 1.0
-            if gate is not None:
-                numbers["gate"] = 1.0 if ok else 0.0
-        if ok and math.isfinite(value) and math.isfinite(norm):
+            numbers = dict(zip(reported, values[2:]))
+        if math.isfinite(value) and math.isfinite(norm):
             optimizer.step()
         return value, norm, numbers
 
@@ -318,22 +311,17 @@ class AdversarialTrainer:
     def step(self, batches: list[tuple[torch.Tensor, dict]]) -> dict[str, float]:
         """``critic_steps`` discriminator updates (one per batch given) and one generator update (on the
         last batch). Returns the losses; a non-finite one is reported, never applied. On one rank each update
-        reads its numbers from the device once (the fakes' finiteness with the critic's loss and norm)."""
+        reads its numbers from the device once, after the fakes' finiteness."""
         out: dict[str, float] = {}
         for real, condition in batches:
             with torch.no_grad(), autocast_context(self.autocast, self.device):
                 pairs, _ = self.terms(real, False, **condition)
-            finite = torch.stack([torch.isfinite(pair.fake).all() for pair in pairs]).all()
-            if self.world.active and not self._all_ranks(bool(finite)):
+            # checked before the critic sees them (its spectral-norm or batch-norm state must not take NaN fakes)
+            if not self._all_ranks(all(bool(torch.isfinite(pair.fake).all()) for pair in pairs)):
                 out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
                 return out
             d_loss, parts = self._run(0, lambda: self._critic_loss(pairs))
-            out["d_loss"], out["d_grad_norm"], numbers = self._apply(
-                d_loss, self.opt_d, self.d_params, parts, gate=None if self.world.active else finite)
-            if numbers.pop("gate", 1.0) != 1.0:  # read with the critic's loss: nothing was applied
-                out.pop("d_loss"), out.pop("d_grad_norm")
-                out["fake"] = math.nan  # the generator has diverged: say so, rather than blame the critic
-                return out
+            out["d_loss"], out["d_grad_norm"], numbers = self._apply(d_loss, self.opt_d, self.d_params, parts)
             out.update(numbers)
             if not (math.isfinite(out["d_loss"]) and math.isfinite(out["d_grad_norm"])):
                 return out

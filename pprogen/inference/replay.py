@@ -13,10 +13,13 @@ What keeps a replay honest:
 
 - **Recorded once settled.** A key's first ``record_after`` steps (50) run the program; recording costs some
   tens of steps, so a short run never pays for it.
+- **Recording leaves no trace.** It runs the program once more on the real modules: buffers it wrote (running
+  statistics) are put back, and a program that changes its own Python attributes as it runs is refused.
 - **A graph per key.** The key holds the shapes, dtypes and devices of the batch and its conditions, the
-  data-plate scale, the estimator's settings (``beta`` under KL warm-up, particles, ...), grad mode and a
-  fingerprint of the modules (training flags, plain attributes, the identity of every parameter and buffer).
-  Another key records another graph (the last, smaller batch of an epoch has its own).
+  data-plate scale, the estimator's settings (``beta`` under KL warm-up, particles, ...), grad mode, the
+  modules' training flags and which parameters take gradients. Another key records another graph (the last,
+  smaller batch of an epoch has its own); past ``MAX_GRAPHS`` the oldest goes. The modules' plain attributes
+  and the identity of every parameter and buffer are compared at each check and at :meth:`refresh`.
 - **Checked before use, and again every** ``check_every`` **steps.** A graph is first used on a step that runs
   both the program and the graph from the same random state and compares the loss, every gradient, every
   buffer and the random state after them, bit for bit. Any difference switches the replay off for good (the
@@ -26,7 +29,8 @@ What keeps a replay honest:
 
 The general path runs, with the reason recorded, for: estimators without a ``differentiable_loss`` (Pyro's
 ``TraceGraph_ELBO``), bf16 autocast, compiled networks, several ranks, a program that cannot be recorded, a
-replay that differed from its program, and (for those steps only) while Pyro's argument validation is on. ``fast_path=False`` (``fit``) turns it off.
+replay that differed from its program, modules whose attributes changed between checks, and (for those steps
+only) while Pyro's argument validation is on. ``fast_path=False`` (``fit``) turns it off.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class StepReplay:
             tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors),
             _settings(getattr(self.loss_module, "elbo", None)),
             tuple([m.training for m in self._modules]),
+            tuple([p.requires_grad for p in self.params]),
         )
 
     # -- a step -------------------------------------------------------------------------------------------------
@@ -133,6 +138,7 @@ class StepReplay:
         if graph is not None:
             since = self._since_check[key] = self._since_check[key] + 1
             if since < self.check_every:
+                grad_mode = torch.is_grad_enabled()
                 try:
                     loss = graph(batch, *condition.values())
                 except StaleGraph:  # a folded buffer changed: record again on the key's next step
@@ -140,6 +146,7 @@ class StepReplay:
                     self.seen[key] = self.record_after
                     return general(batch, condition), False
                 except RuntimeError:  # a recorded value check failed: the program raises its own error
+                    torch.set_grad_enabled(grad_mode)  # the graph may have stopped inside a no_grad stretch
                     loss = general(batch, condition)
                     self.switch_off("the recorded step failed where the program runs")
                     return loss, False
@@ -147,15 +154,18 @@ class StepReplay:
                 self.last_replayed = True
                 return loss, False
             self._since_check[key] = 0
-            self.refresh()
-            if key in self.graphs:
-                return self._checked_step(graph, general, batch, condition, key)
+            if self._fingerprint() != self._recorded_with:  # changed mid-epoch, between fit's refreshes
+                loss = general(batch, condition)
+                self.switch_off("the modules' Python attributes or tensors changed between checks (the program, "
+                                "or code outside fit, changes state a graph cannot hold)")
+                return loss, False
+            return self._checked_step(graph, general, batch, condition, key)
         runs = self.seen[key] = self.seen.get(key, 0) + 1
         if runs <= self.record_after:  # lazily built state settles; a short run never pays for a recording
             return general(batch, condition), False
-        if len(self.graphs) >= MAX_GRAPHS:
-            self.switch_off(f"more than {MAX_GRAPHS} differently shaped steps (the batch shapes keep changing)")
-            return general(batch, condition), False
+        if len(self.graphs) >= MAX_GRAPHS:  # KL warm-up's betas, shapes that come and go: the oldest goes
+            oldest = next(iter(self.graphs))
+            del self.graphs[oldest]
         graph = self._record(general, batch, condition)
         if graph is None:
             return general(batch, condition), False
@@ -171,10 +181,30 @@ class StepReplay:
             return general(x, dict(zip(names, values)))
 
         devices = [batch.device.index or 0] if batch.device.type == "cuda" else []
+        buffers = list(self.loss_module.buffers())
+        saved_buffers = [b.detach().clone() for b in buffers]
+        saved_attributes = [(m, {k: v for k, v in m.__dict__.items() if type(v) in SIMPLE}) for m in self._modules]
+        before = self._fingerprint()
+        grad_mode = torch.is_grad_enabled()
         try:
             with torch.random.fork_rng(devices=devices):  # recording draws nothing from the training stream
                 gm = make_fx(program, pre_dispatch=True)(batch, *condition.values())
-        except Exception as err:  # the program does something a graph cannot hold: the general path runs
+        except Exception as err:
+            gm, failure = None, err
+        finally:  # recording ran the program on the real modules: undo what it wrote (running statistics, ...)
+            torch.set_grad_enabled(grad_mode)
+            with torch.no_grad():
+                for b, v in zip(buffers, saved_buffers):
+                    if not _same(b.detach(), v):
+                        b.copy_(v)
+            changed = self._fingerprint() != before
+            for module, attributes in saved_attributes:
+                module.__dict__.update(attributes)
+        if gm is not None and changed:
+            self.switch_off("the program changes its own Python attributes as it runs (a graph cannot hold that)")
+            return None
+        if gm is None:
+            err = failure  # the program does something a graph cannot hold: the general path runs
             text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if _VALUE_READ in str(err):
                 self.switch_off("the program reads tensor values in Python (data-dependent control flow, "
@@ -185,21 +215,24 @@ class StepReplay:
         simplify(gm)
         if not self.graphs:
             self._recorded_with = self._fingerprint()
-        return lean_function(gm)
+        held = {id(t) for t in self.loss_module.buffers()} | {id(p) for p in self.params}
+        held |= {id(t) for t in pyro.get_param_store()._params.values()}
+        return lean_function(gm, held)
 
     def _checked_step(self, graph, general: Callable, batch: torch.Tensor, condition: dict, key: tuple):
         """One step by the program and by the graph from the same state, compared bit for bit."""
         self.checked += 1
         buffers = [b for b in self.loss_module.buffers()]
         start_buffers = [b.detach().clone() for b in buffers]
-        versions = [b._version for b in buffers]
         start_rng = _rng_state(batch.device)
         loss = general(batch, condition)
         grads = _grads(loss, self.params)
         end_buffers = [b.detach().clone() for b in buffers]
         end_rng = _rng_state(batch.device)
-        written = [b._version != v for b, v in zip(buffers, versions)]  # only these are put back (a copy
-        _restore(buffers, start_buffers, start_rng, batch.device, written)  # bumps a version a fold checks)
+        # by value: batch norm writes its running statistics without bumping their versions
+        written = [not _same(b.detach(), v) for b, v in zip(buffers, start_buffers)]
+        _restore(buffers, start_buffers, start_rng, batch.device, written)
+        grad_mode = torch.is_grad_enabled()
         try:
             replayed = graph(batch, *condition.values())
             replayed_grads = _grads(replayed, self.params)
@@ -210,6 +243,7 @@ class StepReplay:
             _set_grads(self.params, grads)
             return loss.detach(), True
         except Exception as err:
+            torch.set_grad_enabled(grad_mode)
             replayed, replayed_grads = None, None
             failure = f"the recorded step fails where the program runs ({type(err).__name__})"
         else:
@@ -237,9 +271,12 @@ def _settings(elbo: Any) -> tuple:
 
 
 def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-    if not loss.requires_grad:
+    """The loss's gradient for each parameter that takes one (a frozen parameter gets None, as backward leaves it)."""
+    live = [p for p in params if p.requires_grad]
+    if not loss.requires_grad or not live:
         return [None] * len(params)
-    return list(torch.autograd.grad(loss, params, allow_unused=True))
+    found = iter(torch.autograd.grad(loss, live, allow_unused=True))
+    return [next(found) if p.requires_grad else None for p in params]
 
 
 def _set_grads(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
@@ -410,17 +447,20 @@ def _writes_only_fresh_tensors(nodes) -> bool:
     return True
 
 
-def fold_constants(gm, nodes) -> tuple[dict, list[tuple[torch.Tensor, int]]]:
-    """The nodes computed from constants alone (buffers and tensors made in the program, no gradient reaching
-    them: a N(0, I) prior's ``scale ** 2`` and ``log(scale)``), evaluated once, and the constants they read with
-    their version counters, which the replayed step checks (:class:`StaleGraph` when one was written to)."""
+def fold_constants(gm, nodes, held: set[int] = frozenset()) -> tuple[dict, list[tuple[torch.Tensor, int]]]:
+    """The nodes computed from constants alone (tensors the program makes itself, ``torch.tensor(...)`` and the
+    like; never a parameter, a module's buffer or a ``pyro.param`` in ``held``), evaluated once, and the constants
+    they read with their version counters, which the replayed step checks (:class:`StaleGraph` when one was
+    written to)."""
     if not _writes_only_fresh_tensors(nodes):
         return {}, []
     values: dict[Any, Any] = {}
     for node in nodes:
         if node.op == "get_attr":
             value = getattr(gm, node.target)
-            if isinstance(value, torch.Tensor) and not value.requires_grad:
+            # only tensors the program makes itself: a module's buffer can be written where no version shows it
+            # (``.data``, batch norm's running statistics)
+            if isinstance(value, torch.Tensor) and not value.requires_grad and id(value) not in held:
                 values[node] = value
         elif node.op == "call_function" and node.all_input_nodes and not _keeps(node) \
                 and all(i in values for i in node.all_input_nodes):
@@ -433,7 +473,7 @@ def fold_constants(gm, nodes) -> tuple[dict, list[tuple[torch.Tensor, int]]]:
     return folded, [(values[node], values[node]._version) for node in read]
 
 
-def lean_function(gm) -> Callable:
+def lean_function(gm, held: set[int] = frozenset()) -> Callable:
     """The recorded graph as one plain Python function that calls each operator's C++ entry point directly.
 
     ``GraphModule.forward`` calls every operator through its Python ``OpOverload`` wrapper and flattens its inputs
@@ -459,7 +499,7 @@ def lean_function(gm) -> Callable:
         return constant(value)
 
     nodes = list(gm.graph.nodes)
-    folded, guards = fold_constants(gm, nodes)
+    folded, guards = fold_constants(gm, nodes, held)
     needed = {node for node in nodes if node not in folded and node.op != "get_attr"}
     needed |= {i for node in list(needed) for i in node.all_input_nodes}  # folded or constant inputs they read
     last_use: dict[Any, int] = {}

@@ -167,8 +167,14 @@ class TrainStep:
         message names."""
         if self.native and self.replay.last_replayed:
             devices = [batch.device.index or 0] if batch.device.type == "cuda" else []
+            buffers = list(self.loss_module.buffers())
+            saved = [b.detach().clone() for b in buffers]  # running statistics stay as the step left them
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                self._loss(batch, scale, condition)
+                try:
+                    self._loss(batch, scale, condition)
+                finally:
+                    for b, v in zip(buffers, saved):
+                        b.copy_(v)
 
     def _norm(self) -> torch.Tensor:
         if self.clip_norm is not None:

@@ -307,13 +307,78 @@ def test_steps_under_pyro_validation_run_the_program_and_later_ones_replay():
     assert step.replay.replayed > 0
 
 
-def test_too_many_batch_shapes_turn_the_replay_off():
+def test_past_max_graphs_the_oldest_graph_goes_and_the_replay_stays_on():
     step, _ = tiny_step()
     g = torch.Generator().manual_seed(0)
-    for rows in range(2, 2 + MAX_GRAPHS + 1):
+    for rows in range(2, 2 + MAX_GRAPHS + 2):
         for _ in range(2):  # a shape's first step runs the program, its second records it
             step((torch.rand(rows, 12, generator=g) < 0.5).float())
-    assert "differently shaped" in step.replay.reason
+    assert step.replay.reason is None and len(step.replay.graphs) == MAX_GRAPHS
+
+
+def test_recording_leaves_running_statistics_as_the_program_left_them():
+    class Normed(pyro.nn.PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm1d(4)
+            self.mu = nn.Parameter(torch.zeros(4))
+
+        def forward(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(self.norm(x) + self.mu, 1.0).to_event(1), obs=x)
+
+    def run(fast):
+        pyro.set_rng_seed(0)
+        model = Normed()
+        values, params, step = train(lambda: build_loss(model, lambda x: None, "trace"), gaussian_batches(),
+                                     fast=fast)
+        return values, model.norm.running_mean.clone(), model.norm.num_batches_tracked.clone(), step
+
+    fast, general = run(True), run(False)
+    assert fast[0] == general[0]
+    assert torch.equal(fast[1], general[1]) and torch.equal(fast[2], general[2])
+
+
+def test_a_program_that_changes_its_own_attributes_is_refused_and_trains_as_the_program():
+    class Annealed(pyro.nn.PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.mu = nn.Parameter(torch.zeros(4))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(self.mu, 1.0 + 0.1 * self.calls).to_event(1), obs=x)
+
+    models = {}
+
+    def run(fast):
+        models[fast] = Annealed()
+        return train(lambda: build_loss(models[fast], lambda x: None, "trace"), gaussian_batches(12), fast=fast)
+
+    fast, general = run(True), run(False)
+    assert "changes its own Python attributes" in fast[2].replay.reason
+    assert fast[0] == general[0] and models[True].calls == models[False].calls
+
+
+def test_a_frozen_parameter_is_left_without_a_gradient_as_backward_leaves_it():
+    def run(fast):
+        pyro.set_rng_seed(0)
+        loss_module = tiny_vae()()
+        batches = binary_batches(10)
+        params = collect_parameters(loss_module, batches[0][0])
+        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
+                         record_after=1, check_every=3)
+        values = []
+        for i, (x, _) in enumerate(batches):
+            params[0].requires_grad_(i < 4)  # frozen from the fifth step on
+            values.append(step(x, 2.0))
+        return values, [p.detach().clone() for p in params], step
+
+    fast, general = run(True), run(False)
+    assert fast[0] == general[0] and all(torch.equal(a, b) for a, b in zip(fast[1], general[1]))
+    assert fast[2].replay.reason is None and fast[2].replay.replayed > 0
 
 
 def test_a_new_kl_weight_or_training_flag_records_a_new_graph():
