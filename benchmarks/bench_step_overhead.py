@@ -35,21 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import pprogen
+from bench_svi_step import mlp
 from common import binarized_mnist_or_random, timed
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
 
 MODELS = {"tiny": (64, (16,), 4), "vae": (784, (400, 400), 50)}
 BATCH, LR = 128, 1e-3
 HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
-
-
-def mlp(sizes):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 class HandVAE(nn.Module):

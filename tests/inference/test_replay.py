@@ -37,8 +37,9 @@ def no_validation():
         yield
 
 
-def train(build, batches, fast, check_every=3, lr=1e-2, seed=1):
-    """``build()`` -> (loss module); the step losses and final parameters of training on ``batches``."""
+def train(build, batches, fast, check_every=3, lr=1e-2, seed=1, before=None):
+    """``build()`` -> (loss module); the step losses and final parameters of training on ``batches``.
+    ``before(i, step)`` runs before step ``i`` (what a callback or a KL warm-up changes between steps)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     loss_module = build()
@@ -47,8 +48,12 @@ def train(build, batches, fast, check_every=3, lr=1e-2, seed=1):
     step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=lr), fast_path=fast,
                      check_every=check_every, record_after=1)
     pyro.set_rng_seed(seed)
+    values = []
     with pyro.validation_enabled(False):
-        values = [step(x, 3.0, **kw) for x, kw in batches]
+        for i, (x, kw) in enumerate(batches):
+            if before is not None:
+                before(i, step)
+            values.append(step(x, 3.0, **kw))
     return values, [p.detach().clone() for p in params], step
 
 
@@ -363,40 +368,22 @@ def test_a_program_that_changes_its_own_attributes_is_refused_and_trains_as_the_
 
 
 def test_a_frozen_parameter_is_left_without_a_gradient_as_backward_leaves_it():
-    def run(fast):
-        pyro.set_rng_seed(0)
-        loss_module = tiny_vae()()
-        batches = binary_batches(10)
-        params = collect_parameters(loss_module, batches[0][0])
-        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
-                         record_after=1, check_every=3)
-        values = []
-        for i, (x, _) in enumerate(batches):
-            params[0].requires_grad_(i < 4)  # frozen from the fifth step on
-            values.append(step(x, 2.0))
-        return values, [p.detach().clone() for p in params], step
+    def freeze(i, step):
+        step.params[0].requires_grad_(i < 4)  # frozen from the fifth step on
 
-    fast, general = run(True), run(False)
+    fast = train(tiny_vae(), binary_batches(10), fast=True, before=freeze)
+    general = train(tiny_vae(), binary_batches(10), fast=False, before=freeze)
     assert fast[0] == general[0] and all(torch.equal(a, b) for a, b in zip(fast[1], general[1]))
     assert fast[2].replay.reason is None and fast[2].replay.replayed > 0
 
 
 def test_a_new_kl_weight_or_training_flag_records_a_new_graph():
-    def run(fast):
-        pyro.set_rng_seed(0)
-        loss_module = tiny_vae()()
-        batches = binary_batches(12)
-        params = collect_parameters(loss_module, batches[0][0])
-        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
-                         record_after=1)
-        values = []
-        for i, (x, _) in enumerate(batches[:12]):
-            loss_module.elbo.beta = 0.5 if i < 6 else 1.0  # KL warm-up changes beta between steps
-            values.append(step(x, 2.0))
-        return values, step
+    def warm_up(i, step):
+        step.loss_module.elbo.beta = 0.5 if i < 6 else 1.0  # KL warm-up changes beta between steps
 
-    fast, step = run(True)
-    assert fast == run(False)[0]
+    fast = train(tiny_vae(), binary_batches(12)[:12], fast=True, before=warm_up)
+    assert fast[0] == train(tiny_vae(), binary_batches(12)[:12], fast=False, before=warm_up)[0]
+    step = fast[2]
     assert step.replay.reason is None and len(step.replay.graphs) == 2 and step.replay.replayed > 0
 
 
@@ -411,47 +398,31 @@ def test_refresh_drops_graphs_when_a_module_attribute_changes():
             with pyro.plate("data", x.shape[0]):
                 pyro.sample("x", dist.Normal(self.mu, self.temperature).to_event(1), obs=x)
 
-    def run(fast):
-        pyro.set_rng_seed(0)
-        model = Tempered()
-        loss_module = build_loss(model, lambda x: None, "trace")
-        batches = gaussian_batches(10)
-        params = collect_parameters(loss_module, batches[0][0])
-        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
-                         record_after=1)
-        values = []
-        for i, (x, _) in enumerate(batches):
-            if i == 5:
-                model.temperature = 3.0  # what a callback between epochs might do
-                step.replay.refresh()  # fit calls it at each epoch's start
-            values.append(step(x))
-        return values, step
+    def temper(i, step):
+        if i == 5:
+            step.loss_module.model.temperature = 3.0  # what a callback between epochs might do
+            step.replay.refresh()  # fit calls it at each epoch's start
 
-    fast, step = run(True)
-    assert fast == run(False)[0]
+    def build():
+        return build_loss(Tempered(), lambda x: None, "trace")
+
+    fast = train(build, gaussian_batches(10), fast=True, before=temper)
+    assert fast[0] == train(build, gaussian_batches(10), fast=False, before=temper)[0]
+    step = fast[2]
     assert step.replay.reason is None and step.replay.replayed > 0
 
 
 def test_a_buffer_written_after_recording_is_read_again():
-    """The prior's N(0, I) scale is a buffer: its square and log are folded into the graph, behind a check of
-    the buffer's version; writing to it sends the step back to the program and records it again."""
-    def run(fast):
-        pyro.set_rng_seed(0)
-        loss_module = tiny_vae()()
-        batches = binary_batches(12)
-        params = collect_parameters(loss_module, batches[0][0])
-        step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=1e-2), fast_path=fast,
-                         record_after=1)
-        values = []
-        for i, (x, _) in enumerate(batches[:12]):
-            if i == 6:
-                with torch.no_grad():
-                    loss_module.model.z_scale.mul_(2.0)  # a wider prior from here on
-            values.append(step(x, 2.0))
-        return values, step
+    """The prior's N(0, I) scale is a module buffer: the replayed step reads it live (buffers are never folded),
+    so a write to it is seen at once, as by the program."""
+    def widen(i, step):
+        if i == 6:
+            with torch.no_grad():
+                step.loss_module.model.z_scale.mul_(2.0)  # a wider prior from here on
 
-    fast, step = run(True)
-    assert fast == run(False)[0]
+    fast = train(tiny_vae(), binary_batches(12)[:12], fast=True, before=widen)
+    assert fast[0] == train(tiny_vae(), binary_batches(12)[:12], fast=False, before=widen)[0]
+    step = fast[2]
     assert step.replay.reason is None and step.replay.replayed >= 6
 
 
