@@ -11,16 +11,22 @@ Contenders:
 
 - ``hand``: hand-written step with the analytic KL term (what a PyTorch user writes; the issue's baseline);
 - ``hand_mc``: hand-written step computing exactly the arithmetic of pprogen's ``trace`` estimator (a sampled
-  KL, log p(z) - log q(z), with torch's Normal and Bernoulli formulas), so ``pprogen / hand_mc`` is the
+  KL, log p(z) - log q(z), with torch's Normal and Bernoulli formulas), so ``pprogen_mc / hand_mc`` is the
   framework's overhead and nothing else;
-- ``pprogen``: ``TrainStep`` as ``fit`` builds it (lean Trace_ELBO, data-plate scale, NaN guard), with the
-  replayed fast path (the default);
-- ``general``: the same with ``fast_path=False`` (the Pyro program runs every step).
+- ``pprogen``: ``TrainStep`` as ``fit`` builds it (the default ``analytic`` estimator, whose KL term is the
+  closed form as in ``hand``; data-plate scale; NaN guard), with the replayed fast path (the default);
+- ``pprogen_mc``: the same with the ``trace`` estimator (sampled KL, the arithmetic of ``hand_mc``);
+- ``general``: ``pprogen`` with ``fast_path=False`` (the Pyro program runs every step).
 
-Contenders take turns step by step on the same batch (the order rotating); the script prints each median step
-time, its ratio to ``hand`` and to ``hand_mc``, the median of the per-step ratios (paired: same batch, same
-moment of the machine's load), and the overhead in microseconds over each. Run:
-``python benchmarks/bench_step_overhead.py [--models tiny,vae --rounds 7 --steps 100 --device cpu --threads 1]``.
+Same arithmetic, so the framework's overhead: ``pprogen / hand`` and ``pprogen_mc / hand_mc``.
+
+Contenders take turns on the same batches (the order rotating), ``--block`` steps each (10): a contender's steps
+run back to back, as in training, where nothing else runs between them (``--block 1`` alternates step by step,
+which puts the caches another contender left behind into every step: that costs the Python-heavier step more).
+The script prints each median step time, its ratio to ``hand`` and to ``hand_mc``, the median of the per-step
+ratios (paired: same batch, same moment of the machine's load), and the overhead in microseconds over each. Run:
+``python benchmarks/bench_step_overhead.py [--models tiny,vae --rounds 7 --steps 100 --block 10 --device cpu
+--threads 1]``.
 """
 
 from __future__ import annotations
@@ -86,10 +92,11 @@ def make_steps(name: str, device: torch.device, num_data: int):
             return loss.item()
 
         steps[label] = hand_step
-    for label, fast in (("pprogen", True), ("general", False)):
+    for label, elbo, fast in (("pprogen", "analytic", True), ("pprogen_mc", "trace", True),
+                              ("general", "analytic", False)):
         model = pprogen.create_model("vae", x_dim=x_dim, z_dim=z_dim, hidden_dims=hidden).to(device)
         guide = model.default_guide().to(device)
-        loss_module = build_loss(model, guide, "trace")
+        loss_module = build_loss(model, guide, elbo)
         params = collect_parameters(loss_module, torch.zeros(BATCH, x_dim, device=device))
         step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=LR), fast_path=fast)
 
@@ -113,16 +120,19 @@ def run_model(name: str, args, device: torch.device, data: torch.Tensor) -> None
             for _ in range(args.warmup):
                 steps[label](rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)])
         for round_ in range(args.rounds):
-            for i in range(args.steps):  # contenders take turns step by step (the order rotating), so that the
-                x = rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)]  # machine's noise hits all alike
-                shift = (round_ + i) % len(labels)
+            for i in range(0, args.steps, args.block):  # contenders take turns, a block of steps each (the order
+                # rotating), on the same batches, so that the machine's noise hits all alike; within a block a
+                # contender's steps run back to back, as they do in training
+                xs = [rows[torch.randint(0, rows.shape[0], (BATCH,), device=device)] for _ in range(args.block)]
+                shift = (round_ + i // args.block) % len(labels)
                 for label in labels[shift:] + labels[:shift]:
-                    timings[label].append(timed(lambda: steps[label](x), device)[0])
+                    for x in xs:
+                        timings[label].append(timed(lambda: steps[label](x), device)[0])
     hand = statistics.median(timings["hand"])
     hand_mc = statistics.median(timings["hand_mc"])
     sizes = f"{x_dim}-{'-'.join(map(str, MODELS[name][1]))}-{MODELS[name][2]}"
     print(f"\n{name}: VAE {sizes}, batch {BATCH}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.rounds} rounds x {args.steps} steps")
+          f"{args.rounds} rounds x {args.steps} steps, in turns of {args.block} step(s) per contender")
     print(f"{'contender':10s} {'median us':>10s} {'/ hand':>8s} {'/ hand_mc':>10s} {'paired / hand':>14s} "
           f"{'paired / hand_mc':>17s} {'over hand us':>13s} {'over hand_mc us':>16s}")
     for label, values in timings.items():
@@ -131,7 +141,8 @@ def run_model(name: str, args, device: torch.device, data: torch.Tensor) -> None
         paired_mc = statistics.median(v / h for v, h in zip(values, timings["hand_mc"]))
         print(f"{label:10s} {med * 1e6:10.0f} {med / hand:8.3f} {med / hand_mc:10.3f} {paired:14.3f} {paired_mc:17.3f} "
               f"{(med - hand) * 1e6:13.0f} {(med - hand_mc) * 1e6:16.0f}")
-    print(f"pprogen's steps: {steps['pprogen'].replay.summary()}")
+    for label in ("pprogen", "pprogen_mc"):
+        print(f"{label}'s steps: {steps[label].replay.summary()}")
 
 
 def main(args):
@@ -153,4 +164,6 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--block", type=int, default=10,
+                        help="steps a contender takes back to back before the next one's turn (1: step by step)")
     main(parser.parse_args())

@@ -69,7 +69,7 @@ TRAIN_OPTIONS = (
                 "or linear)"),
     TrainOption("clip_norm", float, None, NO, "clip the gradient norm", resumable=True),
     TrainOption("patience", int, 20, NO, "early-stopping patience in epochs", resumable=True),
-    TrainOption("elbo", str, "trace", NO, "ELBO estimator: trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg",
+    TrainOption("elbo", str, "analytic", NO, "ELBO estimator: analytic (closed-form KL terms where exact), trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg",
                 resumable=True),
     TrainOption("particles", int, 1, NO, "particles per ELBO estimate (vectorized)", resumable=True),
     TrainOption("beta", float, 1.0, NO, "KL weight (beta-VAE)", resumable=True),

@@ -106,7 +106,7 @@ def test_corrupted_checkpoint_on_resume_is_reported_and_kept(trained, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "0.01"], "--lr 0.01 differs from the run's 0.001; a resumed run keeps its settings: drop --lr, or pass "
                        "--override lr=0.01 to change it from epoch 2"),
-    (["--elbo", "iwae"], "--elbo iwae differs from the run's trace"),
+    (["--elbo", "iwae"], "--elbo iwae differs from the run's analytic"),
     (["--batch-size", "7"], "--batch-size 7 differs"),
     (["--set", "z_dim=3"], "--set is fixed when a run starts"),
     (["--data", "digits"], "--data is fixed when a run starts"),

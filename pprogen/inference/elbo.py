@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pyro
+from pyro.distributions import Delta
+from pyro.distributions.kl import kl_divergence  # torch's, with Pyro's pairs (Independent, Delta) registered
 import torch
 from torch import nn
 
@@ -54,18 +56,24 @@ class TraceELBO:
         max_plate_nesting: int | None = None,
         stl: bool = False,
         plate_name: str | None = None,
+        analytic_kl: bool = False,
     ) -> None:
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if beta < 0:
             raise ValueError(f"beta must be non-negative, got {beta}")
+        if stl and analytic_kl:
+            raise ValueError("stl and analytic_kl do not combine: sticking the landing takes the sampled KL's path "
+                             "derivative; choose one (elbo 'stl' or 'analytic')")
         self.num_particles = num_particles
         self.vectorize_particles = vectorize_particles
         self.beta = float(beta)
         self.max_plate_nesting = max_plate_nesting
         self.stl = stl
         self.plate_name = plate_name  # accepted for a uniform interface: this estimator treats every site alike
+        self.analytic_kl = analytic_kl
         self.last_terms: dict[str, torch.Tensor] = {}
+        self.last_analytic: tuple[str, ...] = ()  # the latent sites whose KL term the last call took in closed form
         self._checked: set[tuple[int, int]] = set()
         self._fallback: pyro.infer.Trace_ELBO | None = None
 
@@ -93,13 +101,21 @@ class TraceELBO:
         if self.stl:
             latent = score_term(guide, replay, args, kwargs, site_log_prob_sum)
         terms = self.last_terms = {}
+        closed = analytic_kl_terms(guide_sites, model_sites) if self.analytic_kl else {}
+        self.last_analytic = tuple(closed)
         for site in model_sites:
-            term = terms[site["name"]] = site_log_prob_sum(site)
+            name = site["name"]
+            if name in closed:
+                term = terms[name] = closed[name]
+            else:
+                term = terms[name] = site_log_prob_sum(site)
             if site["is_observed"]:
                 observed = term if observed is None else observed + term
             else:
                 latent = term if latent is None else latent + term
         for site in guide_sites:
+            if site["name"] in closed:
+                continue
             term = terms["guide." + site["name"]] = site_log_prob_sum(site)
             latent = -term if latent is None else latent - term
         if latent is not None and self.beta != 1.0:
@@ -144,6 +160,73 @@ class TraceELBO:
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         with torch.no_grad():
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+
+def analytic_kl_terms(guide_sites: list[dict], model_sites: list[dict]) -> dict[str, torch.Tensor]:
+    """``{site: -KL(q || p)}``, scaled and summed, for each latent site whose KL term can be taken in closed form.
+
+    For a latent z_i, E_q[log p(z_i | z_<i) - log q(z_i | z_<i, x)] given the latents before it is
+    -KL(q(z_i | ...) || p(z_i | ...)); putting that conditional expectation in place of the sampled difference
+    keeps the estimator unbiased, and with it its gradient, as long as both densities condition only on latents
+    drawn before z_i. That holds when the guide draws the latents in the model's order; otherwise no site is taken
+    in closed form. A site also stays sampled when torch/Pyro know no KL for its pair of distributions (or the
+    guide's is a ``Delta``, as autoguides draw), when their shapes do not broadcast to the site's, when it is
+    masked, or when model and guide scale it differently.
+    """
+    model_latent = [s for s in model_sites if not s["is_observed"]]
+    guide_latent = [s for s in guide_sites if not s["is_observed"] and not s["infer"].get("is_auxiliary")]
+    if [s["name"] for s in model_latent] != [s["name"] for s in guide_latent]:
+        return {}
+    closed = {}
+    for p_site, q_site in zip(model_latent, guide_latent):
+        p, q = p_site["fn"], q_site["fn"]
+        scale = p_site["scale"]
+        if p_site["mask"] is not None or q_site["mask"] is not None or not _same_scale(scale, q_site["scale"]):
+            continue
+        if p.event_shape != q.event_shape or Delta in _kind(q):  # a Delta's "KL" would drop its log-density
+            continue
+        value = q_site["value"]
+        shape = value.shape[:value.dim() - len(q.event_shape)]  # the shape of the site's log-density
+        try:
+            if torch.broadcast_shapes(p.batch_shape, q.batch_shape) != shape:
+                continue
+        except RuntimeError:
+            continue
+        kl = _kl(q, p)
+        if kl is None or kl.shape != shape:
+            continue
+        total = -kl.sum()
+        closed[p_site["name"]] = total if isinstance(scale, float) and scale == 1.0 else total * scale
+    return closed
+
+
+_NO_KL: set[tuple] = set()  # pairs of distribution types known to have no closed-form KL
+
+
+def _kl(q, p) -> torch.Tensor | None:
+    pair = (_kind(q), _kind(p))
+    if pair in _NO_KL:
+        return None
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        _NO_KL.add(pair)
+        return None
+
+
+def _kind(d) -> tuple:
+    """A distribution's type with those of the distributions it wraps (``Independent(Normal)``, ...)."""
+    kinds = [type(d)]
+    while hasattr(d, "base_dist"):
+        d = d.base_dist
+        kinds.append(type(d))
+    return tuple(kinds)
+
+
+def _same_scale(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return a is b
 
 
 class ELBOLoss(nn.Module):

@@ -1,6 +1,8 @@
 """ELBO estimators by name: ``make_elbo(name, **kw)``.
 
 =============  =====================================================================================
+``analytic``   ``trace`` with each latent site's KL term in closed form where its prior and guide have one and
+               the guide draws the latents in the model's order, sampled elsewhere (the default)
 ``trace``      pprogen's lean Trace_ELBO (vectorized particles, ``beta``)
 ``stl``        sticking-the-landing: Trace_ELBO with the path-derivative guide gradient
 ``meanfield``  Pyro's TraceMeanField_ELBO (analytic KL where Pyro knows it)
@@ -81,6 +83,10 @@ def _pyro_elbo(cls_name: str):
     return build
 
 
+def _analytic(**kw: Any) -> TraceELBO:
+    return TraceELBO(analytic_kl=True, **kw)
+
+
 def _stl(**kw: Any) -> TraceELBO:
     return TraceELBO(stl=True, **kw)
 
@@ -98,6 +104,7 @@ def _renyi(num_particles: int = 2, alpha: float = 0.5, **kw: Any) -> RenyiELBO:
 
 
 ELBOS: dict[str, Callable[..., Any]] = {
+    "analytic": _analytic,
     "trace": TraceELBO,
     "stl": _stl,
     "meanfield": _pyro_elbo("TraceMeanField_ELBO"),

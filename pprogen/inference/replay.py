@@ -349,7 +349,11 @@ def _written(node) -> bool:
 
 
 def _no_gradient(node, gm) -> bool:
-    """A constant that no gradient reaches (a buffer, a tensor made inside the program)."""
+    """A constant that no gradient reaches (a buffer, a tensor made inside the program, a batch that takes none:
+    the key holds the inputs' ``requires_grad``)."""
+    if node.op == "placeholder":
+        value = node.meta.get("val")
+        return isinstance(value, torch.Tensor) and not value.requires_grad
     if node.op != "get_attr":
         return False
     value = getattr(gm, node.target, None)

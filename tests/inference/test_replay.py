@@ -18,10 +18,10 @@ import pprogen
 from pprogen.inference import fit
 from pprogen.inference.estimators import ELBOS
 from pprogen.inference.replay import MAX_GRAPHS, StepReplay
-from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
+from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer, nonfinite_gradients
 from tests.models.test_contract import LIKELIHOOD_MODELS, elbo_for, program, small_model
 
-REPLAYED = ("trace", "stl", "renyi", "iwae")
+REPLAYED = ("analytic", "trace", "stl", "renyi", "iwae")
 NOT_REPLAYED = {  # estimator -> why its steps run the program
     "graph": "computes its own gradients",
     "meanfield": "reads tensor values",  # Pyro's TraceMeanField_ELBO reads the loss with .item() every step
@@ -441,6 +441,52 @@ def test_a_buffer_written_just_before_a_checking_step_is_recorded_again():
     assert step.replay.reason is None and len(step.replay.graphs) == 1
 
 
+def test_a_finite_loss_with_a_nan_gradient_in_a_replayed_step_is_not_applied():
+    # sqrt(|mu * w|) at w = 0 is finite (0) and its gradient 0 / 0: only the gradients' check can catch it
+    def model(x, w):
+        mu = pyro.param("mu", torch.ones(4))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal((mu * w.unsqueeze(-1)).abs().sqrt(), 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    loss_module = build_loss(model, lambda x, w: None, "trace")
+    x = torch.randn(8, 4)
+    good, bad = torch.ones(8), torch.ones(8)
+    bad[5] = 0.0
+    params = collect_parameters(loss_module, x, w=good)
+    step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=0.1), record_after=1)
+    for _ in range(5):
+        assert step(x, w=good)[1]
+    before = [p.detach().clone() for p in params]
+    value, finite = step(x, w=bad)
+    assert step.replay.last_replayed and math.isfinite(value) and not finite
+    assert any(not torch.isfinite(p.grad).all() for p in params)
+    for a, b in zip(before, params):
+        assert torch.equal(a, b)
+    assert step(x, w=good)[1]
+
+
+def test_the_gradient_check_finds_every_nan_and_infinity():
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        grads = [torch.randn(5, dtype=dtype), torch.randn(3, 2, dtype=dtype)]
+        kept = [g.clone() for g in grads]
+        assert nonfinite_gradients(grads).item() == 0.0
+        for g, k in zip(grads, kept):  # multiplied by exactly one
+            assert torch.equal(g, k)
+        for bad in (math.inf, -math.inf, math.nan):
+            grads[1][2, 1] = bad
+            assert nonfinite_gradients(grads).item() == 1.0
+            grads[1][2, 1] = 0.0
+    mixed = [torch.randn(3), torch.randn(2, dtype=torch.float64)]
+    mixed[1][0] = math.nan
+    assert nonfinite_gradients(mixed).item() == 1.0
+    sparse = torch.sparse_coo_tensor([[0, 2]], [1.0, math.inf], (4,), check_invariants=True)
+    assert nonfinite_gradients([torch.randn(3), sparse]).item() == 1.0
+    assert nonfinite_gradients([]).item() == 0.0
+    huge = [torch.full((10,), 1e30)]  # a norm would overflow here; the check does not
+    assert nonfinite_gradients(huge).item() == 0.0 and not torch.isfinite(torch.linalg.vector_norm(huge[0]))
+
+
 def test_a_nan_in_a_replayed_step_leaves_the_last_good_parameters():
     def model(x, w):
         mu = pyro.param("mu", torch.zeros(4))
@@ -455,11 +501,12 @@ def test_a_nan_in_a_replayed_step_leaves_the_last_good_parameters():
     params = collect_parameters(loss_module, x, w=good)
     step = TrainStep(loss_module, params, make_optimizer("adam", params, lr=0.1), record_after=1)
     for _ in range(5):
-        value, norm = step(x, w=good)
-        assert math.isfinite(value) and math.isfinite(norm)
+        value, finite = step(x, w=good)
+        assert math.isfinite(value) and finite
     assert step.replay.replayed > 0
     before = [p.detach().clone() for p in params]
-    value, norm = step(x, w=bad)
+    value, finite = step(x, w=bad)
+    assert not finite
     assert step.replay.last_replayed  # the poisoned step was a replayed one
     assert not math.isfinite(value)
     for a, b in zip(before, params):

@@ -116,6 +116,22 @@ def test_non_finite_loss_stops_at_the_step_and_keeps_the_last_good_parameters():
     assert err.value.history.stop_reason == "non_finite"
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_nan_gradient_under_a_finite_loss_stops_and_keeps_the_last_good_parameters(fast_path):
+    class Cusp(Gaussian):  # sqrt(|mu|) is finite at mu = 0; its gradient there is 0 / 0
+        def forward(self, x=None):
+            self.seen = self.mu.detach().clone()
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(self.mu.abs().sqrt(), 1.0), obs=x)
+
+    model = Cusp()
+    with torch.no_grad():
+        model.mu.fill_(0.0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at epoch 1, step 1 "):
+        fit(model, empty_guide, data(40), epochs=1, batch_size=10, lr=0.1, progress=False, fast_path=fast_path)
+    assert model.mu.item() == 0.0 and torch.equal(model.mu.detach(), model.seen)
+
+
 def test_early_stopping_restores_the_best_validation_state():
     model, guide, x = vae_setup()
     per_epoch = {}
