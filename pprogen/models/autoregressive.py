@@ -10,7 +10,9 @@ with the empty guide is maximum likelihood and the same trainer serves them.
 
 - ``fvsbn``: :math:`f_i = b_i + \sum_{j<i} W_{ij} x_j` (logistic regressions; Frey 1998);
 - ``nade``: :math:`h_i = \sigma(c + W_{:,<i} x_{<i})`, :math:`f_i = b_i + V_i h_i`, the :math:`O(DH)`
-  recurrence as one cumulative sum (Larochelle & Murray, AISTATS 2011);
+  recurrence swept in blocks of dimensions by :func:`nade_logits`, a custom autograd function that recomputes
+  hidden units in the backward pass (Larochelle & Murray, AISTATS 2011); ``eonade`` trains it on random
+  orderings and averages orderings at evaluation (Uria, Murray & Larochelle, ICML 2014);
 - ``made``: a masked MLP with any number of hidden layers; ``num_masks`` connectivity patterns (and input
   orderings with ``order_agnostic``) are cycled during training and averaged as an ensemble at evaluation;
   masks and orderings are buffers, so they survive save/load (Germain et al., ICML 2015, arXiv:1502.03509);
@@ -20,7 +22,7 @@ with the empty guide is maximum likelihood and the same trainer serves them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import pyro
 import torch
@@ -129,20 +131,156 @@ class FVSBN(AutoregressiveModel):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
+def nade_logits(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
+                u: torch.Tensor | None = None, block: int = 32) -> torch.Tensor:
+    r"""NADE's D conditionals' logits for rows ``x`` (..., D), in the order of the columns.
+
+    :math:`a_i = c + \sum_{j<i} (W_{:,j} x_j + U_{:,j})`, :math:`\mathrm{logit}_i = b_i + V_i \sigma(a_i)`
+    (``u``, the observed-input weights of order-agnostic NADE, is optional). Written as one cumulative sum this
+    materialises several (B, H, D) tensors and reads them again; here the dimensions are swept in blocks of
+    ``block``, carrying the running activation from one block to the next, so only a (block, B, H) slab is ever
+    alive, and the backward pass recomputes each block's hidden units from the stored running activations
+    (B, H per block) instead of keeping them: the same sums, at cache speed.
+    """
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}")
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    logits_t, _ = _nade_sweep(flat, w, c, v, b, u, block)
+    return logits_t.t().reshape(lead + (x.shape[-1],))
+
+
+def _nade_hidden(x_t, w_t, u_t, start):
+    """One block's hidden units (k, B, H) from the running activation ``start`` (B, H), and the running activation
+    after the block: a_i = a_{i-1} + x_{i-1} W_{:,i-1} (+ U_{:,i-1}), one rank-one update per dimension into a
+    slab that stays in cache."""
+    k = x_t.shape[0]
+    activation = start.new_empty((k,) + start.shape)
+    activation[0] = start
+    previous = activation[0]
+    for j in range(1, k + 1):
+        previous = torch.addr(previous, x_t[j - 1], w_t[j - 1], out=activation[j] if j < k else None)
+        if u_t is not None:
+            previous.add_(u_t[j - 1])
+    return activation.sigmoid_(), previous
+
+
+# One operator to torch (``pprogen::nade_sweep``), with its own backward: autograd, ``make_fx`` (the replayed
+# steps) and ``torch.compile`` see a single node instead of the sweep's thousands of small operations.
+@torch.library.custom_op("pprogen::nade_sweep", mutates_args=())
+def _nade_sweep(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
+                u: Optional[torch.Tensor], block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits transposed (D, B) and the running activation at each block's start (blocks, B, H)."""
+    rows, dims = x.shape
+    x_t, w_t = x.t(), w.t()  # (D, B), (D, H): a block is a slice of rows
+    u_t = u.t() if u is not None else None
+    starts = x.new_empty((math.ceil(dims / block), rows, c.shape[0]))
+    logits = x.new_empty((dims, rows))
+    running = c.expand(rows, -1)
+    for i, s in enumerate(range(0, dims, block)):
+        e = min(s + block, dims)
+        starts[i] = running
+        hidden, running = _nade_hidden(x_t[s:e], w_t[s:e], None if u_t is None else u_t[s:e], running)
+        logits[s:e] = torch.bmm(hidden, v[s:e, :, None])[..., 0] + b[s:e, None]
+    return logits, starts
+
+
+@_nade_sweep.register_fake
+def _(x, w, c, v, b, u, block):
+    rows, dims = x.shape
+    return x.new_empty((dims, rows)), x.new_empty((math.ceil(dims / block), rows, c.shape[0]))
+
+
+def _nade_setup(ctx, inputs, output):
+    x, w, c, v, b, u, block = inputs
+    ctx.block = block
+    ctx.save_for_backward(x, w, c, v, u, output[1])
+
+
+def _nade_backward(ctx, grad, _grad_starts):
+    """Each block's hidden units recomputed from its stored start, then swept from the last block to the first,
+    carrying the sum of d loss / d a over the dimensions already passed (what every earlier input feeds)."""
+    x, w, c, v, u, starts = ctx.saved_tensors
+    block = ctx.block
+    dims = x.shape[1]
+    x_t, w_t = x.t(), w.t()
+    u_t = u.t() if u is not None else None
+    grad_w_t, grad_v = torch.zeros_like(w_t), torch.zeros_like(v)
+    grad_u_t = torch.zeros_like(u_t) if u is not None else None
+    grad_x_t = torch.zeros_like(x_t) if ctx.needs_input_grad[0] else None
+    later = torch.zeros_like(starts[0])  # d loss / d a summed over the dimensions after this block
+    for i in reversed(range(len(starts))):
+        s = i * block
+        e = min(s + block, dims)
+        hidden, _ = _nade_hidden(x_t[s:e], w_t[s:e], None if u_t is None else u_t[s:e], starts[i])
+        g = grad[s:e, :, None]  # (k, B, 1)
+        grad_v[s:e] = torch.bmm(g.transpose(1, 2), hidden)[:, 0]
+        grad_a = torch.ops.aten.sigmoid_backward(g * v[s:e, None, :], hidden)  # (k, B, H)
+        # after[j]: d loss / d (x_j's contribution), the sum of grad_a over every dimension after j
+        after = torch.empty_like(grad_a)
+        after[-1] = later
+        for j in range(e - s - 2, -1, -1):
+            torch.add(after[j + 1], grad_a[j + 1], out=after[j])
+        later = after[0] + grad_a[0]
+        grad_w_t[s:e] = torch.bmm(x_t[s:e, None, :], after)[:, 0]
+        if grad_u_t is not None:
+            grad_u_t[s:e] = after.sum(1)
+        if grad_x_t is not None:
+            grad_x_t[s:e] = torch.bmm(after, w_t[s:e, :, None])[..., 0]
+    return (None if grad_x_t is None else grad_x_t.t(), grad_w_t.t(), later.sum(0), grad_v, grad.sum(1),
+            None if grad_u_t is None else grad_u_t.t(), None)
+
+
+_nade_sweep.register_autograd(_nade_backward, setup_context=_nade_setup)
+
+
 class NADE(AutoregressiveModel):
-    def __init__(self, x_dim: int, hidden_dim: int = 500) -> None:
+    """NADE; with ``order_agnostic`` each training step draws a fresh ordering of the dimensions and the hidden
+    layer also sees which inputs are observed (weights ``u``: Uria, Murray & Larochelle 2014), and evaluation
+    averages p(x) over ``num_orders`` fixed orderings (EoNADE, the first of them the natural one)."""
+
+    def __init__(self, x_dim: int, hidden_dim: int = 500, order_agnostic: bool = False, num_orders: int = 1,
+                 seed: int = 0, block: int = 32) -> None:
         super().__init__(x_dim)
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be a positive integer, got {hidden_dim!r}")
+        if not isinstance(num_orders, int) or num_orders < 1:
+            raise ValueError(f"num_orders must be a positive integer, got {num_orders!r}")
+        if num_orders > 1 and not order_agnostic:
+            raise ValueError("num_orders > 1 averages orderings a NADE was not trained on; set order_agnostic=True "
+                             "(EoNADE) or num_orders=1")
         self.w = nn.Parameter(torch.randn(hidden_dim, x_dim) / math.sqrt(x_dim))
         self.c = nn.Parameter(torch.zeros(hidden_dim))
         self.v = nn.Parameter(torch.randn(x_dim, hidden_dim) / math.sqrt(hidden_dim))
         self.b = nn.Parameter(torch.zeros(x_dim))
+        self.u = nn.Parameter(torch.zeros(hidden_dim, x_dim)) if order_agnostic else None
+        self.order_agnostic = order_agnostic
+        self.block = block
+        g = torch.Generator().manual_seed(seed)
+        orders = [torch.arange(x_dim)] + [torch.randperm(x_dim, generator=g) for _ in range(num_orders - 1)]
+        self.order = torch.stack(orders)
+
+    def _net(self, order: torch.Tensor | None) -> Callable:
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            if order is None:
+                return nade_logits(x, self.w, self.c, self.v, self.b, self.u, self.block)
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.shape[0], device=order.device)
+            out = nade_logits(x[..., order], self.w[:, order], self.c, self.v[order], self.b[order],
+                              None if self.u is None else self.u[:, order], self.block)
+            return out[..., inverse]
+
+        return logits
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        # a_i = c + sum_{j<i} W_j x_j for every i at once: an exclusive cumulative sum over dimensions
-        contributions = x.unsqueeze(-2) * self.w  # (..., H, D)
-        activations = self.c.unsqueeze(-1) + contributions.cumsum(-1) - contributions
-        hidden = torch.sigmoid(activations)
-        return self.b + torch.einsum("...hd,dh->...d", hidden, self.v)
+        return self._net(None)(x)
+
+    def distribution(self) -> AutoregressiveBernoulli:
+        if self.order_agnostic and self.training:  # a fresh ordering every step, from the training stream
+            order = torch.randperm(self.x_shape[0], device=self.order.device)
+            return AutoregressiveBernoulli([self._net(order)], order[None])
+        nets = [self._net(None if k == 0 else self.order[k]) for k in range(self.order.shape[0])]
+        return AutoregressiveBernoulli(nets, self.order)
 
 
 class MADE(AutoregressiveModel):
@@ -228,9 +366,18 @@ def fvsbn(x_dim: int = 784) -> FVSBN:
 
 @register_model(reference="Larochelle & Murray, The Neural Autoregressive Distribution Estimator, AISTATS 2011",
                 story="h_i = sigmoid(c + W_{:,<i} x_{<i}); p(x_i = 1 | x_{<i}) = sigmoid(b_i + V_i h_i)", **_CARD)
-def nade(x_dim: int = 784, hidden_dim: int = 500) -> NADE:
-    """NADE with weights shared across conditionals (O(D H) per example)."""
-    return NADE(x_dim, hidden_dim)
+def nade(x_dim: int = 784, hidden_dim: int = 500, order_agnostic: bool = False, num_orders: int = 1, seed: int = 0,
+         block: int = 32) -> NADE:
+    """NADE with weights shared across conditionals (O(D H) per example), swept in blocks of dimensions."""
+    return NADE(x_dim, hidden_dim, order_agnostic, num_orders, seed, block)
+
+
+@register_model(reference="Uria, Murray & Larochelle, A Deep and Tractable Density Estimator, ICML 2014",
+                story="NADE trained on a fresh random ordering every step (the hidden layer also sees which inputs "
+                "are observed); p(x) averaged over num_orders orderings at evaluation", **_CARD)
+def eonade(x_dim: int = 784, hidden_dim: int = 500, num_orders: int = 8, seed: int = 0, block: int = 32) -> NADE:
+    """Order-agnostic NADE evaluated as an ensemble of orderings (EoNADE)."""
+    return NADE(x_dim, hidden_dim, True, num_orders, seed, block)
 
 
 @register_model(reference="Germain, Gregor, Murray & Larochelle, MADE, ICML 2015, arXiv:1502.03509",

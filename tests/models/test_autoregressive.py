@@ -9,7 +9,8 @@ import pprogen
 D = 10
 CONFIGS = {
     "fvsbn": {},
-    "nade": {"hidden_dim": 7},
+    "nade": {"hidden_dim": 7, "block": 3},  # blocks of 3 dimensions: the sweep crosses block boundaries
+    "eonade": {"hidden_dim": 7, "num_orders": 3, "block": 4},
     "made": {"hidden_dims": (16, 16)},
     "made_ensemble": {"hidden_dims": (16,), "num_masks": 3, "order_agnostic": True},
     "rnn_ar": {"hidden_dim": 8},
@@ -51,7 +52,7 @@ def test_conditional_i_ignores_inputs_at_or_after_i(name):
         assert jac.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["nade", "made_ensemble", "rnn_ar"])
+@pytest.mark.parametrize("name", ["nade", "eonade", "made_ensemble", "rnn_ar"])
 def test_ancestral_samples_follow_the_exact_probabilities(name):
     model = build(name, x_dim=3)
     torch.manual_seed(0)
@@ -85,6 +86,85 @@ def test_made_cycles_its_masks_in_training_and_ensembles_them_in_evaluation():
     assert torch.allclose(ensemble, torch.logsumexp(torch.stack(singles), 0) - torch.log(torch.tensor(3.0)))
 
 
+def cumsum_nade_logits(x, w, c, v, b, u=None):
+    """NADE's logits as one exclusive cumulative sum over (..., H, D): the formulation the blocked sweep replaces."""
+    contributions = x.unsqueeze(-2) * w
+    if u is not None:
+        contributions = contributions + u
+    hidden = torch.sigmoid(c.unsqueeze(-1) + contributions.cumsum(-1) - contributions)
+    return b + torch.einsum("...hd,dh->...d", hidden, v)
+
+
+def nade_inputs(rows, dims, hidden, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(rows, dims, generator=g) < 0.4).to(dtype)
+    shapes = [(hidden, dims), (hidden,), (dims, hidden), (dims,), (hidden, dims)]
+    return [x] + [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 11, 32])
+@pytest.mark.parametrize("observed_weights", [False, True])
+def test_the_blocked_nade_sweep_equals_the_cumulative_sum_and_autograd(block, observed_weights):
+    from pprogen.models.autoregressive import nade_logits
+
+    x, w, c, v, b, u = nade_inputs(5, 11, 4, torch.float64)
+    x.requires_grad_()
+    u = u if observed_weights else None
+    assert torch.allclose(nade_logits(x, w, c, v, b, u, block), cumsum_nade_logits(x, w, c, v, b, u), atol=1e-12)
+    inputs = (x, w, c, v, b) + ((u,) if observed_weights else ())
+    assert torch.autograd.gradcheck(lambda *a: nade_logits(*a[:5], a[5] if observed_weights else None, block), inputs)
+
+
+def test_the_blocked_nade_log_likelihood_equals_the_cumulative_sum_at_mnist_size_in_float32():
+    import torch.nn.functional as F
+    from pprogen.models.autoregressive import nade_logits
+
+    x, w, c, v, b, _ = nade_inputs(8, 784, 50, torch.float32)
+    w.data /= 28
+    v.data /= 7
+    ll = [-F.binary_cross_entropy_with_logits(f(x, w, c, v, b), x, reduction="none").sum(-1)
+          for f in (nade_logits, cumsum_nade_logits)]
+    assert torch.allclose(ll[0], ll[1], rtol=1e-5, atol=0)
+    grads = [torch.autograd.grad(value.sum(), (w, c, v, b)) for value in ll]
+    for fast, slow in zip(*grads):
+        assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_nade_refuses_a_bad_block_and_an_ensemble_it_was_not_trained_for():
+    from pprogen.models.autoregressive import nade_logits
+
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        nade_logits(*nade_inputs(2, 4, 3, torch.float32)[:5], block=0)
+    with pytest.raises(ValueError, match="set order_agnostic=True"):
+        pprogen.create_model("nade", x_dim=4, hidden_dim=3, num_orders=2)
+
+
+def test_eonade_draws_a_fresh_ordering_each_training_step_and_averages_its_orderings_in_evaluation():
+    model = build("eonade").train()
+    x = (torch.rand(4, D) < 0.5).float()
+    torch.manual_seed(0)
+    orders = [model.distribution().orders[0] for _ in range(3)]
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    torch.manual_seed(0)
+    assert torch.equal(model.distribution().orders[0], orders[0])  # from the training stream: reproducible
+    model.eval()
+    singles = [net(x) for net in model.distribution().nets]
+    per_order = torch.stack([-torch.nn.functional.binary_cross_entropy_with_logits(s, x, reduction="none").sum(-1)
+                             for s in singles])
+    assert torch.allclose(model.log_prob(x), torch.logsumexp(per_order, 0) - torch.log(torch.tensor(3.0)))
+    assert torch.equal(model.order[0], torch.arange(D))
+
+
+def test_eonade_trains_by_svi():
+    from pprogen.inference import fit
+
+    torch.manual_seed(0)
+    x = (torch.rand(64, D) < 0.3).float()
+    model = pprogen.create_model("eonade", x_dim=D, hidden_dim=8, num_orders=2)
+    history = fit(model, model.default_guide(), x, epochs=15, batch_size=16, lr=0.05, progress=False)
+    assert history.records[-1]["train_loss"] < history.records[0]["train_loss"] - 0.5
+
+
 def test_non_binary_data_is_refused():
     from pprogen.inference import fit
 
@@ -94,9 +174,14 @@ def test_non_binary_data_is_refused():
 
 
 PIXEL_CONFIGS = {
-    "plain_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=1, kernel_size=3),
-    "gated_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=2, kernel_size=3, gated=True),
-    "gated_3ch": dict(x_shape=(3, 1, 3), hidden_channels=6, num_blocks=1, kernel_size=3, gated=True),
+    "plain_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=1, kernel_size=3, two_stack=False),
+    "gated_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=2, kernel_size=3, gated=True,
+                      two_stack=False),
+    "gated_3ch": dict(x_shape=(3, 1, 3), hidden_channels=6, num_blocks=1, kernel_size=3, gated=True,
+                      two_stack=False),
+    "two_stack_1ch": dict(x_shape=(1, 2, 5), hidden_channels=8, num_blocks=2, kernel_size=3),
+    "two_stack_3ch": dict(x_shape=(3, 1, 3), hidden_channels=6, num_blocks=2, kernel_size=3),
+    "two_stack_3ch_tall": dict(x_shape=(3, 2, 2), hidden_channels=6, num_blocks=1, kernel_size=5),
 }
 
 
@@ -123,7 +208,8 @@ def test_pixelcnn_probabilities_sum_to_one_and_respect_the_raster_order(config):
 
 
 def test_pixelcnn_receptive_field_has_the_blind_spot():
-    model = pprogen.create_model("pixelcnn", x_shape=(1, 6, 6), hidden_channels=16, num_blocks=1, kernel_size=3).eval()
+    model = pprogen.create_model("pixelcnn", x_shape=(1, 6, 6), hidden_channels=16, num_blocks=1, kernel_size=3,
+                                 two_stack=False).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
@@ -139,6 +225,75 @@ def test_pixelcnn_receptive_field_has_the_blind_spot():
     assert (before & ~seen).any()  # earlier pixels it cannot see: the blind spot and beyond the field
     # two 3x3 layers reach (2, 4), two rows up and two right, yet not (3, 4) below it: the blind spot
     assert seen[2, 4] and not seen[3, 4]
+
+
+def receptive_field(model, row, col, draws=6):
+    """Which pixels logit (row, col) depends on: a union over random inputs, so no gate pattern hides one."""
+    shape = model.x_shape
+    seen = torch.zeros(shape[1:], dtype=torch.bool)
+    for _ in range(draws):
+        x = (torch.rand(shape) < 0.5).float()
+        seen |= (torch.autograd.functional.jacobian(model.logits, x)[0, row, col] != 0).any(0)
+    return seen
+
+
+@pytest.mark.parametrize("two_stack", [True, False])
+def test_the_two_stack_pixelcnn_sees_every_earlier_pixel_where_the_single_stack_has_a_blind_spot(two_stack):
+    torch.manual_seed(0)
+    model = pprogen.create_model("pixelcnn", x_shape=(1, 6, 6), hidden_channels=8, num_blocks=6, kernel_size=3,
+                                 gated=True, two_stack=two_stack).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    for row, col in [(4, 2), (5, 0), (2, 5)]:
+        seen = receptive_field(model, row, col)
+        before = torch.zeros(6, 6, dtype=torch.bool)
+        before[:row] = True
+        before[row, :col] = True
+        assert not seen[~before].any()  # never the pixel itself or a later one
+        missed = before & ~seen
+        if two_stack:  # seven layers of 3-wide kernels reach every earlier pixel of a 6 x 6 image
+            assert not missed.any(), (row, col, missed)
+        elif (row, col) == (4, 2):  # the same depth of stacked masks still misses the upper right
+            assert missed.any() and missed[:row, col + 1:].any()
+
+
+def test_the_class_conditional_two_stack_pixelcnn_is_a_distribution_for_every_label():
+    model = pprogen.create_model("pixelcnn", x_shape=(1, 2, 3), hidden_channels=6, num_blocks=1, kernel_size=3,
+                                 num_classes=3).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.7)
+    configs = all_configurations(6).double().reshape(-1, 1, 2, 3)
+    per_label = []
+    for label in range(3):
+        log_p = model.log_prob(configs, torch.full((64,), label))
+        assert abs(torch.logsumexp(log_p, 0).exp().item() - 1.0) < 1e-6
+        per_label.append(log_p)
+    assert (per_label[0] - per_label[1]).abs().max() > 0.1  # the label changes the distribution
+    torch.manual_seed(0)
+    samples = model.float().sample(6)  # labels 0, 1, 2, 0, ... in turn
+    assert samples.shape == (6, 1, 2, 3) and model.conditional
+    model.double()
+    with pytest.raises(ValueError, match="pixelcnn is conditioned on labels"):
+        model.log_prob(configs[:2])
+    with pytest.raises(ValueError, match="has no labels"):
+        pprogen.create_model("pixelcnn", x_shape=(1, 2, 3)).log_prob(configs[:2], torch.zeros(2))
+    with pytest.raises(ValueError, match="set two_stack=True"):
+        pprogen.create_model("pixelcnn", x_shape=(1, 2, 3), num_classes=3, two_stack=False)
+
+
+def test_the_two_stack_pixelcnn_trains_with_labels_by_svi():
+    from pprogen.inference import fit
+
+    torch.manual_seed(0)
+    x = (torch.rand(48, 1, 4, 4) < 0.3).float()
+    y = torch.randint(0, 2, (48,))
+    model = pprogen.create_model("pixelcnn", x_shape=(1, 4, 4), hidden_channels=8, num_blocks=1, kernel_size=3,
+                                 num_classes=2)
+    history = fit(model, model.default_guide(), x, epochs=10, batch_size=16, lr=0.02, progress=False,
+                  condition={"y": y})
+    assert history.records[-1]["train_loss"] < history.records[0]["train_loss"] - 0.5
 
 
 def test_pixelcnn_refuses_shapes_it_cannot_take():
