@@ -1,0 +1,229 @@
+"""The likelihood leaderboard on binarized MNIST: each entry trained with a named configuration under a stated
+budget, resumably, then its validation NLL measured; a JSON and a Markdown table (the README's).
+
+Each entry is a ``pprogen train`` run in ``ROOT/<entry>``, trained in chunks of epochs (``pprogen train --resume``
+continues the run from its last checkpoint) until its budget of training hours or epochs is spent. Kill the
+script at any moment and run it again: every entry continues where its run folder stands. Then the validation
+NLL is measured: exact for the likelihood models (the run's own final evaluation), importance sampling with
+K = 5000 draws for the latent models (``pprogen evaluate RUN --num-samples 5000``, its standard error and k-hat
+bands). ``ROOT/leaderboard.json`` keeps every entry's configuration, budget, progress and result;
+``ROOT/leaderboard.md`` is the table.
+
+Run: ``python benchmarks/likelihood_leaderboard.py --root /work/runs/leaderboard --data-dir ../shared/data
+[--entries nade,fvsbn --hours 2 --max-epochs 500]``; ``--report`` prints the table from the JSON only.
+
+Refused with a one-line error: an entry name that does not exist; an entry whose configuration (or data) changed
+since its run started; a finished result replaced by a worse one is kept, with a message saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+IWAE_VAE = {"hidden_dims": [200, 200], "z_dim": 50, "activation": "tanh"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    model: str
+    args: dict = field(default_factory=dict)  # --set KEY=VALUE
+    train: dict = field(default_factory=dict)  # --lr, --batch-size, --elbo, --particles, --guide
+    literature: float | None = None  # the literature's test-split NLL (nats)
+    source: str = ""
+
+    def latent(self) -> bool:
+        return self.model in ("vae", "hvae")
+
+
+ENTRIES: dict[str, Entry] = {
+    "fvsbn": Entry("fvsbn", {}, {"lr": 3e-3, "batch_size": 100}, 97.45, "Larochelle & Murray 2011"),
+    "nade": Entry("nade", {"hidden_dim": 500}, {"lr": 1e-3, "batch_size": 100}, 88.33, "Larochelle & Murray 2011"),
+    "eonade": Entry("eonade", {"hidden_dim": 500, "num_orders": 8}, {"lr": 1e-3, "batch_size": 100}, 84.68,
+                    "Uria et al. 2014 (2 hidden layers)"),
+    "made": Entry("made", {"hidden_dims": [500]}, {"lr": 1e-3, "batch_size": 100}, 88.40, "Germain et al. 2015"),
+    "made_ensemble": Entry("made", {"hidden_dims": [500], "num_masks": 32, "order_agnostic": True},
+                           {"lr": 1e-3, "batch_size": 100}, 86.64, "Germain et al. 2015 (32 masks)"),
+    "rnn_ar": Entry("rnn_ar", {"hidden_dim": 256}, {"lr": 1e-3, "batch_size": 100}, None),
+    "pixelcnn": Entry("pixelcnn", {"hidden_channels": 64, "num_blocks": 5, "kernel_size": 7},
+                      {"lr": 1e-3, "batch_size": 32}, 81.30, "van den Oord et al. 2016"),
+    "mixture_of_bernoullis": Entry("mixture_of_bernoullis", {"num_components": 500}, {"lr": 0.05, "batch_size": 100},
+                                   137.64, "Uria et al. 2014"),
+    "vae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100}, 88.71, "Burda et al. 2016 (VAE, one layer)"),
+    "iwae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae", "particles": 5}, 87.10,
+                  "Burda et al. 2016 (IWAE, one layer)"),
+    "iwae_dreg": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae_dreg", "particles": 5}, 87.10,
+                       "Tucker et al. 2019 (one layer)"),
+    "hvae": Entry("hvae", {}, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae", "particles": 5}, 85.32,
+                  "Burda et al. 2016 (IWAE, two layers)"),
+    "vae_iaf": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "guide": "amortized_iaf"}, 79.88,
+                     "Kingma et al. 2016 (ResNet VAE with IAF)"),
+}
+
+
+class LeaderboardError(SystemExit):
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def load_state(root: Path) -> dict:
+    path = root / "leaderboard.json"
+    return json.loads(path.read_text()) if path.is_file() else {"entries": {}}
+
+
+def save_state(root: Path, state: dict) -> None:
+    """Atomically: a killed script never leaves half a JSON behind."""
+    path = root / "leaderboard.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
+def pprogen(*argv: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pprogen", *argv], text=True, capture_output=True)
+    if result.returncode != 0:
+        tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+        raise LeaderboardError(f"pprogen {argv[0]} failed: {tail[0]}")
+
+
+def summary(run: Path) -> dict:
+    path = run / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def train_command(name: str, entry: Entry, run: Path, epochs: int, args) -> list[str]:
+    if (run / "checkpoint.pt").is_file():
+        return ["train", "--resume", str(run), "--epochs", str(epochs), "--no-progress"]
+    command = ["train", entry.model, "--data", args.data, "--out", str(run), "--epochs", str(epochs), "--no-progress"]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    for key, value in entry.args.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    for key, value in entry.train.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
+def spec(name: str, entry: Entry, args) -> dict:
+    return {"entry": name, **asdict(entry), "data": args.data}
+
+
+def run_entry(name: str, root: Path, state: dict, args) -> None:
+    entry = ENTRIES[name]
+    run = root / name
+    record = state["entries"].setdefault(name, {"spec": spec(name, entry, args), "status": "training"})
+    if record["spec"] != spec(name, entry, args):
+        raise LeaderboardError(f"entry {name!r}'s configuration changed since its run started ({run}); restore it, "
+                               f"or give another --root (the run folder is left as it is)")
+    if record["status"] == "finished":
+        more = args.hours > record["budget_hours"] or args.max_epochs > record["max_epochs"]
+        if not more or record.get("stop_reason") == "early_stopping":
+            print(f"{name}: finished earlier, {record['nll']:.2f} nats; skipped (a larger --hours or --max-epochs "
+                  "trains it on)")
+            return
+        record["status"] = "training"  # a larger budget: train on from the run's checkpoint
+    budget_s, max_epochs = args.hours * 3600, args.max_epochs
+    while True:
+        done = summary(run)
+        epochs, seconds = done.get("epochs_run", 0), done.get("train_seconds", 0.0)
+        stopped = done.get("stop_reason") == "early_stopping"
+        if epochs >= max_epochs or seconds >= budget_s or stopped:
+            break
+        per_epoch = seconds / epochs if epochs else None
+        # chunks of about args.chunk_minutes (the first: one epoch, to time it), never past the budget
+        chunk = 1 if per_epoch is None else max(1, int(min(args.chunk_minutes * 60, budget_s - seconds) / per_epoch))
+        target = min(max_epochs, epochs + chunk)
+        print(f"{name}: training epochs {epochs + 1}-{target} ({seconds / 3600:.2f} of {args.hours} h spent)",
+              flush=True)
+        pprogen(*train_command(name, entry, run, target, args))
+        record.update(epochs=summary(run).get("epochs_run"), train_seconds=summary(run).get("train_seconds"))
+        save_state(root, state)
+    done = summary(run)
+    result = evaluate(name, entry, run, args)
+    previous = record.get("best")
+    if previous is not None and previous["nll"] < result["nll"]:
+        print(f"{name}: the new NLL {result['nll']:.2f} is worse than the finished {previous['nll']:.2f}; the table "
+              f"keeps {previous['nll']:.2f} (the run folder holds the newer weights)")
+        result = previous
+    record.update(status="finished", best=result, nll=result["nll"], budget_hours=args.hours, max_epochs=max_epochs,
+                  epochs=done.get("epochs_run"), train_seconds=done.get("train_seconds"), device=done.get("device"),
+                  stop_reason=done.get("stop_reason"))
+    save_state(root, state)
+    print(f"{name}: validation NLL {result['nll']:.2f} ± {result['stderr']:.2f} nats", flush=True)
+
+
+def evaluate(name: str, entry: Entry, run: Path, args) -> dict:
+    if entry.latent():  # importance sampling with K draws from the guide
+        pprogen("evaluate", str(run), "--split", "valid", "--num-samples", str(args.k))
+    result = summary(run).get("valid_evaluation") or {}
+    if "nll" not in result:
+        raise LeaderboardError(f"entry {name!r}: {run}/summary.json holds no validation NLL; rerun the script")
+    return {"nll": result["nll"], "stderr": result.get("nll_stderr", float("nan")), "method": result.get("method"),
+            "num_samples": result.get("num_samples"), "khat_bands": result.get("khat_bands")}
+
+
+def table(state: dict) -> str:
+    lines = ["| entry | model, configuration | valid NLL (nats) | literature (test) | epochs | training time | device |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, record in state["entries"].items():
+        s = record["spec"]
+        config = ", ".join(f"{k}={v}" for k, v in {**s["args"], **s["train"]}.items())
+        lit = f"{s['literature']:.2f} ({s['source']})" if s.get("literature") else "-"
+        if record["status"] == "finished":
+            best = record["best"]
+            method = "exact" if best.get("method") == "exact" else f"IS, K = {best.get('num_samples') or '?'}"
+            bands = best.get("khat_bands")
+            if bands:
+                method += "; k-hat " + "/".join(str(bands.get(b, 0)) for b in ("good", "ok", "bad", "very bad"))
+            nll = f"{best['nll']:.2f} ± {best['stderr']:.2f} ({method})"
+            budget = f"{record['epochs']} ({record['stop_reason']}; budget {record['budget_hours']} h / " \
+                     f"{record['max_epochs']} epochs)"
+        else:
+            nll, budget = "training", f"{record.get('epochs') or 0} so far"
+        hours = (record.get("train_seconds") or 0) / 3600
+        lines.append(f"| {name} | `{s['model']}` {config} | {nll} | {lit} | {budget} | {hours:.2f} h | "
+                     f"{record.get('device') or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="folder of the leaderboard's runs and JSON")
+    parser.add_argument("--entries", default=",".join(ENTRIES))
+    parser.add_argument("--data", default="binarized_mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--hours", type=float, default=2.0, help="training budget per entry, in hours")
+    parser.add_argument("--max-epochs", type=int, default=1000)
+    parser.add_argument("--chunk-minutes", type=float, default=20.0, help="training between two checkpoints of the "
+                        "leaderboard's own progress")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples per image for latent models")
+    parser.add_argument("--report", action="store_true", help="print the table from the JSON and stop")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    names = [n for n in args.entries.split(",") if n]
+    unknown = [n for n in names if n not in ENTRIES]
+    if unknown:
+        raise LeaderboardError(f"unknown leaderboard entry {unknown[0]!r}; choose from {', '.join(ENTRIES)}")
+    if args.hours <= 0 or args.max_epochs < 1 or math.isnan(args.hours):
+        raise LeaderboardError("--hours must be positive and --max-epochs at least 1")
+    root.mkdir(parents=True, exist_ok=True)
+    state = load_state(root)
+    if not args.report:
+        for name in names:
+            start = time.time()
+            run_entry(name, root, state, args)
+            print(f"{name}: {time.time() - start:.0f} s in this call", flush=True)
+    text = table(state)
+    (root / "leaderboard.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
