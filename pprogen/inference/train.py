@@ -134,7 +134,7 @@ class TrainStep:
 
     On one rank, a step whose program has settled is replayed from a recorded graph of its loss
     (:mod:`pprogen.inference.replay`; ``fast_path=False`` turns that off, ``self.replay.reason`` says why it is
-    off), and the loss and the gradient norm are read from the device together, once per step.
+    off), and the loss and a finiteness check of the gradients are read from the device together, once per step.
     """
 
     def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
