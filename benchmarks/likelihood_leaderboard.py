@@ -98,6 +98,17 @@ def summary(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def progress(run: Path) -> tuple[int, float]:
+    """Epochs trained and their seconds, from the run's per-epoch log (written as each epoch ends, so a killed
+    chunk's finished epochs count; ``summary.json`` is written only when a ``pprogen train`` call ends)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return 0, 0.0
+    epochs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    epochs = [e for e in epochs if "epoch" in e]
+    return (epochs[-1]["epoch"] if epochs else 0), sum(e.get("seconds", 0.0) for e in epochs)
+
+
 def train_command(name: str, entry: Entry, run: Path, epochs: int, args) -> list[str]:
     if (run / "checkpoint.pt").is_file():
         return ["train", "--resume", str(run), "--epochs", str(epochs), "--no-progress"]
@@ -132,7 +143,7 @@ def run_entry(name: str, root: Path, state: dict, args) -> None:
     budget_s, max_epochs = args.hours * 3600, args.max_epochs
     while True:
         done = summary(run)
-        epochs, seconds = done.get("epochs_run", 0), done.get("train_seconds", 0.0)
+        epochs, seconds = progress(run)
         stopped = done.get("stop_reason") == "early_stopping"
         if epochs >= max_epochs or seconds >= budget_s or stopped:
             break
@@ -143,9 +154,10 @@ def run_entry(name: str, root: Path, state: dict, args) -> None:
         print(f"{name}: training epochs {epochs + 1}-{target} ({seconds / 3600:.2f} of {args.hours} h spent)",
               flush=True)
         pprogen(*train_command(name, entry, run, target, args))
-        record.update(epochs=summary(run).get("epochs_run"), train_seconds=summary(run).get("train_seconds"))
+        record["epochs"], record["train_seconds"] = progress(run)
         save_state(root, state)
     done = summary(run)
+    epochs, seconds = progress(run)
     result = evaluate(name, entry, run, args)
     previous = record.get("best")
     if previous is not None and previous["nll"] < result["nll"]:
@@ -153,7 +165,7 @@ def run_entry(name: str, root: Path, state: dict, args) -> None:
               f"keeps {previous['nll']:.2f} (the run folder holds the newer weights)")
         result = previous
     record.update(status="finished", best=result, nll=result["nll"], budget_hours=args.hours, max_epochs=max_epochs,
-                  epochs=done.get("epochs_run"), train_seconds=done.get("train_seconds"), device=done.get("device"),
+                  epochs=epochs, train_seconds=seconds, device=done.get("device"),
                   stop_reason=done.get("stop_reason"))
     save_state(root, state)
     print(f"{name}: validation NLL {result['nll']:.2f} ± {result['stderr']:.2f} nats", flush=True)
