@@ -215,9 +215,11 @@ def _kl(q, p) -> torch.Tensor | None:
 
 
 def _kind(d) -> tuple:
-    """A distribution's type with those of the distributions it wraps (``Independent(Normal)``, ...)."""
+    """A distribution's type with those of the distributions it wraps (``Independent(Normal)``, ...) and how many
+    batch dimensions each ``Independent`` reinterprets (Pyro's KL of two of them needs the same number)."""
     kinds = [type(d)]
     while hasattr(d, "base_dist"):
+        kinds.append(getattr(d, "reinterpreted_batch_ndims", None))
         d = d.base_dist
         kinds.append(type(d))
     return tuple(kinds)
