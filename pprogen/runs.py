@@ -255,9 +255,19 @@ class Run:
             tensors = load_file(str(path))
         except Exception as err:
             raise RunError(f"weights file {path} is unreadable or corrupted ({err})") from None
-        missing = set(module.state_dict()) - set(tensors)
+        expected = module.state_dict()
+        missing = set(expected) - set(tensors)
         if missing:
             raise RunError(f"weights file {path} lacks {sorted(missing)[0]!r}; it was saved from another model")
+        extra = set(tensors) - set(expected)
+        if extra:
+            raise RunError(f"weights file {path} holds {sorted(extra)[0]!r}, which the model of config.json has "
+                           "not: they do not match; restore the run's config.json or its weights")
+        for key, value in expected.items():
+            if tuple(tensors[key].shape) != tuple(value.shape):
+                raise RunError(f"weights file {path} does not match config.json: {key!r} has shape "
+                               f"{tuple(tensors[key].shape)} in the weights, {tuple(value.shape)} in the model the "
+                               "config builds; restore the run's config.json or its weights")
         module.load_state_dict(tensors)
 
     def write_json(self, name: str, obj: Any) -> None:

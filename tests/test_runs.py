@@ -138,3 +138,17 @@ def test_an_epoch_loop_resumed_after_a_non_finite_stop_is_no_longer_stopped():
     state["history"]["stop_reason"] = "non_finite"
     loop.resume(state)
     assert loop.history.stop_reason == "finished" and loop.start_epoch == 2
+
+
+def test_weights_that_do_not_match_the_config_are_a_one_line_error(tmp_path):
+    run = Run.create({"model": "m", "data": "d"}, tmp_path / "r")
+    run.save_weights("model", torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)))
+    for other, message in [
+        (torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)),
+         r"does not match config.json: '0.weight' has shape \(4, 3\) in the weights, \(5, 3\) in the model"),
+        (torch.nn.Sequential(torch.nn.Linear(3, 4)), r"holds '1.bias', which the model of config.json has not"),
+        (torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2)), r"lacks '2.bias'"),
+    ]:
+        with pytest.raises(RunError, match=message) as err:
+            run.load_weights("model", other)
+        assert "\n" not in str(err.value)
