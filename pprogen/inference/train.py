@@ -229,8 +229,8 @@ _ONES: dict[torch.device, torch.Tensor] = {}  # the check's scale, 1.0, once per
 def nonfinite_gradients(grads: list[torch.Tensor]) -> torch.Tensor:
     """A one-element tensor, 1.0 when any of ``grads`` holds a NaN or an infinity and 0.0 otherwise, computed on the
     device without a host read. One pass over the gradients with AMP's check kernel (which multiplies them by
-    exactly 1.0), about a third of the cost of their norm on a small network; sparse gradients go through their
-    values."""
+    exactly 1.0): a fifth of the cost of their norm on a small network's gradients, 0.7 of it on a 1.3M-parameter
+    VAE's; sparse gradients go through their values."""
     if not grads:
         return torch.zeros(1)
     device = grads[0].device
