@@ -1,4 +1,4 @@
-from pprogen.cli import main
+from pprogen.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

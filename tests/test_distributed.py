@@ -183,3 +183,23 @@ def test_torchrun_trains_resumes_and_evaluates_through_the_cli(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     test = json.loads((run / "summary.json").read_text())["test_evaluation"]
     assert test["num_data"] == 269 and test["num_samples"] == 20
+
+
+def test_a_launched_rank_leaves_without_the_interpreter_teardown(tmp_path):
+    """Under a launcher (WORLD_SIZE > 1) the CLI flushes its output and leaves with its status but without the
+    teardown, where gloo's worker threads could abort the process; a plain process tears down as usual."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys; atexit.register(lambda: print('teardown', flush=True)); "
+            "sys.argv = ['pprogen'] + sys.argv[1:]; from pprogen.cli import run; run()")
+    for world, torn_down in (("2", False), ("1", True)):
+        env = {**os.environ, "WORLD_SIZE": world}
+        listed = subprocess.run([sys.executable, "-c", code, "list"], env=env, capture_output=True, text=True)
+        assert listed.returncode == 0 and "nade" in listed.stdout
+        assert ("teardown" in listed.stdout) == torn_down
+        missing = subprocess.run([sys.executable, "-c", code, "evaluate", str(tmp_path / "no-run")], env=env,
+                                 capture_output=True, text=True)
+        assert missing.returncode == 2 and "pprogen: error:" in missing.stderr
+        assert ("teardown" in missing.stdout) == torn_down
