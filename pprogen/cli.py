@@ -28,6 +28,7 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     evaluate_split,
     load_run,
     prepare_run,
+    ship_run,
     train_run,
 )
 from pprogen.engine import evaluate_split as _evaluate, load_run as _load_run  # noqa: F401  (older names)
@@ -108,7 +109,7 @@ def _format_annealed(split: str, args, result: dict[str, Any]) -> str:
 def cmd_evaluate(args) -> int:
     _check_evaluate_args(args)
     world, device = distributed.init(Run.open(args.run).config_with(*REQUIRED).get("device", "auto"), args.dist_timeout)
-    run, config, dataset, model, guide, device = load_run(args.run, device)  # each rank on its own GPU
+    run, config, dataset, model, guide, device = load_run(args.run, device, args.data_dir)  # each rank: its GPU
     key = f"{args.split}_evaluation"
     torch.manual_seed(args.seed)
     if config.get("kind") == "gan":
@@ -144,7 +145,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".npy", ".pt"):
         raise ValueError(f"--out must end in .png, .pdf, .npy or .pt, got {out.name!r}")
-    run, config, dataset, model, guide, device = load_run(args.run)
+    run, config, dataset, model, guide, device = load_run(args.run, data_dir=args.data_dir, need_data=False)
     torch.manual_seed(args.seed)
     if translates(model):  # translations of the test split's A images
         samples = model.sample(args.n, model.split(dataset.split("test").to(device))[0]).cpu()
@@ -162,6 +163,13 @@ def cmd_sample(args) -> int:
     else:
         atomic_write(out, lambda tmp: torch.save(samples, tmp))
     print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_ship(args) -> int:
+    sizes = ship_run(args.run, args.out, half=not args.float32, data_dir=args.data_dir)
+    files = ", ".join(f"{name}.safetensors {size / 2**20:.2f} MiB" for name, size in sizes.items())
+    print(f"shipped {args.run} to {args.out} ({files}); evaluate it with `pprogen evaluate {args.out}` and compare")
     return 0
 
 
@@ -234,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", choices=("sigmoid", "linear", "geometric"), help="ais/bdmc: default sigmoid")
     s.add_argument("--seed", type=int, default=0, help="random seed of the estimate (default 0)")
     s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
+    s.add_argument("--data-dir", help="read the run's data from this folder (default: where it was trained from, or "
+                                      "$PPROGEN_DATA)")
     s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    help="under torchrun: seconds a collective waits for the other ranks")
     s.set_defaults(func=cmd_evaluate)
@@ -243,7 +253,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64)
     s.add_argument("--out", required=True, help="file: .png/.pdf picture, .npy or .pt array")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-dir", help="read the run's data from this folder (a shipped run needs none)")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("ship", help="copy a trained run as a small folder of config and weights (float16)")
+    s.add_argument("run")
+    s.add_argument("out", help="the new folder (must not exist)")
+    s.add_argument("--float32", action="store_true", help="keep the weights in float32")
+    s.add_argument("--data-dir", help="read the run's data from this folder (for its shapes)")
+    s.set_defaults(func=cmd_ship)
     return p
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pprogen.inference.loop import History
 from pprogen.inference.metrics import evaluate_samples, translates
 from pprogen.inference.train import Objective, Optim, Speed, Stopping, fit
 from pprogen.registry import create_model, get_card
-from pprogen.runs import REQUIRED, Run, atomic_write, seed_everything
+from pprogen.runs import REQUIRED, Run, RunError, atomic_write, compact_weights, seed_everything
 
 
 class _Absent:
@@ -479,23 +480,28 @@ def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: 
         plots.save_samples(samples, dataset.shape, path, title=f"{run.config['model']} samples")
 
 
-def load_run(path: str, device: torch.device | None = None):
+def load_run(path: str, device: torch.device | None = None, data_dir: str | None = None, need_data: bool = True):
     """The run folder, its config, data, model and guide with their weights, on ``device`` (by default the
-    run's own ``--device``)."""
+    run's own ``--device``). ``data_dir`` replaces the folder the run read its data from; without ``need_data``
+    a shipped run (see :func:`ship_run`) is built from the data's shapes alone, and its data set has no rows."""
     run = Run.open(path)
     config = run.config_with(*REQUIRED)
+    if data_dir is not None:
+        config = {**config, "data_dir": str(data_dir)}
     device = resolve_device(config.get("device", "auto")) if device is None else device
+    dataset = None if need_data else _shapes_only(config)
+    if dataset is None:
+        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
     if config.get("kind") == "gan":
         from pprogen.nn import apply_spectral_norm
 
-        dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
         dataset = dataset.flat() if config.get("flatten") else dataset
         model = create_model(config["model"], **config["model_args"])
         if config["train"].get("spectral_norm"):
             apply_spectral_norm(model.discriminator)
         run.load_weights("model", model)
         return run, config, dataset, model.to(device).eval(), None, device
-    dataset, model, guide = build(config)
+    dataset, model, guide = build(config, dataset)
     _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
     run.load_weights("model", model)
     run.load_weights("guide", guide)
@@ -503,6 +509,57 @@ def load_run(path: str, device: torch.device | None = None):
         if isinstance(part, torch.nn.Module):
             part.to(device).eval()
     return run, config, dataset, model, guide, device
+
+
+def _shapes_only(config: dict[str, Any]) -> Dataset | None:
+    """A data set of two blank rows shaped like a shipped run's data (None for other runs)."""
+    shapes = config.get("shipped", {}).get("data")
+    if not shapes:
+        return None
+    shape, image = tuple(shapes["shape"]), shapes.get("image_shape")
+    labels = {"train": torch.zeros(2, dtype=torch.long)} if shapes.get("num_classes") else {}
+    return Dataset(config["data"], torch.zeros(2, *shape), None, None, shape, shapes["binary"], labels,
+                   shapes.get("num_classes"), tuple(image) if image else None)
+
+
+def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None) -> dict[str, Any]:
+    """A small copy of a trained run that others evaluate and sample without training: ``config.json`` (without
+    the machine's data folder, with the data's shapes, so ``pprogen sample`` needs no data), the model's and
+    guide's weights (float16 with ``half``, where no value overflows; buffers that the config rebuilds exactly,
+    such as masks and orderings, left out with their digests, checked when the folder is read), and the run's
+    training summary. ``out`` must not exist; it appears whole or not at all. Returns the sizes written."""
+    import shutil
+
+    target = Path(out)
+    if target.exists():
+        raise RunError(f"{target} exists; remove it or choose another folder to ship {path} to")
+    run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
+    if config.get("kind") == "gan" or translates(model):
+        raise RunError(f"{path} is a {config['model']} run; only models with a likelihood ship this way")
+    with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
+        _, fresh_model, fresh_guide = build(config, dataset)
+        _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))
+    shipped = {k: v for k, v in config.items() if k != "data_dir"}
+    shipped["shipped"] = {"dtype": "float16" if half else "float32", "data": {
+        "shape": list(dataset.shape), "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+        "binary": dataset.binary, "num_classes": dataset.num_classes}}
+    summary = {k: v for k, v in run.read_json("summary.json").items() if not k.endswith(("_evaluation", "_ais", "_bdmc"))}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{os.getpid()}.{time.time_ns()}.partial"
+    staging.mkdir()
+    try:
+        copy = Run.create(shipped, staging)
+        sizes = {}
+        for name, part, fresh in (("model", model, fresh_model), ("guide", guide, fresh_guide)):
+            if isinstance(part, torch.nn.Module) and part.state_dict():
+                copy.save_weights(name, part, *compact_weights(part, fresh, half))
+                sizes[name] = (staging / f"{name}.safetensors").stat().st_size
+        copy.write_json("summary.json", summary)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sizes
 
 
 def _format_eval(split: str, result: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ a killed run never leaves a half-written file. Weights are safetensors; the chec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,11 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import pyro
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 REQUIRED = ("model", "data", "model_args", "train")  # what the config.json of every `pprogen train` run holds
+REBUILT = "pprogen_rebuilt"  # weights metadata: {name: digest} of buffers left out, which config.json rebuilds
 
 
 class RunError(ValueError):
@@ -128,6 +131,46 @@ def _state_tensors(module: Any) -> dict[str, torch.Tensor]:
     if not isinstance(module, torch.nn.Module):
         return {}
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A tensor's dtype, shape and bytes, hashed (sha256): whether a rebuilt buffer is the one left out."""
+    t = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A weights file's tensors and the buffers it leaves to be rebuilt from config.json ({name: digest})."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+        rebuilt = json.loads(metadata.get(REBUILT, "{}"))
+    except Exception as err:
+        raise RunError(f"weights file {path} is unreadable or corrupted ({err})") from None
+    return tensors, rebuilt
+
+
+def compact_weights(module: Any, fresh: Any, half: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``module``'s state as shipped weights: the buffers equal to those of ``fresh`` (the same config built anew:
+    masks, orderings, constants) left out with their digests, and with ``half`` each floating tensor as float16
+    unless that overflows (such a tensor stays as it is)."""
+    state = _state_tensors(module)
+    fresh_state = _state_tensors(fresh)
+    buffers = {name for name, _ in module.named_buffers()} if isinstance(module, torch.nn.Module) else set()
+    tensors, rebuilt = {}, {}
+    for name, value in state.items():
+        other = fresh_state.get(name)
+        if name in buffers and other is not None and other.dtype == value.dtype and torch.equal(other, value):
+            rebuilt[name] = tensor_digest(value)
+            continue
+        if half and value.is_floating_point() and value.dtype != torch.float16:
+            small = value.to(torch.float16)
+            value = small if bool(torch.isfinite(small).eq(torch.isfinite(value)).all()) else value
+        tensors[name] = value
+    return tensors, rebuilt
 
 
 class Run:
@@ -239,11 +282,15 @@ class Run:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def save_weights(self, name: str, module: Any) -> None:
-        tensors = _state_tensors(module)
-        if tensors:
+    def save_weights(self, name: str, module: Any, tensors: dict[str, torch.Tensor] | None = None,
+                     rebuilt: dict[str, str] | None = None) -> None:
+        """``module``'s state (or the given ``tensors``, with the digests of the buffers left out to be rebuilt)
+        as ``name.safetensors``."""
+        tensors = _state_tensors(module) if tensors is None else tensors
+        if tensors or rebuilt:
             self.materialize()
-            atomic_write(self.path / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp))
+            metadata = {REBUILT: json.dumps(rebuilt)} if rebuilt else None
+            atomic_write(self.path / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def load_weights(self, name: str, module: Any) -> None:
         path = self.path / f"{name}.safetensors"
@@ -251,24 +298,31 @@ class Run:
             return
         if not path.is_file():
             raise RunError(f"{path} is missing; the run has not finished an epoch yet or the folder is damaged")
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:
-            raise RunError(f"weights file {path} is unreadable or corrupted ({err})") from None
+        tensors, rebuilt = read_weights(path)
         expected = module.state_dict()
-        missing = set(expected) - set(tensors)
+        missing = set(expected) - set(tensors) - set(rebuilt)
         if missing:
             raise RunError(f"weights file {path} lacks {sorted(missing)[0]!r}; it was saved from another model")
-        extra = set(tensors) - set(expected)
+        extra = (set(tensors) | set(rebuilt)) - set(expected)
         if extra:
             raise RunError(f"weights file {path} holds {sorted(extra)[0]!r}, which the model of config.json has "
                            "not: they do not match; restore the run's config.json or its weights")
-        for key, value in expected.items():
-            if tuple(tensors[key].shape) != tuple(value.shape):
+        for key, digest in sorted(rebuilt.items()):
+            if tensor_digest(expected[key]) != digest:
+                raise RunError(f"weights file {path} leaves {key!r} to be rebuilt from config.json, and this pprogen "
+                               "builds a different one; evaluate the folder with the pprogen version that wrote it")
+        for key, want in expected.items():
+            if key not in tensors:
+                continue
+            value = tensors[key]
+            if tuple(value.shape) != tuple(want.shape):
                 raise RunError(f"weights file {path} does not match config.json: {key!r} has shape "
-                               f"{tuple(tensors[key].shape)} in the weights, {tuple(value.shape)} in the model the "
+                               f"{tuple(value.shape)} in the weights, {tuple(want.shape)} in the model the "
                                "config builds; restore the run's config.json or its weights")
-        module.load_state_dict(tensors)
+            if value.dtype != want.dtype and not (value.is_floating_point() and want.is_floating_point()):
+                raise RunError(f"weights file {path} does not match config.json: {key!r} is {value.dtype} in the "
+                               f"weights, {want.dtype} in the model; restore the run's config.json or its weights")
+        module.load_state_dict(tensors, strict=False)  # every key is checked above; float16 is widened on copy
 
     def write_json(self, name: str, obj: Any) -> None:
         self.materialize()
