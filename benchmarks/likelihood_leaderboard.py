@@ -12,6 +12,12 @@ bands). ``ROOT/leaderboard.json`` keeps every entry's configuration, budget, pro
 Run: ``python benchmarks/likelihood_leaderboard.py --root /work/runs/leaderboard --data-dir ../shared/data
 [--entries nade,fvsbn --hours 2 --max-epochs 500]``; ``--report`` prints the table from the JSON only.
 
+``--ship DIR`` (the project ships ``leaderboard/``) copies each finished entry with ``pprogen ship`` to
+``DIR/<entry>`` (float16 weights where that keeps the NLL within 0.05 nats, else float32; at most 2 MiB), scores
+the shipped folder itself with ``pprogen evaluate`` and records that score and the budget in its summary.json;
+``DIR/leaderboard.md`` (the README's table) is computed from those folders alone. ``pprogen evaluate DIR/<entry>
+--split valid --data-dir ...`` reproduces a row; ``pprogen sample DIR/<entry> --out x.png`` needs no data.
+
 Refused with a one-line error: an entry name that does not exist; an entry whose configuration (or data) changed
 since its run started; a finished result replaced by a worse one is kept, with a message saying so.
 """
@@ -22,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -171,9 +178,14 @@ def run_entry(name: str, root: Path, state: dict, args) -> None:
     print(f"{name}: validation NLL {result['nll']:.2f} ± {result['stderr']:.2f} nats", flush=True)
 
 
-def evaluate(name: str, entry: Entry, run: Path, args) -> dict:
+def evaluate(name: str, entry: Entry, run: Path, args, data_dir: str | None = None, force: bool = False) -> dict:
+    """The run's validation NLL: its own final evaluation for likelihood models (``force``: measured again, as
+    for shipped folders), importance sampling with K draws from the guide for latent models."""
+    extra = ["--data-dir", data_dir] if data_dir else []
     if entry.latent():  # importance sampling with K draws from the guide
-        pprogen("evaluate", str(run), "--split", "valid", "--num-samples", str(args.k))
+        pprogen("evaluate", str(run), "--split", "valid", "--num-samples", str(args.k), *extra)
+    elif force:
+        pprogen("evaluate", str(run), "--split", "valid", *extra)
     result = summary(run).get("valid_evaluation") or {}
     if "nll" not in result:
         raise LeaderboardError(f"entry {name!r}: {run}/summary.json holds no validation NLL; rerun the script")
@@ -181,28 +193,98 @@ def evaluate(name: str, entry: Entry, run: Path, args) -> dict:
             "num_samples": result.get("num_samples"), "khat_bands": result.get("khat_bands")}
 
 
+def row(name: str, record: dict) -> str:
+    """One line of the table: an entry's record (its spec, budget and progress, and ``best`` once finished)."""
+    s = record["spec"]
+    config = ", ".join(f"{k}={v}" for k, v in {**s["args"], **s["train"]}.items())
+    lit = f"{s['literature']:.2f} ({s['source']})" if s.get("literature") else "-"
+    if record["status"] == "finished":
+        best = record["best"]
+        method = "exact" if best.get("method") == "exact" else f"IS, K = {best.get('num_samples') or '?'}"
+        bands = best.get("khat_bands")
+        if bands:
+            method += "; k-hat " + "/".join(str(bands.get(b, 0)) for b in ("good", "ok", "bad", "very bad"))
+        nll = f"{best['nll']:.2f} ± {best['stderr']:.2f} ({method})"
+        budget = f"{record['epochs']} ({record['stop_reason']}; budget {record['budget_hours']} h / " \
+                 f"{record['max_epochs']} epochs)"
+    else:
+        nll, budget = "training", f"{record.get('epochs') or 0} so far"
+    hours = (record.get("train_seconds") or 0) / 3600
+    return f"| {name} | `{s['model']}` {config} | {nll} | {lit} | {budget} | {hours:.2f} h | {record.get('device') or '-'} |"
+
+
+HEADER = ["| entry | model, configuration | valid NLL (nats) | literature (test) | epochs | training time | device |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+
+
 def table(state: dict) -> str:
-    lines = ["| entry | model, configuration | valid NLL (nats) | literature (test) | epochs | training time | device |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, record in state["entries"].items():
-        s = record["spec"]
-        config = ", ".join(f"{k}={v}" for k, v in {**s["args"], **s["train"]}.items())
-        lit = f"{s['literature']:.2f} ({s['source']})" if s.get("literature") else "-"
-        if record["status"] == "finished":
-            best = record["best"]
-            method = "exact" if best.get("method") == "exact" else f"IS, K = {best.get('num_samples') or '?'}"
-            bands = best.get("khat_bands")
-            if bands:
-                method += "; k-hat " + "/".join(str(bands.get(b, 0)) for b in ("good", "ok", "bad", "very bad"))
-            nll = f"{best['nll']:.2f} ± {best['stderr']:.2f} ({method})"
-            budget = f"{record['epochs']} ({record['stop_reason']}; budget {record['budget_hours']} h / " \
-                     f"{record['max_epochs']} epochs)"
-        else:
-            nll, budget = "training", f"{record.get('epochs') or 0} so far"
-        hours = (record.get("train_seconds") or 0) / 3600
-        lines.append(f"| {name} | `{s['model']}` {config} | {nll} | {lit} | {budget} | {hours:.2f} h | "
-                     f"{record.get('device') or '-'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(HEADER + [row(name, record) for name, record in state["entries"].items()]) + "\n"
+
+
+# -- shipped weights: each finished entry as a small run folder that `pprogen evaluate` scores again -------------
+
+MAX_SHIPPED_BYTES = 2 * 2**20
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
+    """Ship a finished entry to ``dest/<name>`` (float16 where that keeps the NLL within 0.05 nats, else float32;
+    at most 2 MiB of weights), score the shipped folder itself, and record the result in its summary.json: the
+    shipped table is computed from those files alone. An earlier shipped result is replaced only by a better one."""
+    record = state["entries"].get(name)
+    if not record or record.get("status") != "finished":
+        print(f"{name}: not finished in {root}; not shipped", flush=True)
+        return
+    out = dest / name
+    old = summary(out).get("leaderboard") if out.is_dir() else None
+    if out.exists() and old is None:
+        raise LeaderboardError(f"{out} exists and is not a shipped leaderboard entry; move it away to ship {name}")
+    if old is not None and old["spec"] == record["spec"] and old["epochs"] == record["epochs"]:
+        print(f"{name}: shipped already ({out}, {old['best']['nll']:.2f} nats)", flush=True)
+        return
+    staging = dest / f".{name}.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    for dtype in ("float16", "float32"):
+        pprogen("ship", str(root / name), str(staging), *(["--float32"] if dtype == "float32" else []),
+                *(["--data-dir", args.data_dir] if args.data_dir else []))
+        result = evaluate(name, ENTRIES[name], staging, args, data_dir=args.data_dir, force=True)
+        if abs(result["nll"] - record["best"]["nll"]) <= 0.05:
+            break
+        print(f"{name}: float16 weights score {result['nll']:.3f} against {record['best']['nll']:.3f} in float32; "
+              "shipping float32", flush=True)
+        shutil.rmtree(staging)
+    else:
+        raise LeaderboardError(f"entry {name!r}: the shipped float32 weights score {result['nll']:.3f}, the run "
+                               f"{record['best']['nll']:.3f}; the run folder {root / name} is inconsistent")
+    size = weights_bytes(staging)
+    if size > MAX_SHIPPED_BYTES:
+        shutil.rmtree(staging)
+        raise LeaderboardError(f"entry {name!r}: its weights take {size / 2**20:.2f} MiB even as {dtype}, over the "
+                               f"{MAX_SHIPPED_BYTES / 2**20:.0f} MiB a shipped entry may take; not shipped")
+    shipped = {**record, "best": result, "dtype": dtype, "weights_bytes": size}
+    if old is not None and old["best"]["nll"] < result["nll"]:
+        shutil.rmtree(staging)
+        raise LeaderboardError(f"{out} holds a better result of {name} ({old['best']['nll']:.2f} nats) than the new "
+                               f"one ({result['nll']:.2f}); remove {out} to ship the new one")
+    data = summary(staging)
+    data["leaderboard"] = shipped
+    (staging / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+    if old is not None:
+        print(f"{name}: replacing the shipped {old['best']['nll']:.2f} nats by {result['nll']:.2f}", flush=True)
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    print(f"{name}: shipped to {out} ({dtype}, {size / 2**20:.2f} MiB): {result['nll']:.2f} nats", flush=True)
+
+
+def shipped_table(dest: Path) -> str:
+    """The table of the shipped entries, from their folders' summary.json alone (in the leaderboard's order)."""
+    rows = [row(name, summary(dest / name)["leaderboard"]) for name in ENTRIES
+            if "leaderboard" in summary(dest / name)]
+    return "\n".join(HEADER + rows) + "\n"
 
 
 def main(argv=None) -> None:
@@ -217,6 +299,8 @@ def main(argv=None) -> None:
                         "leaderboard's own progress")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image for latent models")
     parser.add_argument("--report", action="store_true", help="print the table from the JSON and stop")
+    parser.add_argument("--ship", metavar="DIR", help="ship the finished entries to DIR/<entry> (small run folders), "
+                        "score them there and write DIR/leaderboard.md from them")
     args = parser.parse_args(argv)
     root = Path(args.root)
     names = [n for n in args.entries.split(",") if n]
@@ -234,6 +318,13 @@ def main(argv=None) -> None:
             print(f"{name}: {time.time() - start:.0f} s in this call", flush=True)
     text = table(state)
     (root / "leaderboard.md").write_text(text)
+    if args.ship:
+        dest = Path(args.ship)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            ship_entry(name, root, state, dest, args)
+        text = shipped_table(dest)
+        (dest / "leaderboard.md").write_text(text)
     print(text)
 
 

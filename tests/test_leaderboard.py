@@ -31,3 +31,25 @@ def test_the_leaderboard_trains_on_from_its_runs_and_refuses_what_it_cannot_hono
     assert again["nll"] <= first["nll"]  # the table keeps the better of the two
     with pytest.raises(SystemExit, match="configuration changed since its run started"):
         lb.main(["--root", str(root), "--data", "digits", "--entries", "fvsbn"])
+
+
+def test_shipped_entries_score_as_their_runs_and_a_better_shipped_result_is_kept(tmp_path, capsys):
+    root, dest = tmp_path / "board", tmp_path / "shipped"
+    common = ["--root", str(root), "--data", "digits_binary", "--entries", "fvsbn", "--ship", str(dest)]
+    lb.main(common + ["--max-epochs", "1"])
+    record = json.loads((root / "leaderboard.json").read_text())["entries"]["fvsbn"]
+    shipped = json.loads((dest / "fvsbn" / "summary.json").read_text())
+    assert shipped["valid_evaluation"]["nll"] == shipped["leaderboard"]["best"]["nll"]  # scored from the folder
+    assert abs(shipped["leaderboard"]["best"]["nll"] - record["nll"]) <= 0.05
+    assert shipped["leaderboard"]["dtype"] == "float16" and shipped["leaderboard"]["epochs"] == 1
+    assert lb.shipped_table(dest) == (dest / "leaderboard.md").read_text()
+    assert f"| fvsbn | `fvsbn` lr=0.003, batch_size=100 | {shipped['leaderboard']['best']['nll']:.2f} ± " \
+        in (dest / "leaderboard.md").read_text()
+    lb.main(common + ["--max-epochs", "1"])
+    assert "shipped already" in capsys.readouterr().out
+    shipped["leaderboard"]["best"]["nll"] = 1.0  # pretend the shipped result is better than anything trained next
+    (dest / "fvsbn" / "summary.json").write_text(json.dumps(shipped))
+    with pytest.raises(SystemExit, match=r"holds a better result of fvsbn \(1.00 nats\)"):
+        lb.main(common + ["--max-epochs", "2"])
+    assert json.loads((dest / "fvsbn" / "summary.json").read_text())["leaderboard"]["epochs"] == 1
+    assert sorted(p.name for p in dest.iterdir()) == ["fvsbn", "leaderboard.md"]  # no staging folder left
