@@ -66,6 +66,8 @@ TRAIN_OPTIONS = (
     TrainOption("batch_size", int, 128, 64, "rows per step (per rank under torchrun)", resumable=True),
     TrainOption("lr", float, 1e-3, 2e-4, "learning rate (GANs: the generator's)", resumable=True),
     TrainOption("optimizer", str, "adam", NO, "adam, adamw, sgd, rmsprop"),
+    TrainOption("weight_decay", float, 0.0, NO, "weight decay (an L2 penalty in adam, sgd and rmsprop; decoupled in "
+                "adamw)"),
     TrainOption("schedule", str, "constant", "constant", "constant, cosine, exponential or plateau (GANs: constant "
                 "or linear)"),
     TrainOption("clip_norm", float, None, NO, "clip the gradient norm", resumable=True),
@@ -364,7 +366,8 @@ class _SVISession:
         return fit(
             self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
             batch_size=train["batch_size"],
-            optim=Optim(train["optimizer"], train["lr"], schedule=train["schedule"], clip_norm=train["clip_norm"]),
+            optim=Optim(train["optimizer"], train["lr"], train.get("weight_decay", 0.0), train["schedule"],
+                        clip_norm=train["clip_norm"]),
             objective=Objective(self.estimator, train["particles"], train["beta"], train.get("kl_warmup", 0),
                                 train.get("alpha")),
             stopping=Stopping(patience=train["patience"] if dataset.valid is not None else None),

@@ -57,6 +57,8 @@ def test_list_and_info(capsys):
         (["train", "vae", "--data", "digits"], "outside the support of observed site 'x'"),
         (["train", "vae", "--set", "x_dim=10"], "does not fit the model"),
         (["train", "vae", "--lr", "-0.1"], "learning rate must be a positive number"),
+        (["train", "vae", "--weight-decay", "-1"], "weight_decay must be a non-negative number"),
+        (["train", "gan", "--weight-decay", "0.1"], "--weight-decay does not apply to gan"),
         (["train", "vae", "--epochs", "0"], "epochs must be a positive integer"),
         (["train", "vae", "--batch-size", "0"], "batch_size must be a positive integer"),
         (["train", "vae", "--elbo", "tarce"], "did you mean 'trace'"),
@@ -424,3 +426,16 @@ def test_a_refused_resume_leaves_config_json_as_it_was(trained, capsys):
     assert main(["train", "--resume", str(trained), "--epochs", "3", "--no-progress", "--override", "lr=-1"]) == 2
     assert "learning rate must be a positive number" in capsys.readouterr().err
     assert (trained / "config.json").read_text() == before
+
+
+def test_weight_decay_reaches_the_optimizer_and_pulls_the_weights_in(tmp_path):
+    norms = {}
+    for decay in ("0", "0.5"):
+        out = tmp_path / f"wd{decay}"
+        assert main(["train", "fvsbn", "--data", "digits_binary", "--epochs", "2", "--optimizer", "adamw",
+                     "--weight-decay", decay, "--out", str(out), "--no-progress"]) == 0
+        checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert checkpoint["optimizer"]["param_groups"][0]["weight_decay"] == float(decay)
+        assert json.loads((out / "config.json").read_text())["train"]["weight_decay"] == float(decay)
+        norms[decay] = sum(p.norm() ** 2 for p in checkpoint["params"].values() if p.is_floating_point())
+    assert norms["0.5"] < norms["0"]

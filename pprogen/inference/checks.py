@@ -41,6 +41,9 @@ def check_hyperparameters(**hp: Any) -> None:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if not (isinstance(hp["lr"], (int, float)) and hp["lr"] > 0 and math.isfinite(hp["lr"])):
         raise ValueError(f"learning rate must be a positive number, got {hp['lr']!r}")
+    wd = hp.get("weight_decay", 0.0)
+    if not (isinstance(wd, (int, float)) and wd >= 0 and math.isfinite(wd)):
+        raise ValueError(f"weight_decay must be a non-negative number (0 turns it off), got {wd!r}")
     if hp.get("clip_norm") is not None and not hp["clip_norm"] > 0:
         raise ValueError(f"clip_norm must be positive (or None to turn clipping off), got {hp['clip_norm']!r}")
     if hp.get("patience") is not None and (not isinstance(hp["patience"], int) or hp["patience"] < 1):

@@ -514,7 +514,7 @@ def fit(
         valid_data = data.valid if valid_data is None else valid_data
         data = data.train
     check_hyperparameters(
-        epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr,
+        epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr, weight_decay=weight_decay,
         clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule,
     )
     missing_ok = capabilities(model).accepts_missing

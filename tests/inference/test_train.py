@@ -155,6 +155,7 @@ def test_early_stopping_restores_the_best_validation_state():
     "kwargs, message",
     [
         (dict(lr=-1e-3), "learning rate must be a positive number"),
+        (dict(weight_decay=-0.1), "weight_decay must be a non-negative number"),
         (dict(epochs=0), "epochs must be a positive integer"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
         (dict(num_particles=0), "num_particles must be a positive integer"),
