@@ -53,3 +53,14 @@ def test_shipped_entries_score_as_their_runs_and_a_better_shipped_result_is_kept
         lb.main(common + ["--max-epochs", "2"])
     assert json.loads((dest / "fvsbn" / "summary.json").read_text())["leaderboard"]["epochs"] == 1
     assert sorted(p.name for p in dest.iterdir()) == ["fvsbn", "leaderboard.md"]  # no staging folder left
+
+
+def test_the_trend_is_the_best_validation_nll_fallen_over_the_last_hour_and_the_target_says_how_far(tmp_path):
+    lines = [{"epoch": i + 1, "valid_loss": v, "seconds": 1800.0} for i, v in enumerate([100.0, 98.0, 99.0, 96.5])]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert lb.trend(tmp_path) == pytest.approx(1.5)  # best 98.0 one hour before the end, 96.5 at the end
+    record = {"spec": {"literature": 88.33}, "status": "finished", "best": {"nll": 90.33},
+              "stop_reason": "finished", "falls_per_hour": 1.5}
+    assert lb.target("nade", record) == "≤ 89.83: missed by 0.50 (still falling 1.50 nats/h)"
+    assert lb.target("nade", {**record, "best": {"nll": 89.0}}) == "≤ 89.83: met"
+    assert lb.target("eonade", record) == "-"  # reported against the literature, without a target
