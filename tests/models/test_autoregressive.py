@@ -13,12 +13,13 @@ CONFIGS = {
     "eonade": {"hidden_dim": 7, "num_orders": 3, "block": 4},
     "made": {"hidden_dims": (16, 16)},
     "made_ensemble": {"hidden_dims": (16,), "num_masks": 3, "order_agnostic": True},
+    "made_random_order": {"hidden_dims": (16,), "natural_order": False},
     "rnn_ar": {"hidden_dim": 8},
 }
 
 
 def build(name, x_dim=D):
-    model = pprogen.create_model(name.replace("_ensemble", ""), x_dim=x_dim, **CONFIGS[name])
+    model = pprogen.create_model(name.split("_")[0] if name.startswith("made") else name, x_dim=x_dim, **CONFIGS[name])
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.7)  # away from the (near-uniform) initialisation
@@ -52,7 +53,7 @@ def test_conditional_i_ignores_inputs_at_or_after_i(name):
         assert jac.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["nade", "eonade", "made_ensemble", "rnn_ar"])
+@pytest.mark.parametrize("name", ["nade", "eonade", "made_ensemble", "made_random_order", "rnn_ar"])
 def test_ancestral_samples_follow_the_exact_probabilities(name):
     model = build(name, x_dim=3)
     torch.manual_seed(0)
@@ -61,6 +62,14 @@ def test_ancestral_samples_follow_the_exact_probabilities(name):
     freq = (samples[:, None, :] == configs[None]).all(-1).float().mean(0)
     exact = model.log_prob(configs).exp()
     assert torch.allclose(freq, exact, atol=0.015)
+
+
+def test_made_draws_its_first_ordering_from_its_seed_unless_natural():
+    natural = pprogen.create_model("made", x_dim=D, hidden_dims=(8,))
+    drawn = [pprogen.create_model("made", x_dim=D, hidden_dims=(8,), natural_order=False, seed=s) for s in (0, 0, 1)]
+    assert torch.equal(natural.order[0], torch.arange(D))
+    assert sorted(drawn[0].order[0].tolist()) == list(range(D)) and not torch.equal(drawn[0].order[0], torch.arange(D))
+    assert torch.equal(drawn[0].order, drawn[1].order) and not torch.equal(drawn[0].order, drawn[2].order)
 
 
 def test_made_masks_and_orderings_survive_save_load(tmp_path):
