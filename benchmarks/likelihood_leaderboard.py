@@ -82,9 +82,7 @@ TARGETS = ("fvsbn", "nade", "made", "vae", "iwae", "pixelcnn")  # within 1.5 nat
 def trend(run: Path) -> float | None:
     """How far the best validation NLL still fell per hour of training at the end: over the last hour, or over
     the last half of the training time when that is shorter (None before two epochs)."""
-    path = run / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    rows = [r for r in rows if "valid_loss" in r]
+    rows = [r for r in epoch_records(run) if "valid_loss" in r]
     if len(rows) < 2:
         return None
     clock, best, points = 0.0, math.inf, []
@@ -127,14 +125,19 @@ def summary(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def progress(run: Path) -> tuple[int, float]:
-    """Epochs trained and their seconds, from the run's per-epoch log (written as each epoch ends, so a killed
-    chunk's finished epochs count; ``summary.json`` is written only when a ``pprogen train`` call ends)."""
+def epoch_records(run: Path) -> list[dict]:
+    """The run's per-epoch log (written as each epoch ends, so a killed chunk's finished epochs count;
+    ``summary.json`` is written only when a ``pprogen train`` call ends)."""
     path = run / "metrics.jsonl"
     if not path.is_file():
-        return 0, 0.0
-    epochs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    epochs = [e for e in epochs if "epoch" in e]
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "epoch" in r]
+
+
+def progress(run: Path) -> tuple[int, float]:
+    """Epochs trained and their seconds."""
+    epochs = epoch_records(run)
     return (epochs[-1]["epoch"] if epochs else 0), sum(e.get("seconds", 0.0) for e in epochs)
 
 
@@ -300,6 +303,7 @@ def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
               "shipping float32", flush=True)
         shutil.rmtree(staging)
     else:
+        shutil.rmtree(staging)
         raise LeaderboardError(f"entry {name!r}: the shipped float32 weights score {result['nll']:.3f}, the run "
                                f"{record['best']['nll']:.3f}; the run folder {root / name} is inconsistent")
     size = weights_bytes(staging)
