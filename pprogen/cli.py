@@ -26,7 +26,10 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     _gan_trainer,
     build,
     evaluate_split,
+    format_ood,
     load_run,
+    ood_split,
+    other_dataset,
     prepare_run,
     ship_run,
     train_run,
@@ -108,10 +111,37 @@ def _format_annealed(split: str, args, result: dict[str, Any]) -> str:
 
 def cmd_evaluate(args) -> int:
     _check_evaluate_args(args)
+    other_data = args.data is not None or args.ood is not None
+    if args.ood_batch is not None and args.ood is None:
+        raise ValueError("--ood-batch sets the typicality test of --ood; give --ood NAME|FILE too")
+    if other_data and args.method not in ("auto", "is"):
+        raise ValueError(f"--data and --ood score log p(x) by --method auto or is, not {args.method}; drop --method")
     world, device = distributed.init(Run.open(args.run).config_with(*REQUIRED).get("device", "auto"), args.dist_timeout)
-    run, config, dataset, model, guide, device = load_run(args.run, device, args.data_dir)  # each rank: its GPU
+    run, config, dataset, model, guide, device = load_run(args.run, device, args.data_dir,  # each rank: its GPU
+                                                          need_data=args.data is None)
+    if other_data and config.get("kind") == "gan":
+        raise ValueError(f"{run.path.name} is a GAN: it has no likelihood to score other data or outliers with")
+    if args.data is not None:  # score another data set the run's model accepts
+        dataset = other_dataset(config, dataset, args.data, args.data_dir)
     key = f"{args.split}_evaluation"
     torch.manual_seed(args.seed)
+    if args.ood is not None:
+        other = other_dataset(config, dataset, args.ood, args.data_dir)
+        batch = 1 if args.ood_batch is None else args.ood_batch
+        result, report = ood_split(model, guide, dataset, other, args.split, args.num_samples, device, run,
+                                   args.limit, world, batch)
+        if not world.is_main:
+            return 0
+        from pprogen.plots import save_ood
+
+        result["picture"] = f"ood-{other.name}.png"
+        save_ood(report, [f"in: {result['in']}", f"out: {result['out']}", f"reference: {result['reference']}"],
+                 run.path / result["picture"], title=f"{config['model']} ({config['data']}): -log p(x) per input")
+        summary = run.read_json("summary.json")
+        summary.setdefault("ood", {})[f"{result['in']} vs {result['out']}"] = result
+        run.write_json("summary.json", summary)
+        print(format_ood(result) + f"\npicture: {run.path / result['picture']}")
+        return 0
     if config.get("kind") == "gan":
         if args.method != "auto":
             raise ValueError(f"a GAN has no likelihood to estimate; evaluate {run.path.name} without --method")
@@ -130,10 +160,15 @@ def cmd_evaluate(args) -> int:
         result = evaluate_split(model, guide, dataset, args.split, args.num_samples, device, run, args.limit, world,
                            args.method)
         text = _format_eval(args.split, result)
+        if args.data is not None:
+            text = f"{dataset.name}: {text}"
     if not world.is_main:
         return 0
     summary = run.read_json("summary.json")
-    summary[key] = result
+    if args.data is not None and dataset.name != config["data"]:
+        summary.setdefault("evaluations", {})[f"{dataset.name}/{args.split}"] = result
+    else:
+        summary[key] = result
     run.write_json("summary.json", summary)
     print(text)
     return 0
@@ -244,6 +279,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="evaluate the first N examples of the split only")
     s.add_argument("--data-dir", help="read the run's data from this folder (default: where it was trained from, or "
                                       "$PPROGEN_DATA)")
+    s.add_argument("--data", metavar="NAME|FILE", help="score this data set's --split instead of the run's own (same "
+                                                       "shape per example; binary when the run's data was)")
+    s.add_argument("--ood", metavar="NAME|FILE", help="out-of-distribution scores of this data set against the "
+                   "in-distribution --split: AUROC and FPR at 95%% TPR by log-likelihood and by a typicality test")
+    s.add_argument("--ood-batch", type=int, help="inputs per typicality test (default 1; Nalisnick et al. test "
+                                                 "batches of M)")
     s.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    help="under torchrun: seconds a collective waits for the other ranks")
     s.set_defaults(func=cmd_evaluate)

@@ -4,7 +4,8 @@
 
 - ``digits`` (scikit-learn's 8x8 digits in [0, 1], shipped with scikit-learn: the offline default),
   ``digits_binary`` (the same images thresholded at 0.5) and ``digits28`` (the same images upsampled
-  bilinearly to 28x28, a 28x28 image set that needs no download);
+  bilinearly to 28x28, a 28x28 image set that needs no download; ``digits28_binary`` thresholds them at 0.5,
+  shaped like binarized MNIST);
 - translation pairs made from the digits, each example stacking an A image over a B image as ``(2, 8, 8)``:
   ``edges2digits`` (paired: A is the outline of the digit's pixels >= 0.5, B the digit), ``digits2inverted`` and
   ``digits2thick`` (unpaired: A a digit, B the inverted / dilated image of a *different* digit);
@@ -159,17 +160,21 @@ def load_digits(binary: bool = False) -> Dataset:
     return Dataset("digits_binary" if binary else "digits", train, valid, test, (1, 8, 8), binary, labels, 10)
 
 
-def load_digits28() -> Dataset:
-    """The 8x8 digits upsampled bilinearly to 28x28 (labels kept)."""
+def load_digits28(binary: bool = False) -> Dataset:
+    """The 8x8 digits upsampled bilinearly to 28x28 (labels kept); ``binary``: thresholded at 0.5, shaped like
+    binarized MNIST (an offline second image set for out-of-distribution tests of MNIST models)."""
     import torch.nn.functional as F
 
     small = load_digits()
 
     def up(x):
-        return None if x is None else F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
+        if x is None:
+            return None
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
+        return (x >= 0.5).float() if binary else x
 
-    return Dataset("digits28", up(small.train), up(small.valid), up(small.test), (1, 28, 28), False,
-                   dict(small.labels), small.num_classes)
+    return Dataset("digits28_binary" if binary else "digits28", up(small.train), up(small.valid), up(small.test),
+                   (1, 28, 28), binary, dict(small.labels), small.num_classes)
 
 
 def _dilate(x: torch.Tensor) -> torch.Tensor:
@@ -480,7 +485,7 @@ def _from_mapping(name: str, arrays: dict[str, torch.Tensor], path: Path) -> Dat
 
 # ---------------------------------------------------------------- entry point
 
-NAMES = ("digits", "digits_binary", "digits28", *TRANSLATIONS, "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
+NAMES = ("digits", "digits_binary", "digits28", "digits28_binary", *TRANSLATIONS, "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
@@ -489,8 +494,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return load_digits(binary=False)
     if name == "digits_binary":
         return load_digits(binary=True)
-    if name == "digits28":
-        return load_digits28()
+    if name in ("digits28", "digits28_binary"):
+        return load_digits28(binary=name == "digits28_binary")
     if name in TRANSLATIONS:
         return load_translation(name)
     if name == "binarized_mnist":

@@ -265,24 +265,110 @@ def evaluate_split(model, guide, dataset: Dataset, split: str, num_samples: int,
               **annealing) -> dict[str, Any]:
     """The split's score by :func:`pprogen.inference.evaluate`, as the dict summary.json holds; the k-hat
     picture of an importance-sampled score is saved in the run folder."""
-    world = world or distributed.World()
-    evaluation = evaluate(
+    return _summarize(_evaluation(model, guide, dataset, split, num_samples, device, run, limit, world, method,
+                                  **annealing), split, run, world, method)
+
+
+def _evaluation(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
+                limit: int | None = None, world: distributed.World | None = None, method: str = "auto", **annealing):
+    """:func:`pprogen.inference.evaluate` on the first ``limit`` rows of ``dataset``'s ``split``."""
+    return evaluate(
         model, guide, dataset.split(split)[:limit].to(device), method=method, num_samples=num_samples,
-        condition=_condition(model, dataset, split, limit, device), world=world,
+        condition=_condition(model, dataset, split, limit, device), world=world or distributed.World(),
         plate_name=run.config.get("plate_name") if run is not None else None,
         dim=dataset.dim if dataset.binary else None, **annealing,
     )
+
+
+def _summarize(evaluation, split: str, run: Run | None, world, method: str, tag: str = "") -> dict[str, Any]:
+    world = world or distributed.World()
     result = dict(evaluation.summary)
     khat = getattr(evaluation.result, "khat", None)
     if run is not None and khat is not None and world.is_main:
         from pprogen.plots import save_khat
 
-        save_khat(khat, run.path / f"khat-{split}.png")
-        result["khat_plot"] = f"khat-{split}.png"
+        result["khat_plot"] = f"khat-{tag}{split}.png"
+        save_khat(khat, run.path / result["khat_plot"])
     if method in ("ais", "bdmc") and run is not None:
         result["inference_data"] = f"{method}-{split}.nc"
         atomic_write(run.path / result["inference_data"], evaluation.to_inference_data().to_netcdf)
     return result
+
+
+def other_dataset(config: dict[str, Any], dataset: Dataset, name: str, data_dir: str | None = None) -> Dataset:
+    """Another data set (a name or a file) prepared like the run's data (flattened when the run's was) and
+    checked to be data the run's model scores: the same shape per example, binary when the model's data was,
+    pixels on the model's grid of levels when it dequantizes. Refused in one line otherwise."""
+    other = load_dataset(name, data_dir)
+    if config.get("flatten"):
+        other = other.flat()
+    if tuple(other.shape) != tuple(dataset.shape):
+        raise DataError(f"data set {other.name!r} has examples of shape {tuple(other.shape)}, but {config['model']} "
+                        f"was trained on {config['data']!r} with examples of shape {tuple(dataset.shape)}; give data of "
+                        "that shape")
+    if dataset.binary and not other.binary:
+        raise DataError(f"{config['model']} was trained on binary data ({config['data']!r}) and scores 0/1 values, "
+                        f"but {other.name!r} is not binary; binarize it first (for example threshold it at 0.5)")
+    levels = config["model_args"].get("num_levels")
+    if levels:
+        found = intensity_levels(torch.cat([t for t in (other.train, other.valid, other.test) if t is not None]))
+        if found is None or (levels - 1) % (found - 1):
+            raise DataError(f"{config['model']} dequantizes pixels on {levels} levels, but the pixels of "
+                            f"{other.name!r} are {'not on such a grid' if found is None else f'on {found} levels'}; "
+                            f"quantize them to {levels} levels first")
+    return other
+
+
+def _some_split(dataset: Dataset, split: str) -> str:
+    """``split`` when ``dataset`` has it, else its first of test, valid, train."""
+    if getattr(dataset, split) is not None:
+        return split
+    return next(s for s in ("test", "valid", "train") if getattr(dataset, s) is not None)
+
+
+def reference_split(dataset: Dataset, split: str) -> str:
+    """The held-out split that estimates the model's entropy for a typicality test of ``split``: the other of
+    valid and test when the data has it, else train."""
+    for candidate in {"test": ("valid", "train"), "valid": ("test", "train"), "train": ("valid", "test")}[split]:
+        if getattr(dataset, candidate) is not None:
+            return candidate
+    raise DataError(f"data set {dataset.name!r} has only its {split!r} split; the typicality test needs a second, "
+                    "held-out split of in-distribution data to estimate the entropy")
+
+
+def ood_split(model, guide, dataset: Dataset, other: Dataset, split: str, num_samples: int, device,
+              run: Run | None = None, limit: int | None = None, world=None, batch: int = 1):
+    """Out-of-distribution scores of ``other`` against ``dataset``'s ``split`` (in-distribution test data): the
+    per-input log-likelihoods of both and of a held-out in-distribution split (the entropy estimate), by
+    :func:`pprogen.inference.evaluate`. Returns ``(summary dict, OODReport)``."""
+    from pprogen.inference.ood import ood_report
+
+    if capabilities(model).adversarial:
+        raise ValueError("a GAN has no likelihood: it cannot score inputs as in or out of distribution")
+    reference, other_split = reference_split(dataset, split), _some_split(other, split)
+    parts = [(dataset, split), (other, other_split), (dataset, reference)]
+    evaluations = [_evaluation(model, guide, d, s, num_samples, device, run, limit, world) for d, s in parts]
+    report = ood_report(*(e.log_prob for e in evaluations), batch=batch)
+    result = {**report.summary(), "method": evaluations[0].description,
+              "in": f"{dataset.name}/{split}", "out": f"{other.name}/{other_split}",
+              "reference": f"{dataset.name}/{reference}"}
+    if evaluations[0].method == "is":
+        result["num_samples"] = num_samples
+    return result, report
+
+
+def format_ood(result: dict[str, Any]) -> str:
+    likelier = ("the other set is MORE likely than the model's own test data: raw likelihood fails here"
+                if result["out_more_likely"] else "the other set is less likely")
+    lines = [f"OOD: {result['in']} ({result['num_in']} inputs, in distribution) against {result['out']} "
+             f"({result['num_out']}); log p(x) by {result['method']}",
+             f"mean NLL: in {result['nll_in']:.3f}, out {result['nll_out']:.3f} nats ({likelier}); entropy estimate "
+             f"{result['entropy']:.3f} nats from {result['reference']} ({result['num_reference']} inputs)"]
+    for kind, how in (("likelihood", "log p(x) per input"),
+                      ("typicality", f"|mean NLL of {result['typicality_batch']} input(s) - entropy|")):
+        r = result[kind]
+        lines.append(f"{kind} ({how}): AUROC {r['auroc']:.4f}, FPR at 95% TPR {r['fpr_at_95_tpr']:.4f}")
+    return "\n".join(lines)
 
 
 def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
@@ -546,7 +632,7 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
     shipped["shipped"] = {"dtype": "float16" if half else "float32", "data": {
         "shape": list(dataset.shape), "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
         "binary": dataset.binary, "num_classes": dataset.num_classes}}
-    summary = {k: v for k, v in run.read_json("summary.json").items() if not k.endswith(("_evaluation", "_ais", "_bdmc"))}
+    summary = {k: v for k, v in run.read_json("summary.json").items() if not k.endswith(("_evaluation", "_ais", "_bdmc")) and k not in ("evaluations", "ood")}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{os.getpid()}.{time.time_ns()}.partial"
     staging.mkdir()

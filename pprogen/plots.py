@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pprogen.runs import atomic_write  # noqa: E402
@@ -140,4 +141,24 @@ def save_density_2d(log_prob, data: torch.Tensor, path: Path, title: str = "", d
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
+    _save(fig, path)
+
+
+def save_ood(report, labels: Sequence[str], path: Path, title: str = "") -> None:
+    """Histograms of -log p(x) per input for the in-distribution test data, the other set and the reference
+    data, with the entropy estimate the typicality test measures distances from."""
+    fig = plt.figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot()
+    parts = (report.log_prob_in, report.log_prob_out, report.log_prob_reference)
+    values = [(-p.double()).cpu().numpy() for p in parts]
+    lo = min(v.min() for v in values)
+    hi = max(v.max() for v in values)
+    bins = np.linspace(lo, hi, 60) if hi > lo else 10
+    for v, label, colour in zip(values, labels, ("tab:blue", "tab:red", "tab:gray")):
+        ax.hist(v, bins=bins, density=True, alpha=0.5, label=f"{label} (mean {v.mean():.1f})", color=colour)
+    ax.axvline(report.entropy, color="k", linestyle="--", linewidth=1, label=f"entropy estimate {report.entropy:.1f}")
+    ax.set_xlabel("-log p(x) (nats)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    ax.set_title(title or "negative log-likelihood per input")
     _save(fig, path)

@@ -9,6 +9,7 @@ from pprogen.inference.evaluate import Evaluation, evaluate
 from pprogen.inference.iwae import RenyiELBO
 from pprogen.inference.guides import make_guide
 from pprogen.inference.marginal import Evidence, log_marginal
+from pprogen.inference.ood import OODReport, auroc, detect_ood, fpr_at_tpr
 from pprogen.inference.replay import StepReplay
 from pprogen.mcmc import run_nuts
 from pprogen.inference.train import History, NonFiniteLossError, Objective, Optim, Speed, Stopping, TrainStep, fit
@@ -21,6 +22,7 @@ __all__ = [
     "Evidence",
     "History",
     "NonFiniteLossError",
+    "OODReport",
     "Objective",
     "Optim",
     "RenyiELBO",
@@ -32,9 +34,12 @@ __all__ = [
     "TrainStep",
     "ais",
     "annealing_schedule",
+    "auroc",
     "bdmc",
+    "detect_ood",
     "evaluate",
     "fit",
+    "fpr_at_tpr",
     "log_marginal",
     "make_elbo",
     "make_guide",
