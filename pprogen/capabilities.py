@@ -19,6 +19,10 @@ attribute                 default     meaning
 ``accepts_missing``       False       NaN entries are summed out (Bayesian networks)
 ``fitted_network(guide)`` absent      a Bayesian network that writes its learned tables
 ``discriminator``         absent      a GAN: trained adversarially, scored by sample metrics
+``from_latent(z, mean)``  absent      examples made from given latents, with ``latent_shape`` and
+                                      ``prior_latents(n)`` (:mod:`pprogen.latent`: interpolation, traversal)
+``has_latent_mean``       True        False when x is a function of z (flows, GANs): no likelihood mean
+``latent_site``           absent      the guide's site of that latent (encodings of data, KL ordering)
 ========================  ==========  ======================================================================
 """
 
@@ -41,6 +45,8 @@ class Capabilities:
     accepts_missing: bool = False
     fitted_network: bool = False
     adversarial: bool = False
+    latent: bool = False
+    latent_mean: bool = False
 
     @property
     def scoring(self) -> str:
@@ -67,4 +73,6 @@ def capabilities(model: Any) -> Capabilities:
         accepts_missing=bool(getattr(model, "accepts_missing", False)),
         fitted_network=callable(getattr(model, "fitted_network", None)),
         adversarial=getattr(model, "discriminator", None) is not None,
+        latent=callable(getattr(model, "from_latent", None)),
+        latent_mean=callable(getattr(model, "from_latent", None)) and bool(getattr(model, "has_latent_mean", True)),
     )

@@ -27,6 +27,7 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     build,
     evaluate_split,
     format_ood,
+    _some_split,
     load_run,
     ood_split,
     other_dataset,
@@ -174,30 +175,129 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_sample(args) -> int:
-    if args.n < 1:
+def _check_sample_args(args, model, caps) -> None:
+    """One-line errors for sampling options the model cannot serve (before anything is written)."""
+    name = type(model).__name__.lower()
+    if args.n is not None and args.n < 1:
         raise ValueError(f"-n must be at least 1, got {args.n}")
+    for flag, value in (("--steps", args.steps), ("--span", args.span)):
+        if value is not None and not (args.interpolate or args.traverse):
+            raise ValueError(f"{flag} sets --interpolate or --traverse; add one of them or drop {flag}")
+    if args.span is not None and not args.traverse:
+        raise ValueError("--span sets --traverse; add --traverse or drop --span")
+    if args.from_data and not (args.interpolate or args.traverse):
+        raise ValueError("--from-data starts --interpolate or --traverse at encodings of data; add one of them")
+    if args.limit is not None and not (args.traverse and args.from_data):
+        raise ValueError("--limit sets the rows --traverse --from-data measures KL on; drop it")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if args.steps is not None and args.steps < 2:
+        raise ValueError(f"--steps must be at least 2, got {args.steps}")
+    if args.span is not None and not args.span > 0:
+        raise ValueError(f"--span must be positive, got {args.span}")
+    if args.mean and not (caps.latent_mean or hasattr(model, "sample") and "mean" in _params(model.sample)):
+        raise ValueError(f"{name} has no likelihood mean to show (its samples are draws of x itself or x = f(z)); "
+                         "drop --mean")
+    if args.label is not None:
+        if not caps.conditional:
+            raise ValueError(f"{name} is not conditioned on labels; drop --label")
+        if not 0 <= args.label < model.num_classes:
+            raise ValueError(f"--label {args.label} is out of range: {name} has classes 0 to {model.num_classes - 1}")
+
+
+def _params(fn) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)
+
+
+def cmd_sample(args) -> int:
+    from pprogen import latent
+    from pprogen.capabilities import capabilities
+
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".npy", ".pt"):
         raise ValueError(f"--out must end in .png, .pdf, .npy or .pt, got {out.name!r}")
-    run, config, dataset, model, guide, device = load_run(args.run, data_dir=args.data_dir, need_data=False)
+    run, config, dataset, model, guide, device = load_run(args.run, data_dir=args.data_dir,
+                                                          need_data=args.from_data)
+    caps = capabilities(model)
+    _check_sample_args(args, model, caps)
+    picture = args.interpolate or args.traverse
+    if picture:
+        latent.check_latent(model, args.mean, args.from_data, guide)
     torch.manual_seed(args.seed)
-    if translates(model):  # translations of the test split's A images
-        samples = model.sample(args.n, model.split(dataset.split("test").to(device))[0]).cpu()
+    name = config["model"]
+    K = getattr(model, "num_classes", None) if caps.conditional else None
+    mean = args.mean if args.mean or args.draws else bool(picture and caps.latent_mean)
+    columns, title = None, ""
+    data = condition = None
+    if args.from_data:
+        split = _some_split(dataset, args.split)
+        rows = 2 * (args.n or 8) if args.interpolate else (args.limit or 1000)
+        data = dataset.split(split)[:rows].to(device)
+        condition = _condition(model, dataset, split, rows, device)
+        if args.label is not None:
+            raise ValueError("--label picks the class of prior draws; with --from-data the data's own labels are used")
+    elif K:
+        n_rows = args.n or (8 if args.interpolate else 10 if args.traverse else K * max(1, 64 // K))
+        labels = (torch.full((n_rows,), args.label) if args.label is not None else torch.arange(n_rows) % K)
+        condition = {"y": labels.to(device)}
+    what = ("likelihood means E[x | z]" if mean else "x = f(z)" if picture and not caps.latent_mean
+            else "draws x ~ p(x | z)" if caps.latent_mean else "samples")
+    given = "" if not K else f", class {args.label}" if args.label is not None else ""
+    if args.interpolate:
+        n, steps = args.n or 8, args.steps or 10
+        if condition and not args.from_data:
+            condition = {"y": condition["y"][:n]}
+        samples = latent.interpolate(model, n, steps, mean=mean, guide=guide, data=data, condition=condition).cpu()
+        start = "encodings of data points" if args.from_data else "prior draws"
+        per_row = "; row labels 0, 1, ... in turn" if K and args.label is None and not args.from_data else ""
+        title, columns = f"{name}: spherical interpolation between {start}{given}{per_row} ({what})", steps
+    elif args.traverse:
+        steps = args.steps or 9
+        span = 3.0 if args.span is None else args.span
+        cond = {"y": condition["y"][:1]} if condition and not args.from_data else condition
+        samples, dims, kl = latent.traverse(model, args.n or 10, steps, span, mean=mean, guide=guide, data=data,
+                                            condition=cond)
+        samples = samples.cpu()
+        order = (f"rows: dimensions {dims.tolist()} by KL (largest first)" if kl is not None
+                 else f"rows: dimensions {dims.tolist()}")
+        at = "the encoding of a data point" if args.from_data else "zero"
+        title, columns = f"{name}: each latent swept over [-{span:g}, {span:g}] at {at}{given}; {order} ({what})", steps
+        if kl is not None:
+            print("KL per dimension (nats, largest first): " + ", ".join(f"{int(d)}: {kl[d]:.3f}" for d in dims))
     else:
-        samples = model.sample(args.n).cpu()
+        n = args.n or (K * max(1, 64 // K) if K else 64)
+        if translates(model):  # translations of the test split's A images
+            samples = model.sample(n, model.split(dataset.split("test").to(device))[0]).cpu()
+            title = f"{name}: translations of test images"
+        else:
+            kw = {"mean": True} if mean else {}
+            if condition:
+                kw["y"] = condition["y"][:n]
+            samples = model.sample(n, **kw).cpu()
+            if caps.adversarial:
+                what = "x = G(z), z ~ N(0, I)"
+            elif caps.latent_mean:
+                what = f"{what}, z ~ p(z)"
+            else:
+                what = "samples x ~ p(x)"
+            title = f"{name}: {n} {what}{given}"
+            if K and args.label is None:
+                title += f"; column j shows class j (0 to {K - 1})"
+                columns = K
     if out.suffix.lower() in (".png", ".pdf"):
         from pprogen.plots import save_samples
 
         shape = tuple(model.x_shape) if translates(model) else dataset.image_shape or dataset.shape
-        save_samples(samples, shape, out, title=f"{config['model']} samples")
+        save_samples(samples, shape, out, title=title, columns=columns)
     elif out.suffix.lower() == ".npy":
         import numpy as np
 
         atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), samples.numpy()))
     else:
         atomic_write(out, lambda tmp: torch.save(samples, tmp))
-    print(f"wrote {args.n} samples to {out}")
+    print(f"wrote {samples.shape[0]} {'images' if dataset.is_image else 'rows'} to {out}: {title}")
     return 0
 
 
@@ -289,11 +389,28 @@ def parser() -> argparse.ArgumentParser:
                    help="under torchrun: seconds a collective waits for the other ranks")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s = sub.add_parser("sample", help="draw samples from a trained run; interpolate or traverse its latent space")
     s.add_argument("run")
-    s.add_argument("-n", type=int, default=64)
+    s.add_argument("-n", type=int, help="samples (default 64); rows of --interpolate (default 8); latent dimensions "
+                                        "of --traverse (default 10)")
     s.add_argument("--out", required=True, help="file: .png/.pdf picture, .npy or .pt array")
     s.add_argument("--seed", type=int, default=0)
+    pictures = s.add_mutually_exclusive_group()
+    pictures.add_argument("--interpolate", action="store_true", help="spherical interpolation between pairs of latents")
+    pictures.add_argument("--traverse", action="store_true", help="each latent dimension swept with the others fixed "
+                                                                   "(ordered by KL with --from-data)")
+    s.add_argument("--from-data", action="store_true", help="start at the guide's encodings of the run's data "
+                                                            "(--split) instead of prior draws")
+    s.add_argument("--split", default="test", choices=("train", "valid", "test"), help="data for --from-data")
+    s.add_argument("--limit", type=int, help="--traverse --from-data: rows that measure each dimension's KL "
+                                             "(default 1000)")
+    s.add_argument("--steps", type=int, help="pictures per row (default 10 for --interpolate, 9 for --traverse)")
+    s.add_argument("--span", type=float, help="--traverse: sweep each latent over [-span, span] (default 3)")
+    means = s.add_mutually_exclusive_group()
+    means.add_argument("--mean", action="store_true", help="show the likelihood's mean E[x | z] (default for "
+                                                           "--interpolate and --traverse)")
+    means.add_argument("--draws", action="store_true", help="show draws x ~ p(x | z) (default for plain samples)")
+    s.add_argument("--label", type=int, help="conditional models: draw this class (default: class j in column j)")
     s.add_argument("--data-dir", help="read the run's data from this folder (a shipped run needs none)")
     s.set_defaults(func=cmd_sample)
 

@@ -389,8 +389,15 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
             made.append("density.png")
         params = inspect.signature(model.sample).parameters
         extra = {"mean": True} if "mean" in params else {"guide": guide} if "guide" in params else {}
-        samples = model.sample(64, **extra)
-        plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=f"{run.config['model']} samples")
+        title = f"{run.config['model']}: " + ("likelihood means E[x | z], z ~ p(z)" if "mean" in extra else "samples")
+        n, columns = 64, None
+        if caps.conditional and getattr(model, "num_classes", None):  # labels 0..K-1 in turn: one class a column
+            columns = model.num_classes
+            n = columns * max(1, 64 // columns)
+            title += f"; column j shows class j (0 to {columns - 1})"
+        samples = model.sample(n, **extra)
+        plots.save_samples(samples, dataset.image_shape or dataset.shape, run.path / "samples.png", title=title,
+                           columns=columns)
         made.append("samples.png")
     if hasattr(model, "reconstruct") and dataset.is_image:
         split = "valid" if dataset.valid is not None else "train"
@@ -562,11 +569,13 @@ def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: 
             rows, labels = rows + [b, model.sample(12, b, "ba")], labels + ["B (source)", "G_ba(B)"]
         plots.save_translations(rows, labels, path)
         return
-    samples = model.sample(64 if dataset.is_image else 2500)
-    if dataset.is_image:
-        plots.save_samples(samples, dataset.image_shape, path, title=f"{run.config['model']} samples")
-    else:
-        plots.save_samples(samples, dataset.shape, path, title=f"{run.config['model']} samples")
+    title, columns, n = f"{run.config['model']}: x = G(z), z ~ N(0, I)", None, 64 if dataset.is_image else 2500
+    if capabilities(model).conditional and dataset.is_image:  # labels 0..K-1 in turn: one class a column
+        columns = model.num_classes
+        n = columns * max(1, 64 // columns)
+        title += f"; column j shows class j (0 to {columns - 1})"
+    samples = model.sample(n)
+    plots.save_samples(samples, dataset.image_shape or dataset.shape, path, title=title, columns=columns)
 
 
 def load_run(path: str, device: torch.device | None = None, data_dir: str | None = None, need_data: bool = True):

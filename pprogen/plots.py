@@ -35,13 +35,15 @@ def image_grid(images: torch.Tensor, nrow: int | None = None):
     return grid.permute(1, 2, 0).numpy()
 
 
-def save_samples(samples: torch.Tensor, shape: Sequence[int], path: Path, title: str = "") -> None:
-    """A grid for images, a scatter plot for 2-D data, a line plot per row otherwise."""
+def save_samples(samples: torch.Tensor, shape: Sequence[int], path: Path, title: str = "",
+                 columns: int | None = None) -> None:
+    """A grid for images (``columns`` images a row; about square by default), a scatter plot for 2-D data, a line
+    plot per row otherwise."""
     samples = samples.detach().cpu().float()
     fig = plt.figure(figsize=(5, 5))
     ax = fig.add_subplot()
     if len(shape) == 3:
-        grid = image_grid(samples.reshape((-1, *shape)))
+        grid = image_grid(samples.reshape((-1, *shape)), columns)
         ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
         ax.axis("off")
     elif tuple(shape) == (2,):
@@ -50,7 +52,9 @@ def save_samples(samples: torch.Tensor, shape: Sequence[int], path: Path, title:
     else:
         ax.plot(samples.reshape(samples.shape[0], -1)[:16].T.numpy(), lw=0.8)
     if title:
-        ax.set_title(title)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
     _save(fig, path)
 
 

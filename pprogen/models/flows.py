@@ -209,11 +209,28 @@ class Flow(PyroModule):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """``n`` draws, passing base noise through each transform's ``forward_ladj`` directly."""
-        y = self.base_loc + self.base_scale * torch.randn((n,) + self.x_shape, device=self.base_loc.device,
-                                                          dtype=self.base_loc.dtype)
+        return self.from_latent(self.prior_latents(n))
+
+    has_latent_mean = False  # x = T(z)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.x_shape
+
+    @torch.no_grad()
+    def prior_latents(self, n: int) -> torch.Tensor:
+        """``n`` draws of the base variable z."""
+        return self.base_loc + self.base_scale * torch.randn((n,) + self.x_shape, device=self.base_loc.device,
+                                                             dtype=self.base_loc.dtype)
+
+    @torch.no_grad()
+    def from_latent(self, z: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """x = T(z) for given base values (quantized to the data's levels for image flows)."""
+        if mean:
+            raise ValueError(f"{self.name} makes x as a function of z: there is no likelihood mean to show")
         for layer in self.transforms():
-            y = layer.forward_ladj(y)[0]
-        return y if self.num_levels is None else quantize(y, self.num_levels)
+            z = layer.forward_ladj(z)[0]
+        return z if self.num_levels is None else quantize(z, self.num_levels)
 
     def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized draws of the continuous flow and their exact log-density (works for planar and

@@ -217,6 +217,31 @@ class GAN(PyroModule):
                              f"{tuple(data.shape[1:])}; build the model for this data (x_dim / x_shape)")
         _labels(y, self.num_classes, type(self).__name__.lower(), data.shape[0])
 
+    has_latent_mean = False  # x = G(z)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.z_dim,)
+
+    @torch.no_grad()
+    def prior_latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, device=self._zero.device)
+
+    @torch.no_grad()
+    def from_latent(self, z: torch.Tensor, mean: bool = False, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x = G(z) from the moving-average generator (labels ``y`` cycling through the classes when not given)."""
+        if mean:
+            raise ValueError(f"{type(self).__name__.lower()} makes x as a function of z: there is no likelihood mean")
+        if self.conditional and y is None:
+            y = torch.arange(z.shape[0], device=z.device) % self.num_classes
+        y = _labels(y, self.num_classes, type(self).__name__.lower(), z.shape[0])
+        was = self.training
+        self.eval()
+        try:
+            return self.generate(self.sampler, z, None if y is None else y.to(z.device))
+        finally:
+            self.train(was)
+
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` samples from the moving-average generator (``y``: labels of a conditional GAN; by default

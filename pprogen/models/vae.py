@@ -115,6 +115,23 @@ class VAE(PyroModule):
         site = trace.nodes["x"]
         return site["fn"].mean if mean else site["value"]
 
+    latent_site = "z"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.z_dim,)
+
+    @torch.no_grad()
+    def prior_latents(self, n: int) -> torch.Tensor:
+        """``n`` draws of z from the prior."""
+        return self.prior().sample((n,))
+
+    @torch.no_grad()
+    def from_latent(self, z: torch.Tensor, mean: bool = False, **condition) -> torch.Tensor:
+        """x at given latents ``z``: the likelihood's mean with ``mean``, else one draw per row."""
+        fn = self.likelihood_dist(z, **condition)
+        return fn.mean if mean else fn.sample()
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, guide) -> torch.Tensor:
         """Mean of p(x | z) at z drawn from ``guide(x)``; works with any guide that samples ``z``."""
@@ -243,6 +260,13 @@ class CVAE(VAE):
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(with_onehot(z, y, self.num_classes))
 
+    @torch.no_grad()
+    def from_latent(self, z: torch.Tensor, mean: bool = False, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x at given latents ``z`` and labels ``y`` (0, 1, ..., K-1 in turn when not given)."""
+        if y is None:
+            y = torch.arange(z.shape[0], device=z.device) % self.num_classes
+        return super().from_latent(z, mean, y=check_labels(y, self.num_classes, z.shape[0]).to(z.device))
+
     def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
                 batch_size: int | None = None) -> torch.Tensor:
         n = x.shape[0] if x is not None else y.shape[0] if y is not None else (batch_size or 1)
@@ -341,6 +365,24 @@ class HVAE(PyroModule):
     def sample(self, n: int, mean: bool = False) -> torch.Tensor:
         site = poutine.trace(self).get_trace(batch_size=n).nodes["x"]
         return site["fn"].mean if mean else site["value"]
+
+    latent_site = "z2"  # the top latent: interpolations and traversals start there
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.z_dims[1],)
+
+    @torch.no_grad()
+    def prior_latents(self, n: int) -> torch.Tensor:
+        return dist.Normal(self.z_loc, self.z_scale).sample((n,))
+
+    @torch.no_grad()
+    def from_latent(self, z2: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """x at given top latents: z1 | z2 and x | z1 their means with ``mean``, else draws."""
+        q = self.p_z1(z2)
+        z1 = q.mean if mean else q.sample()
+        logits = self.decoder(z1)
+        return torch.sigmoid(logits) if mean else dist.Bernoulli(logits=logits).sample()
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, guide) -> torch.Tensor:

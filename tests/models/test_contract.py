@@ -106,6 +106,14 @@ def test_declared_capabilities_hold(name):
         assert card.kind in ("flow", "gan")
     if caps.scoring == "exact":
         assert caps.log_prob_method == "exact" or "bound" in caps.log_prob_method
+    if caps.latent:  # VAEs, flows (z = the base variable) and noise-to-data GANs
+        z = model.prior_latents(3)
+        assert tuple(z.shape) == (3, *model.latent_shape)
+        x = model.from_latent(z, **({"mean": True} if caps.latent_mean else {}))
+        assert x.shape[0] == 3 and torch.isfinite(x).all()
+        assert caps.latent_mean == (card.kind == "latent")
+    else:
+        assert card.kind not in ("latent", "flow") or name == "ppca"
 
 
 def test_capabilities_are_read_in_one_place():
@@ -114,7 +122,7 @@ def test_capabilities_are_read_in_one_place():
     from pathlib import Path
 
     names = ("has_exact_log_prob", "log_prob_method", "predictive_log_prob", "reports_bits_per_dim",
-             "conditional", "invertible", "accepts_missing", "fitted_network")
+             "conditional", "invertible", "accepts_missing", "fitted_network", "from_latent", "has_latent_mean")
     reads = re.compile(r"(getattr|hasattr)\(\s*model\s*,\s*[\"'](" + "|".join(names) + r")[\"']")
     root = Path(pprogen.__file__).parent
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
