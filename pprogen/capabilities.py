@@ -23,6 +23,8 @@ attribute                 default     meaning
                                       ``prior_latents(n)`` (:mod:`pprogen.latent`: interpolation, traversal)
 ``has_latent_mean``       True        False when x is a function of z (flows, GANs): no likelihood mean
 ``latent_site``           absent      the guide's site of that latent (encodings of data, KL ordering)
+``fit_em(x, num_iters)``  absent      closed-form expectation-maximization (``--trainer em``)
+``posterior(x, ...)``     absent      NUTS over the global latents, ``(InferenceData, MCMC)`` (``--trainer nuts``)
 ========================  ==========  ======================================================================
 """
 
@@ -47,6 +49,8 @@ class Capabilities:
     adversarial: bool = False
     latent: bool = False
     latent_mean: bool = False
+    em: bool = False
+    nuts: bool = False
 
     @property
     def scoring(self) -> str:
@@ -75,4 +79,6 @@ def capabilities(model: Any) -> Capabilities:
         adversarial=getattr(model, "discriminator", None) is not None,
         latent=callable(getattr(model, "from_latent", None)),
         latent_mean=callable(getattr(model, "from_latent", None)) and bool(getattr(model, "has_latent_mean", True)),
+        em=callable(getattr(model, "fit_em", None)),
+        nuts=callable(getattr(model, "posterior", None)),
     )

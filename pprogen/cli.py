@@ -61,8 +61,9 @@ def cmd_train(args) -> int:
     if trained.run is None:  # a rank that does not write
         return 0
     summary, run = trained.summary, trained.run
-    print(f"trained {summary['epochs_run']} epochs in {trained.seconds:.1f} s on {summary['device']} "
-          f"({trained.history.stop_reason})")
+    what = {"em": f"{summary['epochs_run']} EM iterations", "nuts": f"{summary.get('draws')} NUTS draws"}.get(
+        trained.session.config.get("trainer"), f"{summary['epochs_run']} epochs")
+    print(f"trained {what} in {trained.seconds:.1f} s on {summary['device']} ({trained.history.stop_reason})")
     print(trained.session.format(trained.split, summary[f"{trained.split}_evaluation"]))
     print(f"run folder: {run.path}   pictures: {', '.join(str(run.path / p) for p in trained.pictures)}")
     return 0
@@ -347,6 +348,12 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(option.flag, type=option.type, help=option.help)
     s.add_argument("--guide",
                    help="default (the model's own), amortized_normal, amortized_lowrank, amortized_iaf or auto_*")
+    s.add_argument("--trainer", choices=("svi", "adversarial", "em", "nuts"),
+                   help="svi (default), adversarial (GANs), em (closed-form EM: gmm, mixture_of_bernoullis; --epochs "
+                        "iterations) or nuts (NUTS over global latents: bayesian_gmm)")
+    s.add_argument("--draws", type=int, help="--trainer nuts: posterior draws per chain (default 500)")
+    s.add_argument("--warmup", type=int, help="--trainer nuts: warm-up steps per chain (default 300)")
+    s.add_argument("--chains", type=int, help="--trainer nuts: chains (default 1)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
     s.add_argument("--device", help="auto (default), cpu or cuda")
     s.add_argument("--seed", type=int, help="random seed (default 0)")

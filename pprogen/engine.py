@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pprogen.inference import evaluate, make_elbo, make_guide
 from pprogen.inference.checks import resolve_device
 from pprogen.inference.loop import History
 from pprogen.inference.metrics import evaluate_samples, translates
-from pprogen.inference.train import Objective, Optim, Speed, Stopping, fit
+from pprogen.inference.train import NonFiniteLossError, Objective, Optim, Speed, Stopping, fit
 from pprogen.registry import create_model, get_card
 from pprogen.runs import REQUIRED, Run, RunError, atomic_write, compact_weights, seed_everything
 
@@ -93,6 +94,44 @@ TRAIN_OPTIONS = (
                 "for bit against the program (--no-fast-path: run the Pyro program every step)", resumable=True),
 )
 TRAIN_DEFAULTS = {o.key: o.svi for o in TRAIN_OPTIONS if o.svi is not NO}
+TRAINERS = ("svi", "adversarial", "em", "nuts")
+NUTS_OPTIONS = {"draws": ("num_samples", 500), "warmup": ("warmup_steps", 300), "chains": ("num_chains", 1)}
+
+
+def _trainer_settings(args, card) -> tuple[str, dict[str, Any] | None]:
+    """The trainer ``--trainer`` names (by default the model kind's: SVI, or adversarial for GANs) and, for EM and
+    NUTS, their settings; the options those trainers do not read are refused in one line."""
+    default = "adversarial" if card.kind == "gan" else "svi"
+    trainer = _given(args, "trainer") or default
+    if trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer {trainer!r}; choose {', '.join(TRAINERS)}")
+    if (trainer == "adversarial") != (card.kind == "gan"):
+        raise ValueError(f"--trainer {trainer} does not train {args.model} (a {card.kind} model); "
+                         f"{'GANs train adversarially' if card.kind == 'gan' else 'only GANs train adversarially'}")
+    nuts_given = [f"--{k}" for k in NUTS_OPTIONS if _given(args, k) is not None]
+    if nuts_given and trainer != "nuts":
+        raise ValueError(f"{', '.join(nuts_given)} set --trainer nuts; add --trainer nuts or drop them")
+    if trainer not in ("em", "nuts"):
+        return trainer, None
+    reads = ("epochs",) if trainer == "em" else ()
+    stray = sorted(o.flag for o in TRAIN_OPTIONS if o.key not in reads and _is_given(_given(args, o.key)))
+    stray += [_flag(k) for k in SVI_ONLY if _is_given(_given(args, k))]
+    if stray:
+        what = "EM iterations: --epochs" if trainer == "em" else "--draws, --warmup and --chains"
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --trainer {trainer} "
+                         f"(it reads {what}); drop {'it' if len(stray) == 1 else 'them'}")
+    if trainer == "em":
+        epochs = 100 if args.epochs is None else args.epochs
+        if epochs < 1:
+            raise ValueError(f"--epochs (EM iterations) must be at least 1, got {epochs}")
+        return trainer, {"epochs": epochs}
+    settings = {}
+    for flag, (key, default_value) in NUTS_OPTIONS.items():
+        value = default_value if _given(args, flag) is None else _given(args, flag)
+        if value < (0 if flag == "warmup" else 1):
+            raise ValueError(f"--{flag} must be at least {0 if flag == 'warmup' else 1}, got {value}")
+        settings[key] = value
+    return trainer, settings
 GAN_TRAIN_DEFAULTS = {o.key: o.gan for o in TRAIN_OPTIONS if o.gan is not NO}
 
 
@@ -163,6 +202,13 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
     changes, which are recorded in ``config.json`` with the epoch they take effect."""
     config = run.config_with(*REQUIRED)
     kind = "gan" if config.get("kind") == "gan" else "svi"
+    trainer = config.get("trainer", "svi")
+    if _given(args, "trainer") is not None and _given(args, "trainer") != config.get("trainer", _given(args, "trainer")):
+        raise ValueError(f"--trainer is fixed when a run starts and {run.path.name} was trained by {trainer}; drop it")
+    if trainer == "em":
+        stray = [o.flag for o in TRAIN_OPTIONS if o.key != "epochs" and _is_given(_given(args, o.key))]
+        if stray or args.override:
+            raise ValueError(f"{(stray or ['--override'])[0]} does not apply to an EM run; resume it with --epochs N")
     if args.model and args.model != config["model"]:
         raise ValueError(f"{run.path} is a {config['model']} run; resume it with `pprogen train --resume {run.path}` "
                          f"(no model name), or start a new {args.model} run without --resume")
@@ -227,9 +273,11 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
                 "spaced levels in [0, 1]; pass --set num_levels=L for data with L levels"
             )
         model_args["num_levels"] = levels
-    defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
-    _refuse_options_of_other_kinds(args, args.model, card.kind)
-    train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
+    trainer, train = _trainer_settings(args, card)
+    if train is None:
+        defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
+        _refuse_options_of_other_kinds(args, args.model, card.kind)
+        train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
     config = {
         "pprogen_version": __version__,
         "model": args.model,
@@ -240,6 +288,7 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         "limit": args.limit,
         "flatten": flatten,
         "guide": args.guide or "default",
+        "trainer": trainer,
         "train": train,
         "seed": 0 if args.seed is None else args.seed,
         "device": args.device or "auto",
@@ -371,7 +420,8 @@ def format_ood(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
+def _pictures(run: Run, model, guide, dataset: Dataset, device,
+              curve_label: str = "negative ELBO per datum (nats)") -> list[str]:
     from pprogen import plots
 
     made = []
@@ -405,7 +455,7 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device) -> list[str]:
         recon = model.reconstruct(x, guide, **_condition(model, dataset, split, 12, device))
         plots.save_reconstructions(x, recon, dataset.image_shape, run.path / "reconstructions.png")
         made.append("reconstructions.png")
-    plots.save_curves(run.read_metrics(), run.path / "curves.png")
+    plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel=curve_label)
     made.append("curves.png")
     return made
 
@@ -483,6 +533,173 @@ class _SVISession:
 
     def format(self, split: str, result: dict[str, Any]) -> str:
         return _format_eval(split, result)
+
+
+class _EMSession:
+    """Closed-form expectation-maximization (the model's ``fit_em``): one EM iteration an epoch, from components
+    started at data points; stops when an iteration raises the training log-likelihood by less than 1e-7 of it."""
+
+    banner = ", EM"
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        if world.active:
+            raise ValueError("--trainer em runs in one process; run it without torchrun")
+        seed_everything(config["seed"])
+        self.config, self.device, self.world, self.train_settings = config, device, world, config["train"]
+        self.dataset, self.model, self.guide = build(config, dataset)
+        if not capabilities(self.model).em:
+            raise ValueError(f"{config['model']} has no closed-form EM; --trainer em fits gmm and "
+                             "mixture_of_bernoullis (train this model with --trainer svi)")
+        if _condition(self.model, self.dataset, "train"):
+            raise ValueError(f"--trainer em does not fit conditional models such as {config['model']}")
+        self.model.to(device)
+        if not resumed:
+            self.model.init_from_data(self.dataset.train.to(device))
+
+    def train(self, run: Run | None, resume):
+        from pprogen.inference.train import _save_weights
+        from pprogen.runs import rng_state, set_rng_state
+
+        model, history, start = self.model, History(), 0
+        if resume:
+            state = resume if isinstance(resume, dict) else run.load_checkpoint()
+            if "em_model" not in state:
+                raise RunError(f"{run.path} was not trained by EM; resume it without --trainer")
+            model.load_state_dict(state["em_model"])
+            history = History(**state["history"])
+            set_rng_state(state["rng"])
+            start = state["epoch"]
+        x = self.dataset.train.to(self.device)
+        valid = self.dataset.valid.to(self.device) if self.dataset.valid is not None else None
+
+        def save(epoch: int) -> None:
+            if run is not None:
+                run.save_checkpoint({"epoch": epoch, "em_model": model.state_dict(), "history": history.state(),
+                                     "rng": rng_state()})
+                run.write_metrics(history.records)
+                _save_weights(run, model, self.guide)
+
+        previous = history.records[-1]["train_loss"] if history.records else None
+        history.stop_reason = "finished"
+        for it in range(start, self.train_settings["epochs"]):
+            started = time.perf_counter()
+            with torch.no_grad():
+                model.fit_em(x, 1)
+                train_nll = -model.log_prob(x).double().mean().item()
+                valid_nll = -model.log_prob(valid).double().mean().item() if valid is not None else None
+            history.records.append({"epoch": it + 1, "train_loss": train_nll, "valid_loss": valid_nll,
+                                    "seconds": time.perf_counter() - started})
+            if valid_nll is not None and valid_nll < history.best_valid_loss:
+                history.best_epoch, history.best_valid_loss = it + 1, valid_nll
+            if not math.isfinite(train_nll):
+                history.stop_reason = "non_finite"
+                save(it + 1)
+                raise NonFiniteLossError(f"EM iteration {it + 1} gave a non-finite log-likelihood; check the data",
+                                         history)
+            converged = previous is not None and previous - train_nll < 1e-7 * abs(train_nll)
+            previous = train_nll
+            if converged:
+                history.stop_reason = "converged"
+            if (it + 1) % 10 == 0 or converged or it + 1 == self.train_settings["epochs"]:
+                save(it + 1)
+            if converged:
+                break
+        return history
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return {"em_iterations": len(history.records)}
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        return evaluate_split(self.model, self.guide, self.dataset, split, self.config.get("eval_samples", 1000),
+                              self.device, run, world=self.world)
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        return _pictures(run, self.model, self.guide, self.dataset, self.device,
+                         curve_label="negative log-likelihood per datum (nats), one EM iteration an epoch")
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        return _format_eval(split, result)
+
+
+class _NUTSSession:
+    """NUTS over a model's global latents (its ``posterior``): the draws are kept (``posterior.safetensors``, as
+    the guide :class:`~pprogen.inference.guides.PosteriorDraws` replays them), with ArviZ's summary
+    (``posterior_summary.csv``), the chains (``posterior.nc``) and their trace picture (``trace.png``)."""
+
+    banner = ", NUTS"
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        if world.active:
+            raise ValueError("--trainer nuts runs in one process; run it without torchrun")
+        seed_everything(config["seed"])
+        self.config, self.device, self.world, self.train_settings = config, device, world, config["train"]
+        self.dataset, self.model, _ = build(config, dataset)
+        if not capabilities(self.model).nuts:
+            raise ValueError(f"{config['model']} has no NUTS posterior over global latents; --trainer nuts samples "
+                             "bayesian_gmm (train this model with --trainer svi)")
+        self.model.to(device)
+        self.guide = None
+        self.summary: dict[str, Any] = {}
+
+    def train(self, run: Run | None, resume):
+        import arviz as az
+        from safetensors.torch import save_file
+
+        from pprogen.inference.guides import PosteriorDraws
+
+        s = self.train_settings
+        started = time.perf_counter()
+        idata, mcmc = self.model.posterior(self.dataset.train.to(self.device), num_samples=s["num_samples"],
+                                           warmup_steps=s["warmup_steps"], num_chains=s["num_chains"],
+                                           seed=self.config["seed"])
+        draws = {k: v.detach().cpu().contiguous() for k, v in mcmc.get_samples().items()}
+        self.guide = PosteriorDraws(draws).to(self.device)
+        table = az.summary(idata, var_names=sorted(draws))
+        divergences = int(idata.sample_stats["diverging"].values.sum()) if "diverging" in idata.sample_stats else 0
+        def finite(value) -> float | None:  # r_hat needs two chains: NaN (JSON null) with one
+            return float(value) if math.isfinite(float(value)) else None
+
+        self.summary = {"draws": next(iter(draws.values())).shape[0], "chains": s["num_chains"],
+                        "divergences": divergences, "r_hat_max": finite(table["r_hat"].max()),
+                        "ess_bulk_min": finite(table["ess_bulk"].min())}
+        self.table = table
+        history = History(records=[{"epoch": 1, "train_loss": None, "valid_loss": None,
+                                    "seconds": time.perf_counter() - started}])
+        if run is not None:
+            run.materialize()
+            atomic_write(run.path / "posterior.safetensors", lambda tmp: save_file(draws, tmp))
+            run.save_weights("model", self.model)  # its constants (the priors' settings)
+            atomic_write(run.path / "posterior_summary.csv", lambda tmp: table.to_csv(tmp))
+            atomic_write(run.path / "posterior.nc", idata.to_netcdf)
+            run.write_metrics(history.records)
+        return history
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return dict(self.summary)
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        return evaluate_split(self.model, self.guide, self.dataset, split, self.config.get("eval_samples", 1000),
+                              self.device, run, world=self.world)
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        from pprogen import plots
+
+        plots.save_trace(run.path / "posterior.nc", run.path / "trace.png",
+                         title=f"{self.config['model']}: NUTS chains ({self.summary['draws']} draws)")
+        samples = self.model.sample(2500 if tuple(self.dataset.shape) == (2,) else 64, guide=self.guide)
+        plots.save_samples(samples, self.dataset.image_shape or self.dataset.shape, run.path / "samples.png",
+                           title=f"{self.config['model']}: posterior predictive draws (one NUTS draw of the globals)")
+        return ["trace.png", "samples.png"]
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        s = self.summary
+        r_hat = "n/a with one chain" if s["r_hat_max"] is None else f"{s['r_hat_max']:.3f}"
+        ess = "n/a" if s["ess_bulk_min"] is None else f"{s['ess_bulk_min']:.0f}"
+        return (f"NUTS: {s['draws']} draws, {s['divergences']} divergent transitions, max r_hat {r_hat}, "
+                f"min bulk ESS {ess} (ArviZ summary in posterior_summary.csv)\n"
+                + _format_eval(split, result))
 
 
 class _AdversarialSession:
@@ -600,9 +817,19 @@ def load_run(path: str, device: torch.device | None = None, data_dir: str | None
         run.load_weights("model", model)
         return run, config, dataset, model.to(device).eval(), None, device
     dataset, model, guide = build(config, dataset)
-    _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
+    if config.get("trainer") == "nuts":  # the guide replays the run's NUTS draws
+        from safetensors.torch import load_file
+
+        from pprogen.inference.guides import PosteriorDraws
+
+        path = run.path / "posterior.safetensors"
+        if not path.is_file():
+            raise RunError(f"{path} is missing: the NUTS run did not finish; start it again")
+        guide = PosteriorDraws(load_file(path))
+    else:
+        _materialize(guide, dataset.train[:2], **_condition(model, dataset, "train", 2))
+        run.load_weights("guide", guide)
     run.load_weights("model", model)
-    run.load_weights("guide", guide)
     for part in (model, guide):
         if isinstance(part, torch.nn.Module):
             part.to(device).eval()
@@ -634,6 +861,8 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
     run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
     if config.get("kind") == "gan" or translates(model):
         raise RunError(f"{path} is a {config['model']} run; only models with a likelihood ship this way")
+    if config.get("trainer") == "nuts":
+        raise RunError(f"{path} holds NUTS draws (posterior.safetensors), not weights; copy the run folder instead")
     with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
         _, fresh_model, fresh_guide = build(config, dataset)
         _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))
@@ -698,7 +927,9 @@ def prepare_run(options) -> tuple[dict[str, Any], Dataset | None, Run | None, di
     run's own, checked against the options given; ``finished`` says why a resumed run has nothing to train."""
     if options.resume:
         run = Run.open(options.resume)
-        run.config_with(*REQUIRED)
+        if run.config_with(*REQUIRED).get("trainer") == "nuts":
+            raise ValueError(f"{run.path.name} holds NUTS draws, which do not resume; start a new run with more "
+                             "--draws")
         checkpoint = run.load_checkpoint()  # a damaged checkpoint is reported before anything is written
         config = _resume_config(options, run, checkpoint["epoch"])
         return config, None, run, checkpoint, _finished(config, checkpoint)
@@ -739,8 +970,9 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     pictures and ``summary.json``. ``announce`` gets the one line that says what trains where."""
     world, device = distributed.init(config["device"], dist_timeout)
     resumed = run is not None
-    session = (_AdversarialSession if config.get("kind") == "gan" else _SVISession)(
-        config, dataset, device, world, progress=progress, resumed=resumed)
+    sessions = {"svi": _SVISession, "adversarial": _AdversarialSession, "em": _EMSession, "nuts": _NUTSSession}
+    trainer = config.get("trainer") or ("adversarial" if config.get("kind") == "gan" else "svi")
+    session = sessions[trainer](config, dataset, device, world, progress=progress, resumed=resumed)
     if world.is_main:  # only rank 0 writes
         if run is None:  # written at the first write: a trainer that refuses the data leaves nothing on disk
             run = Run.create(config, out, lazy=True)

@@ -166,3 +166,20 @@ def save_ood(report, labels: Sequence[str], path: Path, title: str = "") -> None
     ax.legend(fontsize=7)
     ax.set_title(title or "negative log-likelihood per input")
     _save(fig, path)
+
+
+def save_trace(netcdf: Path, path: Path, title: str = "") -> None:
+    """ArviZ's trace plot (marginal densities and chains) of the posterior draws stored in ``netcdf``."""
+    import warnings
+
+    import arviz as az
+
+    idata = az.from_netcdf(str(netcdf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = az.plot_trace(idata, compact=True, figsize=(9, 2.2 * len(idata.posterior.data_vars)))
+    fig = axes.ravel()[0].figure
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

@@ -192,3 +192,41 @@ def make_guide(name: str, model: Callable, **kw: Any) -> Callable:
     if name in AUTOGUIDES:
         return AUTOGUIDES[name](model, **kw)
     raise unknown_name_error("guide", name, GUIDES)
+
+
+class PosteriorDraws(PyroModule):
+    """A guide that replays stored draws of a model's global latents (a sampler's, such as NUTS's): each call
+    picks one stored draw uniformly at random at the auxiliary site ``"_draw"`` and returns each site's value
+    from it; inside a plate (``pyro.plate("draws", S)``) every plate entry picks its own draw. Posterior
+    predictive scores of such a guide are Monte Carlo averages over the stored draws."""
+
+    def __init__(self, draws: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        sizes = {v.shape[0] for v in draws.values()}
+        if not draws or len(sizes) != 1 or 0 in sizes:
+            raise ValueError("PosteriorDraws needs at least one site and the same number (> 0) of draws at each, "
+                             f"got {({k: tuple(v.shape) for k, v in draws.items()})}")
+        self.sites = sorted(draws)
+        for i, name in enumerate(self.sites):
+            self.register_buffer(f"draws_{i}", draws[name].detach().clone())
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], sites: list[str]) -> "PosteriorDraws":
+        """Rebuild from a state dict (``draws_0``, ...) and the site names in order."""
+        return cls({name: state[f"draws_{i}"] for i, name in enumerate(sites)})
+
+    @property
+    def num_draws(self) -> int:
+        return self.draws_0.shape[0]
+
+    def draws(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"draws_{i}") for i, name in enumerate(self.sites)}
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        first = self.draws_0
+        index = pyro.sample("_draw", dist.Categorical(logits=first.new_zeros(first.shape[0])),
+                            infer={"is_auxiliary": True})
+        out = {}
+        for name, values in self.draws().items():
+            out[name] = pyro.sample(name, dist.Delta(values[index], event_dim=values.dim() - 1))
+        return out
