@@ -6,6 +6,7 @@ A thin layer: arguments in, one call into :mod:`pprogen.engine` (or :mod:`pproge
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     train_run,
 )
 from pprogen.engine import evaluate_split as _evaluate, load_run as _load_run  # noqa: F401  (older names)
+from pprogen.capabilities import capabilities
 from pprogen.inference.metrics import evaluate_samples, translates
 from pprogen.inference.train import NonFiniteLossError
 from pprogen.registry import get_card, list_models
@@ -212,6 +214,91 @@ def _params(fn) -> set[str]:
     return set(inspect.signature(fn).parameters)
 
 
+def _read_missing(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows with NaN where missing (``.npy``, ``.pt``, or ``.npz`` with ``x`` and an optional ``missing`` mask)."""
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--impute file {file} does not exist")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return torch.from_numpy(np.load(file, allow_pickle=False)).float(), None
+        if suffix == ".pt":
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+            arrays = loaded if isinstance(loaded, dict) else {"x": loaded}
+        elif suffix == ".npz":
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {k: torch.from_numpy(archive[k]) for k in archive.files}
+        else:
+            raise ValueError(f"--impute takes .npy, .npz or .pt (NaN where missing), got {file.name!r}")
+    except ValueError:
+        raise
+    except Exception as err:
+        raise ValueError(f"cannot read --impute file {file} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if "x" not in arrays:
+        raise ValueError(f"--impute file {file} holds {sorted(arrays)}; name the data 'x' (and the mask 'missing')")
+    missing = arrays.get("missing")
+    return arrays["x"].float(), None if missing is None else torch.as_tensor(missing)
+
+
+def _impute(args, run, config, dataset, model, guide, device, out: Path) -> int:
+    from pprogen.impute import impute
+
+    x, missing = _read_missing(args.impute)
+    shape = tuple(dataset.shape)
+    if tuple(x.shape[1:]) != shape:
+        if x.dim() >= 2 and math.prod(x.shape[1:]) == math.prod(shape) and config.get("flatten"):
+            x = x.reshape(x.shape[0], *shape)
+            missing = None if missing is None else missing.reshape(x.shape[0], *shape)
+        else:
+            raise ValueError(f"--impute rows have shape {tuple(x.shape[1:])}, but {config['model']} takes "
+                             f"{shape}; give rows of that shape with NaN where missing")
+    if missing is not None and tuple(missing.shape) != tuple(x.shape):
+        raise ValueError(f"the mask 'missing' has shape {tuple(missing.shape)} but the data {tuple(x.shape)}; "
+                         "give one flag per entry (True where missing)")
+    known = x[~torch.isnan(x) & (~missing.bool() if missing is not None else True)]
+    if dataset.binary and known.numel() and not bool(((known == 0) | (known == 1)).all()):
+        raise ValueError(f"{config['model']} models binary data; the observed entries of {args.impute} are not 0/1")
+    condition = {}
+    if args.label is not None and not capabilities(model).conditional:
+        raise ValueError(f"{config['model']} is not conditioned on labels; drop --label")
+    if capabilities(model).conditional:
+        if args.label is None:
+            raise ValueError(f"{config['model']} is conditioned on labels; give the rows' class with --label L")
+        if not 0 <= args.label < model.num_classes:
+            raise ValueError(f"--label {args.label} is out of range: {config['model']} has classes 0 to "
+                             f"{model.num_classes - 1}")
+        condition = {"y": torch.full((x.shape[0],), args.label, device=device)}
+    torch.manual_seed(args.seed)
+    s = args.n or 8
+    result = impute(model, guide, x.to(device), None if missing is None else missing.to(device), s,
+                    args.particles, condition)
+    completions = result.completions.cpu()
+    text = f"{result.method}; {completions.shape[0]} rows, {s} completions each"
+    if result.ess is not None:
+        text += f" (effective sample size: mean {result.ess.mean():.1f}, min {result.ess.min():.1f})"
+    suffix = out.suffix.lower()
+    if suffix in (".png", ".pdf"):
+        from pprogen.plots import save_samples
+
+        rows = min(completions.shape[0], 16)
+        shown = torch.where(result.missing[:rows, None].cpu(), torch.full_like(completions[:rows, :1], 0.5),
+                            completions[:rows, :1])
+        grid = torch.cat([shown, completions[:rows]], 1).reshape(rows * (s + 1), *shape)
+        save_samples(grid, dataset.image_shape or shape, out, columns=s + 1,
+                     title=f"{config['model']}: observed entries (missing in grey), then {s} completions; {text}")
+    elif suffix == ".npy":
+        import numpy as np
+
+        atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), completions.numpy()))
+    else:
+        atomic_write(out, lambda tmp: torch.save(completions, tmp))
+    print(f"wrote completions to {out}: {text}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from pprogen import latent
     from pprogen.capabilities import capabilities
@@ -222,6 +309,20 @@ def cmd_sample(args) -> int:
     run, config, dataset, model, guide, device = load_run(args.run, data_dir=args.data_dir,
                                                           need_data=args.from_data)
     caps = capabilities(model)
+    if args.particles is not None and not args.impute:
+        raise ValueError("--particles sets --impute's importance resampling; add --impute FILE or drop it")
+    if args.impute:
+        stray = [f for f, v in (("--interpolate", args.interpolate), ("--traverse", args.traverse),
+                                ("--mean", args.mean), ("--draws", args.draws), ("--from-data", args.from_data))
+                 if v]
+        if stray:
+            raise ValueError(f"{stray[0]} does not apply to --impute; drop it")
+        if args.n is not None and args.n < 1:
+            raise ValueError(f"-n must be at least 1, got {args.n}")
+        if args.particles is not None and args.particles < 1:
+            raise ValueError(f"--particles must be at least 1, got {args.particles}")
+        args.particles = 256 if args.particles is None else args.particles
+        return _impute(args, run, config, dataset, model, guide, device, out)
     _check_sample_args(args, model, caps)
     picture = args.interpolate or args.traverse
     if picture:
@@ -418,6 +519,10 @@ def parser() -> argparse.ArgumentParser:
                                                            "--interpolate and --traverse)")
     means.add_argument("--draws", action="store_true", help="show draws x ~ p(x | z) (default for plain samples)")
     s.add_argument("--label", type=int, help="conditional models: draw this class (default: class j in column j)")
+    s.add_argument("--impute", metavar="FILE", help="fill in the missing entries of FILE's rows (.npy/.pt with NaN "
+                   "where missing, or .npz with x and a boolean 'missing' mask): -n completions per row")
+    s.add_argument("--particles", type=int, help="--impute: particles per row of importance-resampled routes "
+                                                 "(default 256)")
     s.add_argument("--data-dir", help="read the run's data from this folder (a shipped run needs none)")
     s.set_defaults(func=cmd_sample)
 

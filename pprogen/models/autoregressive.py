@@ -88,6 +88,47 @@ class AutoregressiveBernoulli(TorchDistribution):
         return flat.reshape(shape)
 
 
+    @torch.no_grad()
+    def complete(self, x: torch.Tensor, missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One completion per row: the missing entries drawn in each net's order from their conditionals, the
+        observed ones kept (ancestral sampling with the observed entries clamped; one net per row, uniformly).
+        Returns ``(completions, log_weight)`` with ``log_weight = log p(x) - log q(x_mis)``, ``q`` the mixture over
+        nets of this proposal: constant across completions of a row when every observed entry comes before every
+        missing one in a single order (the draws are then exact), an importance weight otherwise."""
+        event = tuple(self.event_shape)
+        n = x.shape[0]
+        flat = torch.where(missing, torch.zeros_like(x), x).reshape(n, -1).clone()
+        miss = missing.reshape(n, -1)
+        component = torch.randint(len(self.nets), (n,), device=flat.device)
+        for k, net in enumerate(self.nets):
+            rows = (component == k).nonzero()[:, 0]
+            if len(rows) == 0:
+                continue
+            xs, ms = flat[rows], miss[rows]
+            for i in self.orders[k].tolist():
+                todo = ms[:, i]
+                if not todo.any():
+                    continue
+                logits = net(xs.reshape((-1,) + event)).reshape(len(rows), -1)[:, i]
+                xs[:, i] = torch.where(todo, torch.bernoulli(torch.sigmoid(logits)), xs[:, i])
+            flat[rows] = xs
+        full = flat.reshape(x.shape)
+        log_p, log_q = [], []
+        for net in self.nets:
+            per_dim = -F.binary_cross_entropy_with_logits(net(full), full, reduction="none").reshape(n, -1)
+            log_p.append(per_dim.sum(-1))
+            log_q.append((per_dim * miss).sum(-1))
+        return full, torch.stack(log_p).logsumexp(0) - torch.stack(log_q).logsumexp(0)
+
+    def observed_first(self, missing: torch.Tensor) -> bool:
+        """Whether every row's observed entries all come before its missing ones in the (single) order."""
+        if len(self.nets) != 1:
+            return False
+        in_order = missing.reshape(missing.shape[0], -1)[:, self.orders[0]]
+        # once missing, missing to the end: the running maximum of the missing flags equals the flags
+        return bool((in_order.int().cummax(-1).values == in_order.int()).all())
+
+
 class AutoregressiveModel(PyroModule):
     """Shared story: ``x`` observed at one site inside the ``data`` plate; subclasses give the logits."""
 
@@ -118,6 +159,29 @@ class AutoregressiveModel(PyroModule):
 
     def sample(self, n: int) -> torch.Tensor:
         return self.distribution().sample((n,))
+
+    @torch.no_grad()
+    def impute(self, x: torch.Tensor, missing: torch.Tensor, num_completions: int = 8, num_particles: int = 256,
+               **condition) -> tuple[torch.Tensor, dict]:
+        """Draws of the missing entries given the observed ones: ancestral completion (exact) when the observed
+        entries come first in the model's order; otherwise ``num_particles`` clamped ancestral completions per
+        row, importance-resampled by p(x) / q(x_mis) (their effective sample size is reported: a small one means
+        the completions are few distinct particles). Returns ``(completions (N, S, *shape), info)``."""
+        d = self.distribution(**condition) if condition else self.distribution()
+        exact = d.observed_first(missing)
+        particles = num_completions if exact else num_particles
+        reps = {k: v.repeat_interleave(particles, 0) for k, v in condition.items()}
+        d = self.distribution(**reps) if condition else d
+        full, log_w = d.complete(x.repeat_interleave(particles, 0), missing.repeat_interleave(particles, 0))
+        full = full.reshape(x.shape[0], particles, *x.shape[1:])
+        if exact:
+            return full, {"method": "ancestral completion (the observed entries come first in the model's order)"}
+        w = torch.softmax(log_w.reshape(x.shape[0], particles).double(), -1)
+        pick = torch.multinomial(w.float(), num_completions, replacement=True)
+        ess = 1 / w.pow(2).sum(-1)
+        chosen = full[torch.arange(x.shape[0], device=x.device)[:, None], pick]
+        return chosen, {"method": f"importance resampling of {particles} clamped ancestral completions per row",
+                        "ess": ess.float()}
 
 
 class FVSBN(AutoregressiveModel):

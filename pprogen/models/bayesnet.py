@@ -286,6 +286,15 @@ class BayesianNetwork(CPTLearning, PyroModule):
             return self(batch_size=n)
         return self._decode(self._evidence_row(evidence, "sample with evidence").expand(n, -1), temperature=1)
 
+    @torch.no_grad()
+    def impute(self, x: torch.Tensor, missing: torch.Tensor, num_completions: int = 8) -> tuple[torch.Tensor, dict]:
+        """Exact draws of each row's missing states given its observed ones (``infer_discrete``)."""
+        self._check_point_network("impute")
+        rows = torch.where(missing, torch.full_like(x, math.nan), x)
+        rows = self.check_data(rows).repeat_interleave(num_completions, 0)
+        draws = self._decode(rows, temperature=1).reshape(x.shape[0], num_completions, -1)
+        return draws, {"method": "exact (infer_discrete given the observed states)"}
+
     def _decode(self, rows: torch.Tensor, temperature: int) -> torch.Tensor:
         decoded = infer_discrete(self, first_available_dim=-2, temperature=temperature)
         trace = pyro.poutine.trace(decoded).get_trace(rows)

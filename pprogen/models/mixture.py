@@ -97,6 +97,21 @@ class Mixture(PyroModule):
     def _m_step(self, x: torch.Tensor, resp: torch.Tensor, counts: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def observed_log_prob(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """log p(observed entries of x_n | theta_k), shape (N, K): the missing entries summed out (they are
+        independent given the component)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def impute(self, x: torch.Tensor, missing: torch.Tensor, num_completions: int = 8) -> tuple[torch.Tensor, dict]:
+        """Exact draws of the missing entries given the observed ones: the component from p(c | x_obs), then the
+        missing entries from that component. Returns ``(completions (N, S, D), info)``."""
+        x = torch.where(missing, torch.zeros_like(x), x)
+        log_post = F.log_softmax(self.weight_logits, -1) + self.observed_log_prob(x, (~missing).to(x))
+        c = dist.Categorical(logits=log_post).sample((num_completions,)).T  # (N, S)
+        draws = _select(self.components(), c).sample()
+        return torch.where(missing[:, None], draws, x[:, None]), {"method": "exact (component from p(c | x_obs))"}
+
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> "Mixture":
         """Each component starts at a random training example (and equal weights): from random noise,
@@ -162,6 +177,12 @@ class GaussianMixture(Mixture):
         self.locs.copy_(picks)
         self.log_scales.copy_(x.std(0).clamp(min=1e-3).log().expand_as(self.log_scales))
 
+    def observed_log_prob(self, x, observed) -> torch.Tensor:
+        inv_var = torch.exp(-2 * self.log_scales)
+        const = -0.5 * self.locs.pow(2) * inv_var - self.log_scales - 0.5 * math.log(2 * math.pi)
+        x = x * observed
+        return observed @ const.T + x @ (self.locs * inv_var).T - 0.5 * x.pow(2) @ inv_var.T
+
     def _m_step(self, x, resp, counts) -> None:
         locs = resp.T @ x / counts[:, None]
         var = resp.T @ x.pow(2) / counts[:, None] - locs.pow(2)
@@ -180,6 +201,9 @@ class BernoulliMixture(Mixture):
     def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         # sum_d x_d l_kd - softplus(l_kd): one matrix product instead of a (N, K, D) tensor
         return x @ self.logits.T - F.softplus(self.logits).sum(-1)
+
+    def observed_log_prob(self, x, observed) -> torch.Tensor:
+        return (x * observed) @ self.logits.T - observed @ F.softplus(self.logits).T
 
     def _start_at(self, picks, x) -> None:
         probs = 0.05 + 0.9 * picks  # a binary example, pulled off 0 and 1
