@@ -194,7 +194,7 @@ def runs(tmp_path_factory):
     return root, x
 
 
-@pytest.mark.parametrize("run, route", [("fvsbn", "ancestral completion"), ("vae", "guide draws")])
+@pytest.mark.parametrize("run, route", [("fvsbn", "ancestral completion"), ("vae", "fitted to the observed entries")])
 def test_sample_impute_from_the_cli_keeps_the_observed_entries(runs, run, route, tmp_path, capsys):
     root, x = runs
     out = tmp_path / "c.npy"
