@@ -26,7 +26,9 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     _format_gan_eval,
     _gan_trainer,
     build,
+    disentanglement,
     evaluate_split,
+    format_disentanglement,
     format_ood,
     _some_split,
     load_run,
@@ -166,6 +168,10 @@ def cmd_evaluate(args) -> int:
         text = _format_eval(args.split, result)
         if args.data is not None:
             text = f"{dataset.name}: {text}"
+        scores = disentanglement(model, guide, dataset, device) if world.is_main else None
+        if scores is not None:
+            result["disentanglement"] = scores
+            text += "\n" + format_disentanglement(scores)
     if not world.is_main:
         return 0
     summary = run.read_json("summary.json")

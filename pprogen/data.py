@@ -6,6 +6,8 @@
   ``digits_binary`` (the same images thresholded at 0.5) and ``digits28`` (the same images upsampled
   bilinearly to 28x28, a 28x28 image set that needs no download; ``digits28_binary`` thresholds them at 0.5,
   shaped like binarized MNIST);
+- ``sprites``: 2880 binary 24x24 sprites, every combination of shape, scale, rotation, x and y, with those
+  ground-truth factors (for disentanglement scores);
 - translation pairs made from the digits, each example stacking an A image over a B image as ``(2, 8, 8)``:
   ``edges2digits`` (paired: A is the outline of the digit's pixels >= 0.5, B the digit), ``digits2inverted`` and
   ``digits2thick`` (unpaired: A a digit, B the inverted / dilated image of a *different* digit);
@@ -58,6 +60,8 @@ class Dataset:
     num_classes: int | None = None
     image_shape: tuple[int, ...] | None = None
     pairing: str | None = None  # translation sets: "paired" or "unpaired" (A over B in the channels)
+    factors: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> (N, F) ground-truth factor indices
+    factor_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.image_shape is None and len(self.shape) == 3:
@@ -90,7 +94,8 @@ class Dataset:
             return None if t is None else t.reshape(t.shape[0], -1)
 
         return Dataset(self.name, f(self.train), f(self.valid), f(self.test), (self.dim,), self.binary,
-                       dict(self.labels), self.num_classes, self.image_shape, self.pairing)
+                       dict(self.labels), self.num_classes, self.image_shape, self.pairing, dict(self.factors),
+                       self.factor_names)
 
     def subset(self, limit: int | None) -> "Dataset":
         """At most ``limit`` examples per split (for smoke tests and quick runs)."""
@@ -101,7 +106,8 @@ class Dataset:
             return None if t is None else t[:limit]
 
         return Dataset(self.name, f(self.train), f(self.valid), f(self.test), self.shape, self.binary,
-                       {k: v[:limit] for k, v in self.labels.items()}, self.num_classes, self.image_shape, self.pairing)
+                       {k: v[:limit] for k, v in self.labels.items()}, self.num_classes, self.image_shape, self.pairing,
+                       {k: v[:limit] for k, v in self.factors.items()}, self.factor_names)
 
 
 def _split(x: torch.Tensor, y: torch.Tensor | None, fractions=(0.8, 0.1), seed: int = 0):
@@ -175,6 +181,50 @@ def load_digits28(binary: bool = False) -> Dataset:
 
     return Dataset("digits28_binary" if binary else "digits28", up(small.train), up(small.valid), up(small.test),
                    (1, 28, 28), binary, dict(small.labels), small.num_classes)
+
+
+SPRITE_FACTORS = {  # name: values (the data set holds every combination once)
+    "shape": ("square", "ellipse", "triangle"),
+    "scale": (3.0, 4.0, 5.0),  # half-size in pixels
+    "rotation": tuple(math.radians(a) for a in (0, 18, 36, 54, 72)),
+    "x": tuple(6.0 + i * 12 / 7 for i in range(8)),  # the centre, in pixels of a 24 x 24 canvas
+    "y": tuple(6.0 + i * 12 / 7 for i in range(8)),
+}
+
+
+def render_sprites(factors: torch.Tensor, size: int = 24) -> torch.Tensor:
+    """Binary images (N, 1, size, size) of sprites with the given factor indices (N, 5): shape, scale, rotation,
+    x, y (see :data:`SPRITE_FACTORS`); a pixel is on when its centre lies inside the rotated, scaled shape."""
+    values = [torch.tensor(v, dtype=torch.float64) for k, v in SPRITE_FACTORS.items() if k != "shape"]
+    scale, angle, cx, cy = (v[factors[:, i + 1]] for i, v in enumerate(values))
+    grid = torch.arange(size, dtype=torch.float64) + 0.5
+    px, py = grid[None, None, :] - cx[:, None, None], grid[None, :, None] - cy[:, None, None]
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    u = (cos * px + sin * py) / scale[:, None, None]
+    v = (-sin * px + cos * py) / scale[:, None, None]
+    inside = torch.stack([
+        (u.abs() <= 1) & (v.abs() <= 1),
+        u.pow(2) + (v / 0.6).pow(2) <= 1,
+        (v >= -0.8) & (v <= 1 - 1.8 * u.abs()),
+    ])  # (3, N, H, W)
+    picked = inside[factors[:, 0], torch.arange(factors.shape[0])]
+    return picked.float().unsqueeze(1)
+
+
+def load_sprites() -> Dataset:
+    """Every combination of five factors (3 shapes x 3 scales x 5 rotations x 8 x 8 positions = 2880 binary 24 x 24
+    images, made here, no download), split 80/10/10 at random; ``factors`` holds each image's factor indices and
+    ``labels`` its shape. A small offline stand-in for dSprites (Matthey et al. 2017) to measure disentanglement."""
+    sizes = [len(v) for v in SPRITE_FACTORS.values()]
+    factors = torch.cartesian_prod(*[torch.arange(n) for n in sizes])
+    x = render_sprites(factors)
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    n_train, n_valid = int(0.8 * x.shape[0]), int(0.1 * x.shape[0])
+    parts = dict(zip(("train", "valid", "test"), (order[:n_train], order[n_train:n_train + n_valid],
+                                                   order[n_train + n_valid:])))
+    return Dataset("sprites", *(x[i] for i in parts.values()), (1, 24, 24), True,
+                   {k: factors[i, 0] for k, i in parts.items()}, 3, factors={k: factors[i] for k, i in parts.items()},
+                   factor_names=tuple(SPRITE_FACTORS))
 
 
 def _dilate(x: torch.Tensor) -> torch.Tensor:
@@ -485,7 +535,7 @@ def _from_mapping(name: str, arrays: dict[str, torch.Tensor], path: Path) -> Dat
 
 # ---------------------------------------------------------------- entry point
 
-NAMES = ("digits", "digits_binary", "digits28", "digits28_binary", *TRANSLATIONS, "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
+NAMES = ("digits", "digits_binary", "digits28", "digits28_binary", "sprites", *TRANSLATIONS, "binarized_mnist", *_TORCHVISION, *TOYS, *DISCRETE_TOYS)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
@@ -494,6 +544,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return load_digits(binary=False)
     if name == "digits_binary":
         return load_digits(binary=True)
+    if name == "sprites":
+        return load_sprites()
     if name in ("digits28", "digits28_binary"):
         return load_digits28(binary=name == "digits28_binary")
     if name in TRANSLATIONS:

@@ -420,6 +420,38 @@ def format_ood(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def disentanglement(model, guide, dataset: Dataset, device) -> dict[str, Any] | None:
+    """MIG and the FactorVAE score (:mod:`pprogen.inference.disentanglement`) of the guide's posterior means of
+    every image of a data set with known factors (``sprites``); None for other data and for models without a
+    latent space and a guide."""
+    if not dataset.factors or guide is None or getattr(model, "latent_site", None) is None:
+        return None
+    from pprogen.inference.disentanglement import factor_vae_score, mig
+    from pprogen.latent import posterior_moments
+
+    splits = [s for s in ("train", "valid", "test") if getattr(dataset, s) is not None and s in dataset.factors]
+    codes = []
+    with torch.no_grad():
+        for split in splits:
+            x = dataset.split(split).to(device)
+            condition = _condition(model, dataset, split, None, device)
+            codes.append(torch.cat([posterior_moments(model, guide, x[i:i + 1000],
+                                                      {k: v[i:i + 1000] for k, v in condition.items()})[0]
+                                    for i in range(0, x.shape[0], 1000)]).cpu())
+    codes = torch.cat(codes).reshape(sum(c.shape[0] for c in codes), -1)
+    factors = torch.cat([dataset.factors[s] for s in splits])
+    gap, per_factor = mig(codes, factors)
+    return {"mig": gap, "mig_per_factor": dict(zip(dataset.factor_names, per_factor.tolist())),
+            "factor_vae_score": factor_vae_score(codes, factors), "num_data": codes.shape[0],
+            "codes": f"the guide's posterior means at {model.latent_site!r}"}
+
+
+def format_disentanglement(result: dict[str, Any]) -> str:
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in result["mig_per_factor"].items())
+    return (f"disentanglement ({result['codes']}, {result['num_data']} images): MIG {result['mig']:.3f} ({parts}), "
+            f"FactorVAE score {result['factor_vae_score']:.3f}")
+
+
 def _pictures(run: Run, model, guide, dataset: Dataset, device,
               curve_label: str = "negative ELBO per datum (nats)") -> list[str]:
     from pprogen import plots
@@ -525,14 +557,21 @@ class _SVISession:
                 "best_valid_loss": history.best_valid_loss if history.best_epoch else None}
 
     def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
-        return evaluate_split(self.model, self.guide, self.dataset, split, self.config.get("eval_samples", 1000),
-                         self.device, run, world=self.world)
+        result = evaluate_split(self.model, self.guide, self.dataset, split, self.config.get("eval_samples", 1000),
+                                self.device, run, world=self.world)
+        scores = disentanglement(self.model, self.guide, self.dataset, self.device) if self.world.is_main else None
+        if scores is not None:
+            result["disentanglement"] = scores
+        return result
 
     def pictures(self, run: Run, split: str) -> list[str]:
         return _pictures(run, self.model, self.guide, self.dataset, self.device)
 
     def format(self, split: str, result: dict[str, Any]) -> str:
-        return _format_eval(split, result)
+        text = _format_eval(split, result)
+        if "disentanglement" in result:
+            text += "\n" + format_disentanglement(result["disentanglement"])
+        return text
 
 
 class _EMSession:
