@@ -487,7 +487,10 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device,
         recon = model.reconstruct(x, guide, **_condition(model, dataset, split, 12, device))
         plots.save_reconstructions(x, recon, dataset.image_shape, run.path / "reconstructions.png")
         made.append("reconstructions.png")
-    plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel=curve_label)
+    if caps.exact_log_prob and curve_label.startswith("negative ELBO"):  # no latents: the bound is log p(x)
+        curve_label = "negative log-likelihood per datum (nats)"
+    plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel=curve_label,
+                      title=f"{run.config['model']} on {run.config['data']}: per-epoch training curves")
     made.append("curves.png")
     return made
 

@@ -67,12 +67,12 @@ def save_reconstructions(data: torch.Tensor, recon: torch.Tensor, shape: Sequenc
     grid = image_grid(both.cpu(), nrow=n)
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
-    ax.set_title("data (top) and reconstructions (bottom)")
+    ax.set_title("data (top); reconstructions (bottom): likelihood means E[x | z] at z ~ q(z | x)", fontsize=8)
     _save(fig, path)
 
 
 def save_curves(records: list[dict], path: Path, ylabel: str = "negative ELBO per datum (nats)",
-                keys: Sequence[str] = ("train_loss", "valid_loss")) -> None:
+                keys: Sequence[str] = ("train_loss", "valid_loss"), title: str = "per-epoch training curves") -> None:
     """One line per key of the per-epoch ``records`` (the epochs where it is set)."""
     fig = plt.figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -82,6 +82,7 @@ def save_curves(records: list[dict], path: Path, ylabel: str = "negative ELBO pe
             ax.plot(*zip(*points), label=key.replace("_loss", "").replace("_", " "))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)

@@ -186,3 +186,14 @@ def test_bad_sampling_options_are_one_line_and_write_nothing(runs, tmp_path, run
     assert not out.exists()
     summary = json.loads((runs / run / "summary.json").read_text())
     assert summary  # the run folder is untouched and readable
+
+
+def test_a_gan_interpolates_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "gan"
+    assert main(["train", "gan", "--out", str(out), "--epochs", "1", "--no-progress", "--limit", "300"]) == 0
+    assert main(["sample", str(out), "--interpolate", "-n", "2", "--steps", "5", "--out", str(tmp_path / "g.npy")]) == 0
+    assert "x = f(z)" in capsys.readouterr().out
+    path = np.load(tmp_path / "g.npy")
+    assert path.shape == (10, 2)
+    assert main(["sample", str(out), "--traverse", "--mean", "--out", str(tmp_path / "t.npy")]) == 2
+    assert "no likelihood mean" in capsys.readouterr().err and not (tmp_path / "t.npy").exists()

@@ -190,3 +190,15 @@ def test_detect_ood_from_python_on_a_plain_pyro_program():
     # equal counts tie exactly in the evidence, but not in float estimates: rank the estimates themselves
     assert report.summary()["likelihood"]["auroc"] == pytest.approx(
         brute_auroc(report.log_prob_in, report.log_prob_out), abs=1e-9)
+
+
+def test_a_dequantizing_flow_refuses_data_off_its_grid_of_levels(tmp_path, capsys):
+    out = tmp_path / "flow"
+    assert main(["train", "realnvp", "--data", "digits", "--epochs", "1", "--no-progress", "--limit", "200",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--ood", "digits_binary", "--limit", "30"]) == 0  # 2 levels on its 17
+    fine = np.round(np.random.default_rng(0).random((40, 1, 8, 8)) * 255) / 255  # 256 levels
+    np.save(tmp_path / "fine.npy", fine.astype(np.float32))
+    assert main(["evaluate", str(out), "--ood", str(tmp_path / "fine.npy")]) == 2
+    assert "dequantizes pixels on 17 levels, but the pixels of 'fine' are on 256 levels" in capsys.readouterr().err
