@@ -30,6 +30,8 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     evaluate_split,
     format_disentanglement,
     format_ood,
+    format_reverse_kl,
+    reverse_kl_evaluation,
     _some_split,
     load_run,
     ood_split,
@@ -115,7 +117,26 @@ def _format_annealed(split: str, args, result: dict[str, Any]) -> str:
             f"transitions; per-example results in {result['inference_data']} (ArviZ)")
 
 
+def _evaluate_target_fit(args) -> int:
+    """``pprogen evaluate`` of a flow fitted to an energy target: ELBO, log Z and KL(q || p) again."""
+    if args.data is not None or args.ood is not None or args.method != "auto" or args.limit is not None:
+        raise ValueError("a flow fitted to an energy target is scored against its target: drop --data, --ood, "
+                         "--method and --limit (--num-samples sets the draws)")
+    if args.num_samples is not None and args.num_samples < 2:
+        raise ValueError(f"--num-samples must be at least 2, got {args.num_samples}")
+    run, config, _, model, _, _ = load_run(args.run, torch.device("cpu"))
+    torch.manual_seed(args.seed)
+    result = reverse_kl_evaluation(model, config["target"], args.num_samples or 20000)
+    summary = run.read_json("summary.json")
+    summary["target_evaluation"] = result
+    run.write_json("summary.json", summary)
+    print(format_reverse_kl(result))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
+    if Run.open(args.run).config_with(*REQUIRED).get("trainer") == "reverse_kl":
+        return _evaluate_target_fit(args)
     _check_evaluate_args(args)
     other_data = args.data is not None or args.ood is not None
     if args.ood_batch is not None and args.ood is None:
@@ -421,7 +442,7 @@ def cmd_list(args) -> int:
     width = max((len(n) for n in names), default=0)
     for name in names:
         card = get_card(name)
-        print(f"{name:{width}s}  {card.kind:15s} default data: {card.default_data}")
+        print(f"{name:{width}s}  {card.kind:15s} trains on: {card.trains_on}")
     return 0
 
 
@@ -458,6 +479,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--trainer", choices=("svi", "adversarial", "em", "nuts"),
                    help="svi (default), adversarial (GANs), em (closed-form EM: gmm, mixture_of_bernoullis; --epochs "
                         "iterations) or nuts (NUTS over global latents: bayesian_gmm)")
+    s.add_argument("--target", metavar="NAME|FILE.py:FUNCTION", help="flows: fit an energy target by reverse KL "
+                   "instead of data: u1, u2, u3, u4 (Rezende & Mohamed 2015) or a Python function of z (N, D) "
+                   "returning the energy U(z) (N,); planar and radial train this way (default u1)")
     s.add_argument("--draws", type=int, help="--trainer nuts: posterior draws per chain (default 500)")
     s.add_argument("--warmup", type=int, help="--trainer nuts: warm-up steps per chain (default 300)")
     s.add_argument("--chains", type=int, help="--trainer nuts: chains (default 1)")

@@ -205,6 +205,8 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
     trainer = config.get("trainer", "svi")
     if _given(args, "trainer") is not None and _given(args, "trainer") != config.get("trainer", _given(args, "trainer")):
         raise ValueError(f"--trainer is fixed when a run starts and {run.path.name} was trained by {trainer}; drop it")
+    if _given(args, "target") is not None:
+        raise ValueError(f"--target is fixed when a run starts; drop it to resume {run.path.name}")
     if trainer == "em":
         stray = [o.flag for o in TRAIN_OPTIONS if o.key != "epochs" and _is_given(_given(args, o.key))]
         if stray or args.override:
@@ -244,8 +246,48 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
     return config
 
 
+TARGET_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "clip_norm")
+TARGET_DEFAULTS = {"epochs": 500, "batch_size": 256, "lr": 1e-2, "optimizer": "adam", "weight_decay": 0.0,
+                   "schedule": "constant", "clip_norm": 10.0}
+
+
+def _target_config(args, card) -> dict[str, Any]:
+    """A flow fitted to an energy target by reverse KL: ``--target`` (or the card's default target), checked."""
+    from pprogen.models.flows import load_energy
+
+    if card.kind != "flow":
+        raise ValueError(f"--target fits flows by reverse KL; {args.model} is a {card.kind} model: train it on data")
+    if _given(args, "data") is not None or _given(args, "limit") is not None:
+        raise ValueError(f"{args.model} fits an energy target by reverse KL and reads no data; drop --data / --limit")
+    if _given(args, "trainer") not in (None, "svi"):
+        raise ValueError(f"--trainer {_given(args, 'trainer')} does not fit an energy target; drop it")
+    stray = sorted(o.flag for o in TRAIN_OPTIONS if o.key not in TARGET_OPTIONS and _is_given(_given(args, o.key)))
+    stray += [_flag(k) for k in SVI_ONLY if _is_given(_given(args, k))]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to a reverse-KL fit (it "
+                         "reads --epochs (optimizer steps), --batch-size (draws a step), --lr, --optimizer, "
+                         "--weight-decay, --schedule, --clip-norm)")
+    model_args = _model_args(args.set)
+    model_args.setdefault("x_dim", 2)
+    spec = args.target or card.default_target
+    if isinstance(spec, str) and ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        path, fn = spec.rsplit(":", 1)
+        spec = f"{Path(path).resolve()}:{fn}"  # the run resumes from anywhere
+    load_energy(spec, model_args["x_dim"])  # a bad target is refused before anything is written
+    train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in TARGET_DEFAULTS.items()}
+    if train["epochs"] < 1 or train["batch_size"] < 1:
+        raise ValueError("--epochs (optimizer steps) and --batch-size (draws a step) must be at least 1")
+    return {"pprogen_version": __version__, "model": args.model, "kind": "flow", "model_args": model_args,
+            "data": None, "target": spec, "trainer": "reverse_kl", "guide": "default", "train": train,
+            "seed": 0 if args.seed is None else args.seed, "device": args.device or "auto",
+            "eval_samples": 20000 if args.eval_samples is None else args.eval_samples, "flatten": False,
+            "limit": None, "data_dir": None, "plate_name": None}
+
+
 def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
     card = get_card(args.model)
+    if _given(args, "target") is not None or card.default_target:
+        return _target_config(args, card), None
     data_name = args.data or card.default_data
     dataset = load_dataset(data_name, args.data_dir).subset(args.limit)
     if data_name not in DATA_NAMES and Path(data_name).exists():  # a user file: keep an absolute path so the run resumes from anywhere
@@ -744,6 +786,99 @@ class _NUTSSession:
                 + _format_eval(split, result))
 
 
+def target_dataset(dim: int) -> Dataset:
+    """A placeholder data set for a reverse-KL fit: its rows only set how many draws of the flow a step takes."""
+    return Dataset("target", torch.zeros(2, dim), None, None, (dim,), False)
+
+
+def reverse_kl_evaluation(model, target_spec: str, num_samples: int) -> dict[str, Any]:
+    """A flow fitted to p(z) ∝ exp(-U(z)): the ELBO E_q[-U(z) - log q(z)] from ``num_samples`` draws (with its
+    standard error), log Z by quadrature on [-6, 6]^2 for 2-D targets, and KL(q || p) = log Z - ELBO."""
+    from pprogen.models.flows import load_energy
+
+    dim = model.x_shape[0]
+    energy = load_energy(target_spec, dim)
+    with torch.no_grad():
+        z, log_q = model.sample_with_log_prob(num_samples)
+        lw = (-energy(z) - log_q).double()
+    result = {"method": "reverse KL to an energy target", "target": target_spec, "num_samples": num_samples,
+              "elbo": lw.mean().item(), "elbo_stderr": (lw.std() / num_samples ** 0.5).item(),
+              "log_z_importance": (torch.logsumexp(lw, 0) - math.log(num_samples)).item()}
+    if dim == 2:
+        xs = torch.linspace(-6, 6, 1201, dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+        with torch.no_grad():
+            u = torch.cat([energy(chunk.float()).double() for chunk in grid.split(200000)])
+        result["log_z_quadrature"] = (torch.logsumexp(-u, 0) + 2 * math.log(xs[1] - xs[0])).item()
+        result["kl"] = result["log_z_quadrature"] - result["elbo"]
+    return result
+
+
+def format_reverse_kl(result: dict[str, Any]) -> str:
+    text = (f"target {result['target']}: ELBO {result['elbo']:.4f} ± {result['elbo_stderr']:.4f} nats "
+            f"({result['num_samples']} draws of the flow)")
+    if "kl" in result:
+        text += f"; log Z {result['log_z_quadrature']:.4f} by quadrature, KL(q || p) = {result['kl']:.4f} nats"
+    return text + f"; importance-sampled log Z {result['log_z_importance']:.4f}"
+
+
+class _TargetSession:
+    """A flow fitted by reverse KL to an energy target p(z) ∝ exp(-U(z)) (``--target``): the target is a Pyro model
+    (:class:`~pprogen.models.flows.EnergyTarget`), the flow its guide, and :func:`~pprogen.inference.fit` maximizes
+    the ELBO = log Z - KL(q || p); one epoch is one optimizer step on ``batch_size`` draws."""
+
+    banner = ", reverse KL to an energy target"
+
+    def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
+                 resumed: bool) -> None:
+        from pprogen.models.flows import EnergyTarget, load_energy
+
+        if world.active:
+            raise ValueError("a reverse-KL fit runs in one process; run it without torchrun")
+        seed_everything(config["seed"])
+        self.config, self.device, self.world, self.progress = config, device, world, progress
+        self.train_settings = config["train"]
+        self.model = create_model(config["model"], **config["model_args"])
+        dim = self.model.x_shape[0]
+        self.target = EnergyTarget(load_energy(config["target"], dim), dim)
+        self.guide = self.model.as_guide("z")
+        self.dataset = target_dataset(dim)
+
+    def train(self, run: Run | None, resume):
+        t = self.train_settings
+        draws = torch.zeros(t["batch_size"], self.model.x_shape[0])
+        return fit(self.target, self.guide, draws, epochs=t["epochs"], batch_size=t["batch_size"],
+                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], clip_norm=t["clip_norm"]),
+                   stopping=Stopping(patience=None), device=self.device, seed=self.config["seed"],
+                   progress=self.progress, run=run, resume=resume, world=self.world)
+
+    def history_summary(self, history) -> dict[str, Any]:
+        return {"steps": len(history.records)}
+
+    def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
+        return reverse_kl_evaluation(self.model, self.config["target"], self.config.get("eval_samples", 20000))
+
+    def pictures(self, run: Run, split: str) -> list[str]:
+        from pprogen import plots
+        from pprogen.models.flows import load_energy
+
+        made = []
+        if self.model.x_shape[0] == 2:
+            with torch.no_grad():
+                samples = self.model.sample(100000)
+            plots.save_target_fit(load_energy(self.config["target"], 2), samples, run.path / "density.png",
+                                  title=f"{self.config['model']} fitted to {Path(str(self.config['target'])).name} "
+                                        "by reverse KL")
+            made.append("density.png")
+        plots.save_curves(run.read_metrics(), run.path / "curves.png", keys=("train_loss",),
+                          ylabel="negative ELBO per draw (nats) = KL(q || p) - log Z",
+                          title=f"{self.config['model']}: reverse-KL fit, one optimizer step an epoch")
+        return made + ["curves.png"]
+
+    def format(self, split: str, result: dict[str, Any]) -> str:
+        return format_reverse_kl(result)
+
+
 class _AdversarialSession:
     """Training by :class:`~pprogen.inference.AdversarialTrainer`: a grid of samples each epoch (and the
     modes found, on the 2-D mixtures), sample metrics at the end."""
@@ -846,6 +981,11 @@ def load_run(path: str, device: torch.device | None = None, data_dir: str | None
     if data_dir is not None:
         config = {**config, "data_dir": str(data_dir)}
     device = resolve_device(config.get("device", "auto")) if device is None else device
+    if config.get("trainer") == "reverse_kl":  # a flow fitted to an energy target: no data, the flow is the guide
+        model = create_model(config["model"], **config["model_args"])
+        guide = model.as_guide("z")
+        run.load_weights("guide", guide)
+        return run, config, target_dataset(model.x_shape[0]), model.to(device).eval(), guide, device
     dataset = None if need_data else _shapes_only(config)
     if dataset is None:
         dataset = load_dataset(config["data"], config.get("data_dir")).subset(config.get("limit"))
@@ -900,11 +1040,16 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
     target = Path(out)
     if target.exists():
         raise RunError(f"{target} exists; remove it or choose another folder to ship {path} to")
+    if Run.open(path).config_with(*REQUIRED).get("trainer") in ("nuts", "reverse_kl"):
+        raise RunError(f"{path} holds no weights of a likelihood of data (NUTS draws or a flow fitted to an energy "
+                       "target); copy the run folder instead")
     run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
     if config.get("kind") == "gan" or translates(model):
         raise RunError(f"{path} is a {config['model']} run; only models with a likelihood ship this way")
     if config.get("trainer") == "nuts":
         raise RunError(f"{path} holds NUTS draws (posterior.safetensors), not weights; copy the run folder instead")
+    if config.get("trainer") == "reverse_kl":
+        raise RunError(f"{path} is a flow fitted to an energy target, not a likelihood of data; copy the run folder")
     with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
         _, fresh_model, fresh_guide = build(config, dataset)
         _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))
@@ -1012,7 +1157,8 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     pictures and ``summary.json``. ``announce`` gets the one line that says what trains where."""
     world, device = distributed.init(config["device"], dist_timeout)
     resumed = run is not None
-    sessions = {"svi": _SVISession, "adversarial": _AdversarialSession, "em": _EMSession, "nuts": _NUTSSession}
+    sessions = {"svi": _SVISession, "adversarial": _AdversarialSession, "em": _EMSession, "nuts": _NUTSSession,
+                "reverse_kl": _TargetSession}
     trainer = config.get("trainer") or ("adversarial" if config.get("kind") == "gan" else "svi")
     session = sessions[trainer](config, dataset, device, world, progress=progress, resumed=resumed)
     if world.is_main:  # only rank 0 writes
@@ -1020,8 +1166,12 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
             run = Run.create(config, out, lazy=True)
         else:
             run.stage_config(config)  # written at the first write, after the trainer's checks
-        announce(f"training {config['model']} on {config['data']} ({session.dataset.train.shape[0]} examples"
-                 f"{_ranks(world)}{session.banner}) -> {run.path}")
+        if config.get("trainer") == "reverse_kl":
+            announce(f"training {config['model']} on energy target {config['target']} ({config['train']['batch_size']} "
+                     f"draws a step{session.banner}) -> {run.path}")
+        else:
+            announce(f"training {config['model']} on {config['data']} ({session.dataset.train.shape[0]} examples"
+                     f"{_ranks(world)}{session.banner}) -> {run.path}")
     else:
         run = None
     started = time.perf_counter()

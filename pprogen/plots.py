@@ -184,3 +184,23 @@ def save_trace(netcdf: Path, path: Path, title: str = "") -> None:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def save_target_fit(energy, samples: torch.Tensor, path: Path, title: str = "", lim: float = 4.0) -> None:
+    """A 2-D energy target's density exp(-U) next to a histogram of a fitted flow's samples, on [-lim, lim]^2."""
+    xs = torch.linspace(-lim, lim, 300)
+    grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1)
+    with torch.no_grad():
+        density = torch.exp(-energy(grid.reshape(-1, 2)).reshape(300, 300))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6))
+    axes[0].pcolormesh(xs.numpy(), xs.numpy(), density.numpy(), cmap="viridis", shading="auto")
+    axes[0].set_title("target exp(-U(z))", fontsize=9)
+    s = samples.detach().cpu().numpy()
+    axes[1].hist2d(s[:, 0], s[:, 1], bins=150, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
+    axes[1].set_title(f"{len(s)} samples of the flow", fontsize=9)
+    for ax in axes:
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

@@ -29,6 +29,14 @@ class ModelCard:
     defaults: dict[str, Any] = field(default_factory=dict)
     train_defaults: dict[str, Any] = field(default_factory=dict)
     details: Callable[[], str] | None = None
+    default_target: str | None = None  # flows that cannot score data train on an energy target by reverse KL
+
+    @property
+    def trains_on(self) -> str:
+        """What ``pprogen train NAME`` fits with no options: a data set, or an energy target by reverse KL."""
+        if self.default_target:
+            return f"energy target {self.default_target} (reverse KL; --target)"
+        return f"data {self.default_data}"
 
     def describe(self) -> str:
         lines = [
@@ -37,7 +45,7 @@ class ModelCard:
             self.story.strip(),
             "",
             f"reference:    {self.reference or '-'}",
-            f"default data: {self.default_data}",
+            f"trains on:    {self.trains_on}",
             "training:     " + (", ".join(f"{k}={v!r}" for k, v in self.train_defaults.items()) or "pprogen's defaults"),
             "arguments:    "
             + (", ".join(f"{k}={v!r}" for k, v in self.defaults.items()) or "-"),
@@ -60,6 +68,7 @@ def register_model(
     story: str | None = None,
     train_defaults: dict[str, Any] | None = None,
     details: Callable[[], str] | None = None,
+    default_target: str | None = None,
 ):
     """Register a model factory under ``name`` (the function's name by default).
 
@@ -92,6 +101,7 @@ def register_model(
             defaults=defaults,
             train_defaults=dict(train_defaults or {}),
             details=details,
+            default_target=default_target,
         )
         return factory
 

@@ -79,7 +79,7 @@ def evaluate(
     condition = condition or {}
     given = ", log p(x | y) given the labels" if caps.conditional else ""
     if method == "auto" and caps.scoring in ("exact", "predictive"):
-        return _direct(model, guide, data, caps, num_samples, dim, world)
+        return _direct(model, guide, data, caps, num_samples, dim, world, condition)
     if caps.scoring in ("exact", "predictive"):
         route = "computes log p(x) exactly" if caps.scoring == "exact" else "has only global latents"
         raise ValueError(f"{name} {route}: it is scored by its own route, not by {method}; use method='auto' "
@@ -94,16 +94,22 @@ def evaluate(
     return Evaluation("is", text, evidence.log_prob, {**evidence.summary(), "method": text}, evidence)
 
 
-def _direct(model, guide, data, caps, num_samples, dim, world) -> Evaluation:
-    """Exact log p(x), or the posterior predictive for global-latent models; rows in chunks of 1000."""
+def _direct(model, guide, data, caps, num_samples, dim, world, condition=None) -> Evaluation:
+    """Exact log p(x) (log p(x | y) for a conditional model, given ``condition``), or the posterior predictive for
+    global-latent models; rows in chunks of 1000."""
     if caps.scoring == "exact":
         score, kind, text = model.log_prob, "exact", caps.log_prob_method
+        if caps.conditional:
+            text += ", log p(x | y) given the labels"
     else:
-        score = lambda rows: model.predictive_log_prob(rows, guide, num_samples)  # noqa: E731
+        score = lambda rows, **_: model.predictive_log_prob(rows, guide, num_samples)  # noqa: E731
         kind, text = "predictive", f"posterior predictive ({num_samples} guide draws of the globals)"
     with torch.no_grad():
-        mine = data[my_rows(data.shape[0], world)]
-        log_prob = torch.cat([score(mine[i: i + 1000]) for i in range(0, mine.shape[0], 1000)])
+        rows = my_rows(data.shape[0], world)
+        mine = data[rows]
+        given = {k: v[rows] for k, v in (condition or {}).items()}
+        log_prob = torch.cat([score(mine[i: i + 1000], **{k: v[i: i + 1000] for k, v in given.items()})
+                              for i in range(0, mine.shape[0], 1000)])
         log_prob = gather_shards(log_prob, data.shape[0], world)
     nll = -log_prob.double()
     summary = {"nll": nll.mean().item(), "nll_stderr": (nll.std() / nll.numel() ** 0.5).item(),

@@ -359,6 +359,45 @@ ENERGIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"u1": _u1, "u2": 
 """The four 2-D energies U(z) of Rezende & Mohamed (2015), Table 1 (U2-U4 with a soft wall at |z_i| = 4)."""
 
 
+def load_energy(spec: str | Callable, dim: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An energy U(z) by name (:data:`ENERGIES`), as ``FILE.py:FUNCTION`` (a user's function of z (N, D) returning
+    (N,)), or a callable; checked on a few points of dimension ``dim``. One-line errors otherwise."""
+    if callable(spec):
+        energy, what = spec, getattr(spec, "__name__", "the energy")
+    elif spec in ENERGIES:
+        if dim != 2:
+            raise ValueError(f"energy {spec} is 2-D; drop --set x_dim={dim}")
+        return ENERGIES[spec]
+    elif isinstance(spec, str) and ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        import importlib.util
+        from pathlib import Path
+
+        path, name = spec.rsplit(":", 1)
+        if not Path(path).is_file():
+            raise ValueError(f"target file {path} does not exist")
+        module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:  # the user's file: report its first line of error
+            raise ValueError(f"cannot import {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        energy, what = getattr(module, name, None), f"{path}:{name}"
+        if not callable(energy):
+            raise ValueError(f"{path} defines no function {name!r}")
+    else:
+        raise ValueError(f"unknown target {spec!r}; choose {', '.join(ENERGIES)} or FILE.py:FUNCTION (a function of "
+                         "z (N, D) returning the energy U(z), shape (N,))")
+    try:
+        value = energy(torch.zeros(3, dim))
+    except Exception as err:
+        raise ValueError(f"{what} fails on z of shape (3, {dim}) ({type(err).__name__}: {err}); it must take z (N, D) "
+                         "and return U(z) (N,)") from None
+    if not torch.is_tensor(value) or tuple(value.shape) != (3,) or not torch.isfinite(value).all():
+        raise ValueError(f"{what} must return one finite energy per row (shape (3,) for z of shape (3, {dim})), got "
+                         f"{tuple(value.shape) if torch.is_tensor(value) else type(value).__name__}")
+    return energy
+
+
 class EnergyTarget(PyroModule):
     """The unnormalized density p(z) ∝ exp(-U(z)) as a Pyro model: a flat (masked) site ``z`` plus
     ``pyro.factor(-U(z))``; its ELBO with a flow guide is -KL(q || p) + log Z."""
@@ -402,7 +441,7 @@ _FLOW = dict(kind="flow", default_data="moons")
 
 
 @register_model(
-    **_FLOW,
+    **_FLOW, default_target="u1",
     reference="Rezende & Mohamed, Variational Inference with Normalizing Flows, 2015, arXiv:1505.05770",
     story="u ~ N(0, I); z = f_K(...f_1(u)), f(z) = z + u tanh(w'z + b). No closed-form inverse: a variational "
     "posterior fitted by reverse KL (flow.as_guide('z'), examples/flow_energy_2d.py), not a density for data.",
@@ -414,7 +453,7 @@ def planar(x_dim: int = 2, flow_length: int = 8) -> Flow:
 
 
 @register_model(
-    **_FLOW,
+    **_FLOW, default_target="u1",
     reference="Rezende & Mohamed, Variational Inference with Normalizing Flows, 2015, arXiv:1505.05770",
     story="u ~ N(0, I); z = f_K(...f_1(u)), f(z) = z + beta (z - z0) / (alpha + |z - z0|). No closed-form "
     "inverse: a variational posterior fitted by reverse KL, not a density for data.",

@@ -90,3 +90,20 @@ def test_the_command_lines_evaluation_is_reproduced_from_python(tmp_path, capsys
     assert python.summary["nll"] == pytest.approx(cli["nll"], rel=1e-9)
     assert python.summary["bits_per_dim"] == pytest.approx(cli["bits_per_dim"], rel=1e-9)
     assert python.summary["method"] == cli["method"] and python.summary["khat_bands"] == cli["khat_bands"]
+
+
+def test_a_conditional_exact_model_is_scored_given_its_labels():
+    """log p(x | y) of a class-conditional PixelCNN: evaluate's exact route passes each row's label."""
+    import pprogen
+    from pprogen.inference import evaluate as score
+
+    torch.manual_seed(0)
+    model = pprogen.create_model("pixelcnn", x_shape=[1, 4, 4], num_classes=3, hidden_channels=8, num_blocks=1,
+                                 kernel_size=3).eval()
+    x = (torch.rand(6, 1, 4, 4) < 0.5).float()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    result = score(model, None, x, condition={"y": y})
+    with torch.no_grad():
+        assert torch.allclose(result.log_prob, model.log_prob(x, y))
+        assert not torch.allclose(result.log_prob, model.log_prob(x, (y + 1) % 3))
+    assert "given the labels" in result.description
