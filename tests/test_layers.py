@@ -33,6 +33,9 @@ def test_lower_layers_do_not_import_upper_ones():
     assert reaches([ROOT / "data.py"], ("pprogen.models", "pprogen.inference", "pprogen.cli", "pprogen.engine")) == []
     assert reaches(models, ("pprogen.inference", "pprogen.data", "pprogen.cli", "pprogen.engine")) == []
     assert reaches(inference, ("pprogen.models", "pprogen.cli", "pprogen.engine")) == []
+    # what people do with a trained model serves any program: never the zoo, the data or the run engine
+    assert reaches([ROOT / "latent.py", ROOT / "impute.py"],
+                   ("pprogen.models", "pprogen.data", "pprogen.cli", "pprogen.engine")) == []
 
 
 def test_zoo_files_do_not_reach_into_each_others_private_names():

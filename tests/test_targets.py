@@ -67,7 +67,7 @@ def test_a_reverse_kl_run_resumes_to_the_same_flow(tmp_path):
     (["train", "planar", "--target", "ENERGY:nothing"], "defines no function 'nothing'"),
     (["train", "planar", "--target", "ENERGY:broken"], "must return one finite energy per row"),
     (["train", "vae", "--target", "u1"], "--target fits flows by reverse KL; vae is a latent model"),
-    (["train", "planar", "--data", "moons"], "reads no data; drop --data"),
+    (["train", "planar", "--data", "moons"], "planar has no closed-form inverse: it fits an energy target"),
     (["train", "planar", "--elbo", "iwae"], "--elbo does not apply to a reverse-KL fit"),
     (["train", "planar", "--target", "u2", "--set", "x_dim=3"], "energy u2 is 2-D"),
 ])
