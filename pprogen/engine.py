@@ -258,7 +258,9 @@ def _target_config(args, card) -> dict[str, Any]:
     if card.kind != "flow":
         raise ValueError(f"--target fits flows by reverse KL; {args.model} is a {card.kind} model: train it on data")
     if _given(args, "data") is not None or _given(args, "limit") is not None:
-        raise ValueError(f"{args.model} fits an energy target by reverse KL and reads no data; drop --data / --limit")
+        why = "has no closed-form inverse: it " if card.default_target else ""
+        raise ValueError(f"{args.model} {why}fits an energy target by reverse KL (--target) and reads no data; drop "
+                         "--data / --limit")
     if _given(args, "trainer") not in (None, "svi"):
         raise ValueError(f"--trainer {_given(args, 'trainer')} does not fit an energy target; drop it")
     stray = sorted(o.flag for o in TRAIN_OPTIONS if o.key not in TARGET_OPTIONS and _is_given(_given(args, o.key)))
@@ -1040,16 +1042,14 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
     target = Path(out)
     if target.exists():
         raise RunError(f"{target} exists; remove it or choose another folder to ship {path} to")
-    if Run.open(path).config_with(*REQUIRED).get("trainer") in ("nuts", "reverse_kl"):
-        raise RunError(f"{path} holds no weights of a likelihood of data (NUTS draws or a flow fitted to an energy "
-                       "target); copy the run folder instead")
+    trainer = Run.open(path).config_with(*REQUIRED).get("trainer")
+    if trainer == "nuts":
+        raise RunError(f"{path} holds NUTS draws (posterior.safetensors), not weights; copy the run folder instead")
+    if trainer == "reverse_kl":
+        raise RunError(f"{path} is a flow fitted to an energy target, not a likelihood of data; copy the run folder")
     run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
     if config.get("kind") == "gan" or translates(model):
         raise RunError(f"{path} is a {config['model']} run; only models with a likelihood ship this way")
-    if config.get("trainer") == "nuts":
-        raise RunError(f"{path} holds NUTS draws (posterior.safetensors), not weights; copy the run folder instead")
-    if config.get("trainer") == "reverse_kl":
-        raise RunError(f"{path} is a flow fitted to an energy target, not a likelihood of data; copy the run folder")
     with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
         _, fresh_model, fresh_guide = build(config, dataset)
         _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))
