@@ -243,31 +243,29 @@ def _params(fn) -> set[str]:
 
 def _read_missing(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows with NaN where missing (``.npy``, ``.pt``, or ``.npz`` with ``x`` and an optional ``missing`` mask)."""
-    import numpy as np
+    from pprogen.data import read_arrays
 
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--impute file {file} does not exist")
-    suffix = file.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return torch.from_numpy(np.load(file, allow_pickle=False)).float(), None
-        if suffix == ".pt":
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
-            arrays = loaded if isinstance(loaded, dict) else {"x": loaded}
-        elif suffix == ".npz":
-            with np.load(file, allow_pickle=False) as archive:
-                arrays = {k: torch.from_numpy(archive[k]) for k in archive.files}
-        else:
-            raise ValueError(f"--impute takes .npy, .npz or .pt (NaN where missing), got {file.name!r}")
-    except ValueError:
-        raise
-    except Exception as err:
-        raise ValueError(f"cannot read --impute file {file} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not Path(path).is_file():
+        raise ValueError(f"--impute file {path} does not exist")
+    arrays = read_arrays(path)
     if "x" not in arrays:
-        raise ValueError(f"--impute file {file} holds {sorted(arrays)}; name the data 'x' (and the mask 'missing')")
+        raise ValueError(f"--impute file {path} holds {sorted(arrays)}; name the data 'x' (and the mask 'missing')")
     missing = arrays.get("missing")
     return arrays["x"].float(), None if missing is None else torch.as_tensor(missing)
+
+
+def _write_rows(out: Path, rows: torch.Tensor) -> None:
+    """An ``.npy`` or ``.pt`` array file, atomically."""
+    if out.suffix.lower() == ".npy":
+        import numpy as np
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, rows.numpy())
+
+        atomic_write(out, save)
+    else:
+        atomic_write(out, lambda tmp: torch.save(rows, tmp))
 
 
 def _impute(args, run, config, dataset, model, guide, device, out: Path) -> int:
@@ -316,12 +314,8 @@ def _impute(args, run, config, dataset, model, guide, device, out: Path) -> int:
         grid = torch.cat([shown, completions[:rows]], 1).reshape(rows * (s + 1), *shape)
         save_samples(grid, dataset.image_shape or shape, out, columns=s + 1,
                      title=f"{config['model']}: observed entries (missing in grey), then {s} completions; {text}")
-    elif suffix == ".npy":
-        import numpy as np
-
-        atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), completions.numpy()))
     else:
-        atomic_write(out, lambda tmp: torch.save(completions, tmp))
+        _write_rows(out, completions)
     print(f"wrote completions to {out}: {text}")
     return 0
 
@@ -420,12 +414,8 @@ def cmd_sample(args) -> int:
 
         shape = tuple(model.x_shape) if translates(model) else dataset.image_shape or dataset.shape
         save_samples(samples, shape, out, title=title, columns=columns)
-    elif out.suffix.lower() == ".npy":
-        import numpy as np
-
-        atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), samples.numpy()))
     else:
-        atomic_write(out, lambda tmp: torch.save(samples, tmp))
+        _write_rows(out, samples)
     print(f"wrote {samples.shape[0]} {'images' if dataset.is_image else 'rows'} to {out}: {title}")
     return 0
 

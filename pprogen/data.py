@@ -495,19 +495,34 @@ def load_file(path: str | os.PathLike) -> Dataset:
                 first = fh.readline()
             skip = 0 if all(_is_number(c) for c in first.strip().split(",")) else 1
             return _from_arrays(path.stem, torch.from_numpy(np.atleast_2d(np.genfromtxt(path, delimiter=",", skip_header=skip, dtype=np.float64))))
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: torch.from_numpy(archive[k]) for k in archive.files}
-        elif suffix == ".pt":
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-            arrays = loaded if isinstance(loaded, dict) else {"x": loaded}
-        else:
+        if suffix not in (".npz", ".pt"):
             raise DataError(f"unsupported data file {path}; use .npy, .npz, .pt, .csv or a folder of images")
     except DataError:
         raise
     except Exception as err:
         raise DataError(f"cannot read data file {path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    return _from_mapping(path.stem, arrays, path)
+    return _from_mapping(path.stem, read_arrays(path), path)
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The named arrays of a ``.npy`` (as ``x``), ``.npz`` or ``.pt`` file (a tensor as ``x``, or a dict), read
+    without pickle; a one-line :class:`DataError` for anything else or a damaged file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        if suffix == ".npy":
+            return {"x": torch.from_numpy(np.load(path, allow_pickle=False))}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: torch.from_numpy(archive[k]) for k in archive.files}
+        if suffix == ".pt":
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            return loaded if isinstance(loaded, dict) else {"x": loaded}
+    except Exception as err:
+        raise DataError(f"cannot read data file {path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    raise DataError(f"unsupported array file {path}; use .npy, .npz or .pt")
 
 
 def _is_number(text: str) -> bool:

@@ -621,6 +621,20 @@ class _SVISession:
         return text
 
 
+def _classic_setup(session, config: dict[str, Any], dataset: Dataset | None, device, world, trainer: str,
+                   refusal: str):
+    """The shared start of the EM and NUTS sessions: one process, the seed, the run's data and model, and the
+    model's capability for ``trainer`` (``refusal`` otherwise). Returns ``build``'s (dataset, model, guide)."""
+    if world.active:
+        raise ValueError(f"--trainer {trainer} runs in one process; run it without torchrun")
+    seed_everything(config["seed"])
+    session.config, session.device, session.world, session.train_settings = config, device, world, config["train"]
+    built = build(config, dataset)
+    if not getattr(capabilities(built[1]), trainer):
+        raise ValueError(refusal)
+    return built
+
+
 class _EMSession:
     """Closed-form expectation-maximization (the model's ``fit_em``): one EM iteration an epoch, from components
     started at data points; stops when an iteration raises the training log-likelihood by less than 1e-7 of it."""
@@ -629,14 +643,9 @@ class _EMSession:
 
     def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
                  resumed: bool) -> None:
-        if world.active:
-            raise ValueError("--trainer em runs in one process; run it without torchrun")
-        seed_everything(config["seed"])
-        self.config, self.device, self.world, self.train_settings = config, device, world, config["train"]
-        self.dataset, self.model, self.guide = build(config, dataset)
-        if not capabilities(self.model).em:
-            raise ValueError(f"{config['model']} has no closed-form EM; --trainer em fits gmm and "
-                             "mixture_of_bernoullis (train this model with --trainer svi)")
+        self.dataset, self.model, self.guide = _classic_setup(
+            self, config, dataset, device, world, "em", f"{config['model']} has no closed-form EM; --trainer em fits "
+            "gmm and mixture_of_bernoullis (train this model with --trainer svi)")
         if _condition(self.model, self.dataset, "train"):
             raise ValueError(f"--trainer em does not fit conditional models such as {config['model']}")
         self.model.to(device)
@@ -717,14 +726,9 @@ class _NUTSSession:
 
     def __init__(self, config: dict[str, Any], dataset: Dataset | None, device, world, progress: bool,
                  resumed: bool) -> None:
-        if world.active:
-            raise ValueError("--trainer nuts runs in one process; run it without torchrun")
-        seed_everything(config["seed"])
-        self.config, self.device, self.world, self.train_settings = config, device, world, config["train"]
-        self.dataset, self.model, _ = build(config, dataset)
-        if not capabilities(self.model).nuts:
-            raise ValueError(f"{config['model']} has no NUTS posterior over global latents; --trainer nuts samples "
-                             "bayesian_gmm (train this model with --trainer svi)")
+        self.dataset, self.model, _ = _classic_setup(
+            self, config, dataset, device, world, "nuts", f"{config['model']} has no NUTS posterior over global "
+            "latents; --trainer nuts samples bayesian_gmm (train this model with --trainer svi)")
         self.model.to(device)
         self.guide = None
         self.summary: dict[str, Any] = {}

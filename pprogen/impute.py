@@ -31,6 +31,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pprogen.capabilities import capabilities
+from pprogen.latent import guide_draws
 
 
 @dataclass
@@ -105,19 +106,43 @@ def _params(fn) -> set[str]:
     return set(inspect.signature(fn).parameters)
 
 
-def _observed_site(trace, name: str = "x"):
-    site = trace.nodes.get(name)
-    if site is None or not site.get("is_observed"):
-        raise ValueError(f"imputation through a guide needs the data observed at one site {name!r}; this program "
-                         "has none")
+def _observed_site(trace, rows: int, latents=()):
+    """The program's one observed site (any name; ``latents``, conditioned on, are not data) and its per-entry
+    distribution, checked to score ``rows`` rows entry by entry."""
+    observed = [site for site in trace.nodes.values() if site["type"] == "sample" and site.get("is_observed")
+                and not site_is_subsample(site) and site["name"] not in latents]
+    if len(observed) != 1:
+        raise ValueError(f"imputation through a guide needs the data observed at one site; this program observes "
+                         f"{len(observed)} ({', '.join(s['name'] for s in observed) or 'none'})")
+    site = observed[0]
     fn = site["fn"]
     while hasattr(fn, "base_dist") and not hasattr(fn, "logits") and not hasattr(fn, "loc"):
         fn = fn.base_dist
     if fn is site["fn"] and getattr(site["fn"], "event_shape", ()) != ():
-        raise ValueError(f"the observed site {name!r} does not score entries one by one (its distribution is "
+        raise ValueError(f"the observed site {site['name']!r} does not score entries one by one (its distribution is "
                          f"{type(site['fn']).__name__}); imputation through a guide needs independent entries given "
                          "the latents")
+    if not fn.batch_shape or fn.batch_shape[0] != rows:
+        raise ValueError(f"the observed site {site['name']!r} scores {fn.batch_shape[0] if fn.batch_shape else 0} rows "
+                         f"of the {rows} given (a subsampled plate?); imputation scores every row at once: build the "
+                         "plate over all rows (no subsample_size)")
     return site, fn
+
+
+def _per_datum_sites(guide_trace, model_trace, rows: int) -> list[str]:
+    """The guide's latent sites, each checked to lie in a plate over the ``rows`` rows: a global latent has no
+    per-row posterior to draw from, and is refused in one line."""
+    sites = []
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site.get("is_observed") or site_is_subsample(site) \
+                or name not in model_trace.nodes:
+            continue
+        if not any(frame.size == rows for frame in site["cond_indep_stack"]):
+            raise ValueError(f"latent {name!r} is global (outside the per-datum plate): imputation through a guide "
+                             "draws per-row latents given each row's observed entries; it serves models whose latents "
+                             "are all per-datum")
+        sites.append(name)
+    return sites
 
 
 def _guide_resampling(model, guide, x, missing, num_completions, num_particles, condition,
@@ -129,21 +154,31 @@ def _guide_resampling(model, guide, x, missing, num_completions, num_particles, 
     for _ in range(2):
         guide_trace = poutine.trace(guide).get_trace(filled, **condition)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(filled, **condition)
-        _, fn = _observed_site(model_trace)
+        _, fn = _observed_site(model_trace, n)
         filled = torch.where(missing, fn.mean.reshape(x.shape), x)
-    sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
-             and not site.get("is_observed") and not site_is_subsample(site) and name in model_trace.nodes]
+    sites = _per_datum_sites(guide_trace, model_trace, n)
+    try:  # every row scored at once: a plate that subsamples would score some of them (checked on twice the rows)
+        probe = {k: guide_trace.nodes[k]["value"].repeat(2, *([1] * (guide_trace.nodes[k]["value"].dim() - 1)))
+                 for k in sites}
+        rows2 = filled.repeat(2, *([1] * (x.dim() - 1)))
+        reps2 = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in condition.items()}
+        _observed_site(poutine.trace(poutine.condition(model, data=probe)).get_trace(rows2, **reps2), 2 * n, probe)
+    except ValueError as err:
+        if "Shape mismatch" not in str(err) and "subsampled" not in str(err):
+            raise
+        raise ValueError("the program's plate does not cover every row given (a subsampled plate?); imputation scores "
+                         "every row at once: build the plate over all rows (no subsample_size)") from None
     # a Gaussian per row and latent site: the guide's draws' moments, refined on the observed entries alone
-    draws = [poutine.trace(guide).get_trace(filled, **condition) for _ in range(16)]
-    loc = {k: torch.stack([t.nodes[k]["value"] for t in draws]).mean(0) for k in sites}
-    scale = {k: torch.stack([t.nodes[k]["value"] for t in draws]).std(0).clamp_min(1e-3) for k in sites}
+    draws = guide_draws(guide, sites, filled, condition, 16)
+    loc = {k: v.mean(0) for k, v in draws.items()}
+    scale = {k: v.std(0).clamp_min(1e-3) for k, v in draws.items()}
     loc, scale = _refine(model, x, observed, condition, loc, scale, refine_steps)
 
     def log_target(latents, rows, reps, mask):
         """log p(z) + log p(x_entries | z) over the entries ``mask`` selects, per row."""
         trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(rows, **reps)
         trace.compute_log_prob(site_filter=lambda name, site: name in latents)
-        _, fn = _observed_site(trace)
+        _, fn = _observed_site(trace, rows.shape[0], latents)
         per_entry = fn.log_prob(rows.reshape(fn.batch_shape)).reshape(rows.shape)
         return (sum(trace.nodes[k]["log_prob"] for k in latents)
                 + (per_entry * mask).reshape(rows.shape[0], -1).sum(-1)), fn
@@ -216,7 +251,7 @@ def _refine(model, x, observed, condition, loc, scale, steps, particles: int = 8
                      for k in mu}
                 trace = poutine.trace(poutine.condition(model, data=z)).get_trace(rows, **reps)
                 trace.compute_log_prob(site_filter=lambda name, site: name in z)
-                _, fn = _observed_site(trace)
+                _, fn = _observed_site(trace, rows.shape[0], z)
                 per_entry = fn.log_prob(rows.reshape(fn.batch_shape)).reshape(rows.shape)
                 elbo = (sum(trace.nodes[k]["log_prob"] for k in z) + (per_entry * mask).reshape(rows.shape[0], -1)
                         .sum(-1)).mean() * x.shape[0] + sum(v.sum() for v in log_s.values())

@@ -65,10 +65,24 @@ def posterior_moments(model, guide, x: torch.Tensor, condition: dict[str, torch.
     if callable(getattr(guide, "encode", None)) and not condition:
         loc, scale = guide.encode(x)
         return loc, scale
-    site = model.latent_site
-    with poutine.block():
-        zs = torch.stack([poutine.trace(guide).get_trace(x, **condition).nodes[site]["value"] for _ in range(draws)])
+    zs = guide_draws(guide, [model.latent_site], x, condition, draws)[model.latent_site]
     return zs.mean(0), zs.std(0)
+
+
+@torch.no_grad()
+def guide_draws(guide, sites, x: torch.Tensor, condition: dict[str, torch.Tensor] | None = None,
+                draws: int = 32) -> dict[str, torch.Tensor]:
+    """``draws`` draws of each of the guide's ``sites`` at every row of ``x``, shaped ``(draws, N, ...)``, from one
+    call of the guide on the rows repeated (a per-datum guide scores each row on its own)."""
+    n = x.shape[0]
+    repeat = {k: v.repeat_interleave(draws, 0) for k, v in (condition or {}).items()}
+    with poutine.block():
+        trace = poutine.trace(guide).get_trace(x.repeat_interleave(draws, 0), **repeat)
+    out = {}
+    for name in sites:
+        value = trace.nodes[name]["value"]
+        out[name] = value.reshape(n, draws, *value.shape[1:]).transpose(0, 1)
+    return out
 
 
 def latent_kl(model, guide, x: torch.Tensor, condition: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

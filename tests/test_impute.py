@@ -237,3 +237,65 @@ def test_bad_imputation_input_is_one_line_and_writes_nothing(runs, run, argv, me
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_users_function_program_with_pyro_module_and_its_own_site_names():
+    """The model and guide as plain functions registering nn.Modules with pyro.module, a pyro.param scale, a plate
+    named 'rows' and the data observed at 'obs': completions match Gaussian conditioning as for our programs."""
+    pyro.clear_param_store()
+    decoder = torch.nn.Linear(1, 3)
+    encoder = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        decoder.weight.copy_(torch.tensor([[1.0], [-2.0], [0.5]]))
+        decoder.bias.zero_()
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("rows", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 1), 1.0).to_event(1))
+            pyro.sample("obs", dist.Normal(decoder(z), 0.3).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        scale = pyro.param("scale", torch.tensor(0.5), constraint=dist.constraints.positive)
+        with pyro.plate("rows", x.shape[0]):
+            pyro.sample("z", dist.Normal(encoder(x), scale).to_event(1))
+
+    x = torch.tensor([[1.2, 0.0, 0.0]])
+    missing = torch.tensor([[False, True, True]])
+    out = impute(model, guide, x, missing, num_completions=20000, num_particles=20000)
+    w = decoder.weight.detach().reshape(-1)
+    cov = torch.outer(w, w) + 0.09 * torch.eye(3)
+    mean = cov[1:, :1] @ torch.linalg.inv(cov[:1, :1]) @ x[0, :1]
+    assert torch.allclose(out.completions[0][:, 1:].mean(0), mean, atol=0.05)
+    assert torch.equal(out.completions[0][:, 0], x[0, 0].expand(20000))
+
+
+def test_global_latents_and_subsampled_plates_are_refused_in_one_line():
+    def global_model(x):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(w * z[:, None], 0.3).to_event(1), obs=x)
+
+    def global_guide(x):
+        loc = pyro.param("w_loc", torch.zeros(3))
+        pyro.sample("w", dist.Normal(loc, 0.1).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+
+    x = torch.tensor([[1.0, float("nan"), 0.0], [0.5, 0.2, float("nan")]])
+    with pytest.raises(ValueError, match="latent 'w' is global"):
+        impute(global_model, global_guide, x, num_particles=4)
+
+    def subsampled(x):
+        with pyro.plate("data", x.shape[0], subsample_size=2) as idx:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z[:, None].expand(-1, 3), 0.3).to_event(1), obs=x[idx])
+
+    def subsampled_guide(x):
+        with pyro.plate("data", x.shape[0], subsample_size=2):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="a subsampled plate"):
+        impute(subsampled, subsampled_guide, x, num_particles=4)

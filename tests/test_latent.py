@@ -197,3 +197,18 @@ def test_a_gan_interpolates_from_the_cli(tmp_path, capsys):
     assert path.shape == (10, 2)
     assert main(["sample", str(out), "--traverse", "--mean", "--out", str(tmp_path / "t.npy")]) == 2
     assert "no likelihood mean" in capsys.readouterr().err and not (tmp_path / "t.npy").exists()
+
+
+def test_moments_of_a_plain_function_guide_come_from_its_draws(vae):
+    """A guide without ``encode`` (a plain function around the amortized guide): the draws' mean and standard
+    deviation per row approach the guide's own (exact) location and scale."""
+    model, guide = vae
+    x = (torch.rand(5, 16) < 0.5).float()
+
+    def plain(data):
+        guide(data)
+
+    loc, scale = latent.posterior_moments(model, plain, x, draws=20000)
+    exact_loc, exact_scale = guide.encode(x)
+    assert loc.shape == exact_loc.shape
+    assert torch.allclose(loc, exact_loc, atol=0.03) and torch.allclose(scale, exact_scale, atol=0.03)
