@@ -25,6 +25,8 @@ attribute                 default     meaning
 ``latent_site``           absent      the guide's site of that latent (encodings of data, KL ordering)
 ``fit_em(x, num_iters)``  absent      closed-form expectation-maximization (``--trainer em``)
 ``posterior(x, ...)``     absent      NUTS over the global latents, ``(InferenceData, MCMC)`` (``--trainer nuts``)
+``reconstruction_error``  absent      ``(x, guide)``: an autoencoder with no likelihood, scored by reconstruction
+                                      error per row (``squared_error``, ``loss``), never by log p(x)
 ========================  ==========  ======================================================================
 """
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCORING = ("exact", "predictive", "importance sampling", "adversarial metrics")
+SCORING = ("exact", "predictive", "importance sampling", "adversarial metrics", "reconstruction error")
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,15 @@ class Capabilities:
     latent_mean: bool = False
     em: bool = False
     nuts: bool = False
+    reconstruction: bool = False
 
     @property
     def scoring(self) -> str:
         """How log p(x) of data is scored: one of :data:`SCORING`."""
         if self.adversarial:
             return "adversarial metrics"
+        if self.reconstruction:
+            return "reconstruction error"
         if self.exact_log_prob:
             return "exact"
         if self.predictive:
@@ -81,4 +86,5 @@ def capabilities(model: Any) -> Capabilities:
         latent_mean=callable(getattr(model, "from_latent", None)) and bool(getattr(model, "has_latent_mean", True)),
         em=callable(getattr(model, "fit_em", None)),
         nuts=callable(getattr(model, "posterior", None)),
+        reconstruction=callable(getattr(model, "reconstruction_error", None)),
     )

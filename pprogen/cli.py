@@ -346,6 +346,9 @@ def cmd_sample(args) -> int:
         return _impute(args, run, config, dataset, model, guide, device, out)
     _check_sample_args(args, model, caps)
     picture = args.interpolate or args.traverse
+    if caps.reconstruction and not (picture and args.from_data):
+        raise ValueError(f"{config['model']} has no prior to sample from (an autoencoder); picture the codes of "
+                         "data instead (--interpolate or --traverse with --from-data), or train a vae")
     if picture:
         latent.check_latent(model, args.mean, args.from_data, guide)
     torch.manual_seed(args.seed)
@@ -365,7 +368,7 @@ def cmd_sample(args) -> int:
         n_rows = args.n or (8 if args.interpolate else 10 if args.traverse else K * max(1, 64 // K))
         labels = (torch.full((n_rows,), args.label) if args.label is not None else torch.arange(n_rows) % K)
         condition = {"y": labels.to(device)}
-    what = ("likelihood means E[x | z]" if mean else "x = f(z)" if picture and not caps.latent_mean
+    what = ("decoder outputs" if caps.reconstruction else "likelihood means E[x | z]" if mean else "x = f(z)" if picture and not caps.latent_mean
             else "draws x ~ p(x | z)" if caps.latent_mean else "samples")
     given = "" if not K else f", class {args.label}" if args.label is not None else ""
     if args.interpolate:

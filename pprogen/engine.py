@@ -436,8 +436,9 @@ def ood_split(model, guide, dataset: Dataset, other: Dataset, split: str, num_sa
     :func:`pprogen.inference.evaluate`. Returns ``(summary dict, OODReport)``."""
     from pprogen.inference.ood import ood_report
 
-    if capabilities(model).adversarial:
-        raise ValueError("a GAN has no likelihood: it cannot score inputs as in or out of distribution")
+    if capabilities(model).adversarial or capabilities(model).reconstruction:
+        kind = "a GAN" if capabilities(model).adversarial else "an autoencoder"
+        raise ValueError(f"{kind} has no likelihood: it cannot score inputs as in or out of distribution")
     reference, other_split = reference_split(dataset, split), _some_split(other, split)
     parts = [(dataset, split), (other, other_split), (dataset, reference)]
     evaluations = [_evaluation(model, guide, d, s, num_samples, device, run, limit, world) for d, s in parts]
@@ -533,6 +534,8 @@ def _pictures(run: Run, model, guide, dataset: Dataset, device,
         made.append("reconstructions.png")
     if caps.exact_log_prob and curve_label.startswith("negative ELBO"):  # no latents: the bound is log p(x)
         curve_label = "negative log-likelihood per datum (nats)"
+    if caps.reconstruction:  # a flat prior and a point-mass guide: the "ELBO" is the reconstruction term alone
+        curve_label = "reconstruction loss per datum (no likelihood)"
     plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel=curve_label,
                       title=f"{run.config['model']} on {run.config['data']}: per-epoch training curves")
     made.append("curves.png")
@@ -1052,8 +1055,9 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
     if trainer == "reverse_kl":
         raise RunError(f"{path} is a flow fitted to an energy target, not a likelihood of data; copy the run folder")
     run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
-    if config.get("kind") == "gan" or translates(model):
-        raise RunError(f"{path} is a {config['model']} run; only models with a likelihood ship this way")
+    if config.get("kind") in ("gan", "autoencoder") or translates(model):
+        raise RunError(f"{path} is a run of {config['model']}, which has no likelihood; only models with one ship "
+                       "this way (copy the run folder instead)")
     with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
         _, fresh_model, fresh_guide = build(config, dataset)
         _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))
@@ -1081,6 +1085,10 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
 
 
 def _format_eval(split: str, result: dict[str, Any]) -> str:
+    if "mse" in result:  # an autoencoder: no likelihood, no NLL
+        return (f"{split} reconstruction error: MSE {result['mse']:.5f} ± {result['mse_stderr']:.5f} per value, "
+                f"reconstruction loss {result['reconstruction_loss']:.3f} ± {result['reconstruction_loss_stderr']:.3f} "
+                f"nats per example over {result['num_data']} examples (an autoencoder: no likelihood)")
     text = f"{split} NLL: {result['nll']:.3f} ± {result['nll_stderr']:.3f} nats over {result['num_data']} examples"
     if "bits_per_dim" in result:
         text += f" ({result['bits_per_dim']:.4f} bits/dim)"

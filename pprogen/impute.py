@@ -90,6 +90,8 @@ def impute(model, guide, x: torch.Tensor, missing: torch.Tensor | None = None, n
     name = type(model).__name__.lower()
     if caps.adversarial:
         raise ValueError(f"{name} is a GAN: it has no likelihood to condition on observed entries")
+    if caps.reconstruction:
+        raise ValueError(f"{name} is an autoencoder: it has no likelihood to condition on observed entries (a vae has)")
     if callable(getattr(model, "impute", None)):
         kw = {"num_particles": num_particles} if "num_particles" in _params(model.impute) else {}
         completions, info = model.impute(x, missing, num_completions, **kw, **condition)

@@ -124,8 +124,8 @@ def traverse(model, n: int | None = 10, steps: int = 9, span: float = 3.0, mean:
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Each of ``n`` latent dimensions swept over ``steps`` values from ``-span`` to ``span`` with the others fixed:
     at the guide's posterior mean of ``data[0]`` when data are given, else at zero (the prior's centre). With a
-    guide and data the dimensions are the ``n`` of largest KL (see :func:`latent_kl`), in that order; else the
-    first ``n``. Returns ``(images (n * steps, *x_shape), dims, kl or None)``."""
+    guide and data the dimensions are the ``n`` of largest KL (see :func:`latent_kl`), in that order; else (and
+    for an autoencoder, which has no prior to measure a KL against) the first ``n``. Returns ``(images (n * steps, *x_shape), dims, kl or None)``."""
     check_latent(model, mean, data is not None, guide)
     if steps < 2 or not span > 0:
         raise ValueError(f"a traversal needs at least 2 steps and a positive span, got {steps} and {span}")
@@ -134,8 +134,11 @@ def traverse(model, n: int | None = 10, steps: int = 9, span: float = 3.0, mean:
     n = min(size, n or size)
     kl = None
     if data is not None:
-        kl = latent_kl(model, guide, data, condition)
-        dims = torch.argsort(kl, descending=True, stable=True)[:n]
+        if capabilities(model).reconstruction:  # an autoencoder: no prior, so no KL to order by
+            dims = torch.arange(n)
+        else:
+            kl = latent_kl(model, guide, data, condition)
+            dims = torch.argsort(kl, descending=True, stable=True)[:n]
         base, _ = posterior_moments(model, guide, data[:1], {k: v[:1] for k, v in (condition or {}).items()})
         base = base.reshape(-1)
         condition = {k: v[:1] for k, v in (condition or {}).items()}

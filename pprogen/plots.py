@@ -204,3 +204,29 @@ def save_target_fit(energy, samples: torch.Tensor, path: Path, title: str = "", 
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def save_code_spaces(panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]], labels: torch.Tensor,
+                     image_shape: Sequence[int], path: Path, span: float = 2.5, steps: int = 9) -> None:
+    """Two rows of pictures, one column per model: the 2-D codes of data coloured by class (with the 1 and 2
+    standard-deviation circles of N(0, I)), and the decoder's outputs on a ``steps x steps`` grid over
+    ``[-span, span]^2`` (where draws from N(0, I) fall). ``panels`` holds (title, codes (N, 2), grid images
+    (steps * steps, ...)) per model; ``labels`` the classes of the N coded rows."""
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 8.4), squeeze=False)
+    circle = np.linspace(0, 2 * np.pi, 200)
+    for col, (title, codes, grid_images) in enumerate(panels):
+        ax = axes[0, col]
+        codes = codes.detach().cpu().float()
+        points = ax.scatter(codes[:, 0].numpy(), codes[:, 1].numpy(), c=labels.cpu().numpy(), cmap="tab10", s=5,
+                            vmin=-0.5, vmax=9.5)
+        for r in (1, 2):
+            ax.plot(r * np.cos(circle), r * np.sin(circle), "k--", lw=0.7)
+        ax.plot([-span, span, span, -span, -span], [-span, -span, span, span, -span], "r-", lw=0.7)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+        grid = image_grid(grid_images.reshape((-1, *image_shape)), steps)
+        axes[1, col].imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        axes[1, col].set_title(f"decoder on the red square [-{span:g}, {span:g}]^2", fontsize=9)
+        axes[1, col].axis("off")
+    fig.colorbar(points, ax=axes[0].tolist(), ticks=range(10), shrink=0.8, label="digit")
+    _save(fig, path)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from pprogen.errors import suggest as _suggest, unknown_name_error
 
-KINDS = ("latent", "autoregressive", "flow", "mixture", "bayesnet", "gan")
+KINDS = ("latent", "autoregressive", "flow", "mixture", "bayesnet", "gan", "autoencoder")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class Evaluation:
     ``result`` keeps the estimator's own object (:class:`~pprogen.inference.Evidence`,
     :class:`~pprogen.inference.AnnealedEvidence`, :class:`~pprogen.inference.Sandwich`) with its diagnostics."""
 
-    method: str
+    method: str  # exact, predictive, is, ais, bdmc, or reconstruction (an autoencoder: log_prob is NaN)
     description: str
     log_prob: torch.Tensor
     summary: dict[str, Any]
@@ -77,6 +77,11 @@ def evaluate(
                          "pprogen.inference.metrics.evaluate_samples(model, dataset, split)")
     world = current() if world is None else world
     condition = condition or {}
+    if caps.reconstruction:
+        if method != "auto":
+            raise ValueError(f"{name} has no likelihood (an autoencoder): it is scored by reconstruction error, not "
+                             f"by {method}; use method='auto' (the command line's default)")
+        return _reconstruction(model, guide, data, world, condition)
     given = ", log p(x | y) given the labels" if caps.conditional else ""
     if method == "auto" and caps.scoring in ("exact", "predictive"):
         return _direct(model, guide, data, caps, num_samples, dim, world, condition)
@@ -118,6 +123,26 @@ def _direct(model, guide, data, caps, num_samples, dim, world, condition=None) -
     if dim:
         summary["bits_per_dim"] = summary["nll"] / (dim * LN2)
     return Evaluation(kind, text, log_prob, summary)
+
+
+def _reconstruction(model, guide, data, world, condition) -> Evaluation:
+    """An autoencoder's reconstruction error per row (it has no log p(x)): the mean squared error per value and
+    its training loss (Bernoulli cross-entropy, or half the squared error plus the Gaussian constant), in chunks
+    of 1000 rows. ``log_prob`` holds NaN: there is no likelihood to report."""
+    with torch.no_grad():
+        rows = my_rows(data.shape[0], world)
+        mine = data[rows]
+        given = {k: v[rows] for k, v in condition.items()}
+        parts = [model.reconstruction_error(mine[i: i + 1000], guide, **{k: v[i: i + 1000] for k, v in given.items()})
+                 for i in range(0, mine.shape[0], 1000)]
+        errors = {k: gather_shards(torch.cat([p[k] for p in parts]), data.shape[0], world).double() for k in parts[0]}
+    per_value, loss = errors["squared_error"] / data[0].numel(), errors["loss"]
+    text = "reconstruction error (an autoencoder: no likelihood)"
+    summary = {"mse": per_value.mean().item(), "mse_stderr": (per_value.std() / per_value.numel() ** 0.5).item(),
+               "reconstruction_loss": loss.mean().item(),
+               "reconstruction_loss_stderr": (loss.std() / loss.numel() ** 0.5).item(),
+               "num_data": per_value.numel(), "method": text}
+    return Evaluation("reconstruction", text, torch.full((data.shape[0],), math.nan), summary)
 
 
 def _annealed(model, guide, data, method, condition, plate_name, dim, world, given, annealing) -> Evaluation:

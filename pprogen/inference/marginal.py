@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
 
 from pprogen.inference.checks import check_condition
@@ -356,6 +357,13 @@ def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, cond
     if fixed:
         guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
         rows = batch_size = n
+    improper = [s["name"] for s in model_sites if not s["is_observed"] and _is_improper(s["fn"])]
+    if improper:
+        raise ValueError(
+            f"site {improper[0]!r} has an improper prior (ImproperUniform: no normalized density), so log p(x) is "
+            "not defined and importance sampling would return the reconstruction term alone; give it a proper "
+            "prior (an autoencoder is scored by its reconstruction error instead)"
+        )
     sites = guide_sites + model_sites
     frame = find_data_plate(sites, rows, plate_name)
     if frame is None:
@@ -382,6 +390,15 @@ def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, cond
     if subsampled:
         batch_size, fixed = frame.size, True  # Pyro insists on the program's own subsample size
     return _Plan(frame.name, subsampled, max(1, plate_nesting(sites)), outside, min(batch_size, n), fixed)
+
+
+def _is_improper(fn) -> bool:
+    """Whether a site's distribution is (a wrapper of) Pyro's ``ImproperUniform``."""
+    while fn is not None:
+        if isinstance(fn, dist.ImproperUniform):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
 
 
 def splits_per_datum(model: Callable, guide: Callable | None, data: torch.Tensor,

@@ -1,5 +1,6 @@
 """The zoo: importing this package registers every model family."""
 
+from pprogen.models.autoencoder import Autoencoder, LinearAutoencoder, autoencoder, linear_ae, principal_angles
 from pprogen.models.autoregressive import MADE, NADE, FVSBN, AutoregressiveBernoulli, RNNAutoregressive, fvsbn, made, nade, rnn_ar
 from pprogen.models.bayesnet import BayesianNetwork, DirichletCPTGuide, bayesnet, sprinkler
 from pprogen.dag import SpecError, fully_connected_spec, parse_spec
@@ -12,6 +13,7 @@ from pprogen.models.translation import CycleGAN, Pix2Pix, cyclegan, pix2pix
 from pprogen.models.vae import CVAE, HVAE, VAE, AmortizedNormalGuide, conv_vae, cvae, hvae, vae
 
 __all__ = [
+    "Autoencoder", "LinearAutoencoder", "autoencoder", "linear_ae", "principal_angles",
     "GAN", "ProGAN", "CycleGAN", "Pix2Pix", "cgan", "cyclegan", "dcgan", "gan", "pix2pix", "progan",
     "ENERGIES", "EnergyTarget", "Flow", "FlowGuide", "glow", "iaf", "maf", "nice", "nsf", "planar", "radial", "realnvp",
     "BayesianNetwork", "DirichletCPTGuide", "SpecError", "bayesnet", "fully_connected_spec", "parse_spec", "sprinkler",

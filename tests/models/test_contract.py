@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import pprogen
 from pprogen.inference import make_elbo, make_guide
+from pprogen.models.autoencoder import Autoencoder
 from pprogen.models.flows import EnergyTarget
 from pprogen.registry import get_card
 
@@ -26,6 +27,14 @@ def small_model(name):
 
 def quadratic(z):
     return 0.5 * z.pow(2).sum(-1)
+
+
+def examples(model, n):
+    """``n`` examples the model trains on: its own samples, or (autoencoders, which have no prior) random data
+    of its shape."""
+    if isinstance(model, Autoencoder):
+        return (torch.rand(n, *model.x_shape) < 0.5).float()
+    return model.sample(n)
 
 
 def program(model, x):
@@ -47,7 +56,7 @@ def loss_of(name, model, guide, x, seed=1, **kw):
     return elbo_for(name)(model, guide)(x, **kw)
 
 
-@pytest.mark.parametrize("name", LIKELIHOOD_MODELS)
+@pytest.mark.parametrize("name", [n for n in LIKELIHOOD_MODELS if get_card(n).kind != "autoencoder"])
 def test_sample_shape_matches_the_data_shape(name):
     model = small_model(name)
     x = model.sample(5)
@@ -58,7 +67,7 @@ def test_sample_shape_matches_the_data_shape(name):
 @pytest.mark.parametrize("name", LIKELIHOOD_MODELS)
 def test_loss_is_finite_and_gradients_reach_every_parameter(name):
     zoo_model = small_model(name)
-    model, guide, x, kw = program(zoo_model, zoo_model.sample(7))
+    model, guide, x, kw = program(zoo_model, examples(zoo_model, 7))
     loss_module = elbo_for(name)(model, guide)
     loss = loss_module(x, **kw)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -72,7 +81,7 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", LIKELIHOOD_MODELS)
 def test_save_load_round_trip_reproduces_the_loss(name, tmp_path):
     zoo_model = small_model(name)
-    model, guide, x, kw = program(zoo_model, zoo_model.sample(4))
+    model, guide, x, kw = program(zoo_model, examples(zoo_model, 4))
     before = loss_of(name, model, guide, x, **kw)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m.safetensors")
     save_file({k: v.contiguous() for k, v in guide.state_dict().items()}, tmp_path / "g.safetensors")
@@ -106,7 +115,13 @@ def test_declared_capabilities_hold(name):
         assert card.kind in ("flow", "gan")
     if caps.scoring == "exact":
         assert caps.log_prob_method == "exact" or "bound" in caps.log_prob_method
-    if caps.latent:  # VAEs, flows (z = the base variable) and noise-to-data GANs
+    assert caps.reconstruction == (card.kind == "autoencoder")
+    if caps.reconstruction:  # no prior: codes come from data only, and there is no log p(x) to compute
+        with pytest.raises(ValueError, match="no prior"):
+            model.prior_latents(3)
+        assert not hasattr(model, "sample") and not hasattr(model, "log_prob")
+        assert tuple(model.from_latent(torch.zeros(3, *model.latent_shape)).shape) == (3, *model.x_shape)
+    elif caps.latent:  # VAEs, flows (z = the base variable) and noise-to-data GANs
         z = model.prior_latents(3)
         assert tuple(z.shape) == (3, *model.latent_shape)
         x = model.from_latent(z, **({"mean": True} if caps.latent_mean else {}))
