@@ -19,6 +19,8 @@ attribute                 default     meaning
 ``accepts_missing``       False       NaN entries are summed out (Bayesian networks)
 ``fitted_network(guide)`` absent      a Bayesian network that writes its learned tables
 ``discriminator``         absent      a GAN: trained adversarially, scored by sample metrics
+``states_likelihood``     False       a model trained adversarially that still states p(x | z) and has a guide
+                                      (VAE-GAN): scored by importance sampling too
 ``from_latent(z, mean)``  absent      examples made from given latents, with ``latent_shape`` and
                                       ``prior_latents(n)`` (:mod:`pprogen.latent`: interpolation, traversal)
 ``has_latent_mean``       True        False when x is a function of z (flows, GANs): no likelihood mean
@@ -54,11 +56,12 @@ class Capabilities:
     em: bool = False
     nuts: bool = False
     reconstruction: bool = False
+    stated_likelihood: bool = False
 
     @property
     def scoring(self) -> str:
         """How log p(x) of data is scored: one of :data:`SCORING`."""
-        if self.adversarial:
+        if self.adversarial and not self.stated_likelihood:
             return "adversarial metrics"
         if self.reconstruction:
             return "reconstruction error"
@@ -87,4 +90,5 @@ def capabilities(model: Any) -> Capabilities:
         em=callable(getattr(model, "fit_em", None)),
         nuts=callable(getattr(model, "posterior", None)),
         reconstruction=callable(getattr(model, "reconstruction_error", None)),
+        stated_likelihood=bool(getattr(model, "states_likelihood", False)),
     )

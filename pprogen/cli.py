@@ -28,6 +28,7 @@ from pprogen.engine import (  # noqa: F401  (re-exported: the names tests and sc
     build,
     disentanglement,
     evaluate_split,
+    gan_evaluation,
     format_disentanglement,
     format_ood,
     format_reverse_kl,
@@ -147,7 +148,8 @@ def cmd_evaluate(args) -> int:
     run, config, dataset, model, guide, device = load_run(args.run, device, args.data_dir,  # each rank: its GPU
                                                           need_data=args.data is None)
     if other_data and config.get("kind") == "gan":
-        raise ValueError(f"{run.path.name} is a GAN: it has no likelihood to score other data or outliers with")
+        raise ValueError(f"{run.path.name} is a {config['model']} run, trained adversarially: scoring other data or "
+                         "outliers is offered for likelihood models only")
     if args.data is not None:  # score another data set the run's model accepts
         dataset = other_dataset(config, dataset, args.data, args.data_dir)
     key = f"{args.split}_evaluation"
@@ -174,7 +176,7 @@ def cmd_evaluate(args) -> int:
             raise ValueError(f"a GAN has no likelihood to estimate; evaluate {run.path.name} without --method")
         if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
             return 0
-        result = evaluate_samples(model, dataset.subset(args.limit), args.split, args.num_samples, device)
+        result = gan_evaluation(model, dataset, args.split, args.num_samples, device, run, args.limit)
         text = _format_gan_eval(result)
     elif args.method in ("ais", "bdmc"):
         annealing = {"num_steps": args.steps, "num_chains": args.chains, "leapfrog_steps": args.leapfrog,

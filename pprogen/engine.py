@@ -928,7 +928,7 @@ class _AdversarialSession:
     def evaluate(self, split: str, run: Run | None) -> dict[str, Any]:
         if not self.world.is_main:  # the sample-based metrics run on rank 0 alone
             return {}
-        return evaluate_samples(self.model, self.dataset, split, self.config.get("eval_samples", 2500), self.device)
+        return gan_evaluation(self.model, self.dataset, split, self.config.get("eval_samples", 2500), self.device, run)
 
     def pictures(self, run: Run, split: str) -> list[str]:
         from pprogen import plots
@@ -940,6 +940,22 @@ class _AdversarialSession:
 
     def format(self, split: str, result: dict[str, Any]) -> str:
         return _format_gan_eval(result)
+
+
+def gan_evaluation(model, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
+                   limit: int | None = None, num_particles: int = 1000) -> dict[str, Any]:
+    """A GAN's sample metrics on ``split`` from ``num_samples`` samples; a model that also states a likelihood
+    (VAE-GAN) adds its importance-sampled NLL with its own guide (``num_particles`` per row)."""
+    result = evaluate_samples(model, dataset.subset(limit), split, num_samples, device)
+    if capabilities(model).stated_likelihood:
+        was = model.training
+        model.eval()
+        try:
+            scored = evaluate_split(model, model.default_guide(), dataset, split, num_particles, device, run, limit)
+        finally:
+            model.train(was)
+        result["likelihood"] = scored
+    return result
 
 
 def _ranks(world: distributed.World) -> str:
@@ -1006,7 +1022,9 @@ def load_run(path: str, device: torch.device | None = None, data_dir: str | None
         if config["train"].get("spectral_norm"):
             apply_spectral_norm(model.discriminator)
         run.load_weights("model", model)
-        return run, config, dataset, model.to(device).eval(), None, device
+        model = model.to(device).eval()
+        guide = model.default_guide() if capabilities(model).stated_likelihood else None  # VAE-GAN: its encoder
+        return run, config, dataset, model, guide, device
     dataset, model, guide = build(config, dataset)
     if config.get("trainer") == "nuts":  # the guide replays the run's NUTS draws
         from safetensors.torch import load_file
@@ -1117,7 +1135,10 @@ def _format_gan_eval(result: dict[str, Any]) -> str:
         if key in result:
             parts.append(f"{key.replace('_', ' ')} {result[key]:.4f}")
     parts.append(f"MMD^2 {result['mmd']:.5f}")
-    return f"{result['split']}: " + "; ".join(parts) + f" ({result['method']})"
+    text = f"{result['split']}: " + "; ".join(parts) + f" ({result['method']})"
+    if "likelihood" in result:  # a VAE-GAN's stated likelihood, scored with its encoder as proposal
+        text += "\n" + _format_eval(result["split"], result["likelihood"])
+    return text
 
 
 def prepare_run(options) -> tuple[dict[str, Any], Dataset | None, Run | None, dict[str, Any] | None, str | None]:

@@ -72,7 +72,7 @@ def evaluate(
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     caps = capabilities(model)
     name = type(model).__name__.lower()
-    if caps.adversarial:
+    if caps.adversarial and not caps.stated_likelihood:
         raise ValueError(f"{name} is a GAN: it has no likelihood to evaluate; score its samples with "
                          "pprogen.inference.metrics.evaluate_samples(model, dataset, split)")
     world = current() if world is None else world

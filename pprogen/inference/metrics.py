@@ -295,7 +295,8 @@ def evaluate_samples(model, dataset, split: str = "valid", num_samples: int = 25
         if model.conditional:
             fake_labels = torch.arange(num_samples, device=device) % model.num_classes
         fake = model.sample(num_samples, y=fake_labels)
-        result["method"] = f"{num_samples} samples from the moving-average generator"
+        averaged = "moving-average " if isinstance(getattr(model, "generator_ema", None), torch.nn.Module) else ""
+        result["method"] = f"{num_samples} samples from the {averaged}generator"
         if dataset.name in MODES:
             result.update(mode_metrics(fake, *MODES[dataset.name]))
     real = target(real)

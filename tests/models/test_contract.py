@@ -116,6 +116,8 @@ def test_declared_capabilities_hold(name):
     if caps.scoring == "exact":
         assert caps.log_prob_method == "exact" or "bound" in caps.log_prob_method
     assert caps.reconstruction == (card.kind == "autoencoder")
+    if caps.stated_likelihood:  # trained adversarially, scored by importance sampling with its own guide
+        assert caps.adversarial and caps.scoring == "importance sampling" and callable(model.default_guide)
     if caps.reconstruction:  # no prior: codes come from data only, and there is no log p(x) to compute
         with pytest.raises(ValueError, match="no prior"):
             model.prior_latents(3)
@@ -126,7 +128,7 @@ def test_declared_capabilities_hold(name):
         assert tuple(z.shape) == (3, *model.latent_shape)
         x = model.from_latent(z, **({"mean": True} if caps.latent_mean else {}))
         assert x.shape[0] == 3 and torch.isfinite(x).all()
-        assert caps.latent_mean == (card.kind == "latent")
+        assert caps.latent_mean == (card.kind == "latent" or caps.stated_likelihood)  # VAE-GAN states p(x | z)
     else:
         assert card.kind not in ("latent", "flow") or name == "ppca"
 

@@ -1,0 +1,158 @@
+r"""VAE-GAN (Larsen et al. 2016): a VAE whose reconstruction is measured in a discriminator's features.
+
+The generative story is a VAE's, with a stated pixel likelihood, so ``log_marginal`` still gives an importance-
+sampled log p(x) (with the encoder as proposal):
+
+.. math::
+
+    z \sim \mathcal{N}(0, I), \qquad x \mid z \sim \mathrm{Bernoulli}(\mathrm{logits} = \mathrm{Dec}(z))
+    \ \text{or}\ \mathcal{N}(\sigma(\mathrm{Dec}(z)), \mathrm{diag}\, s^2),
+
+and :math:`q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x))`. Training follows the paper, through
+:class:`~pprogen.inference.AdversarialTrainer`: with :math:`f = \mathrm{Dis}_l` the discriminator's last hidden
+layer and :math:`\tilde x = \mathbb{E}[x \mid z]` the decoder's mean image,
+
+- the encoder minimizes :math:`\mathrm{KL}(q(z \mid x) \,\|\, p(z)) + \gamma\, \tfrac12 \|f(\tilde x_q) - f(x)\|^2`
+  (the Gaussian "likelihood" of the data in feature space, :math:`z_q \sim q(z \mid x)`);
+- the decoder minimizes :math:`\gamma\, \tfrac12 \|f(\tilde x_q) - f(x)\|^2` plus the generator's adversarial loss on
+  both its reconstructions :math:`\mathrm{Dec}(z_q)` and its prior samples :math:`\mathrm{Dec}(z_p)`,
+  :math:`z_p \sim p(z)` (the encoder gets no adversarial gradient: the reconstructions enter the game with
+  :math:`z_q` detached);
+- the discriminator tells data from both kinds of fakes (and is not trained on the feature term).
+
+So the decoder is trained on neither its pixel likelihood nor the ELBO: the stated likelihood makes log p(x)
+defined and comparable, not good. Its samples are what the model is for.
+
+Reference: Larsen, Sønderby, Larochelle & Winther, Autoencoding beyond pixels using a learned similarity metric,
+ICML 2016, arXiv:1512.09300.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pprogen.models.gan import ConvDiscriminator, _check_image_shape
+from pprogen.models.vae import VAE, AmortizedNormalGuide, _check_sizes
+from pprogen.nn import ConvDecoder, ConvEncoder, CriticPair, normal_head
+from pprogen.registry import register_model
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+class VAEGAN(VAE):
+    """A VAE (encoder, decoder) and a discriminator whose features measure the reconstruction; see the module
+    docstring. ``encoder`` lives in the model (the trainer updates it with the decoder) and the guide shares it."""
+
+    conditional = False
+    states_likelihood = True  # trained adversarially, yet p(x | z) is stated: importance sampling applies
+
+    def __init__(self, x_shape: Sequence[int], z_dim: int, decoder: nn.Module, encoder: nn.Module,
+                 discriminator: ConvDiscriminator, likelihood: str = "gaussian", feature_weight: float = 1.0,
+                 kl_weight: float = 1.0) -> None:
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r} for vaegan; choose one of {', '.join(LIKELIHOODS)}")
+        for key, value in (("feature_weight", feature_weight), ("kl_weight", kl_weight)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+        super().__init__(x_shape, z_dim, decoder, lambda: encoder, "bernoulli")
+        self.likelihood = likelihood
+        if likelihood == "gaussian":
+            self.log_scale = nn.Parameter(torch.full(self.x_shape, math.log(0.1)))
+        self.encoder = encoder
+        self.discriminator = discriminator
+        self.feature_weight, self.kl_weight = float(feature_weight), float(kl_weight)
+
+    @property
+    def generator(self) -> nn.Module:
+        """The decoder plays the generator (no moving average is kept)."""
+        return self.decoder
+
+    def default_guide(self) -> AmortizedNormalGuide:
+        """q(z | x) with the model's own encoder (shared, so the model's weights hold it)."""
+        return AmortizedNormalGuide(self.encoder, self.z_dim)
+
+    def likelihood_dist(self, z: torch.Tensor, **condition) -> dist.TorchDistribution:
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            fn = dist.Bernoulli(logits=out)
+        else:
+            fn = dist.Normal(torch.sigmoid(out), self.log_scale.exp())
+        return fn.to_event(len(self.x_shape))
+
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z]: the image the discriminator judges, in [0, 1]."""
+        return torch.sigmoid(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, mean: bool = True) -> torch.Tensor:
+        """``n`` images E[x | z], z ~ N(0, I) (as a GAN's samples are shown); draws of p(x | z) with ``mean=False``."""
+        if y is not None:
+            raise ValueError("vaegan is not conditional but got labels y")
+        z = self.prior_latents(n)
+        return self.mean_image(z) if mean else self.likelihood_dist(z).sample()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Dis_l(x): the discriminator's last hidden layer, flattened."""
+        return self.discriminator.body(x)
+
+    def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
+        loc, scale = normal_head(self.encoder(real), self.z_dim)
+        z_q = loc + scale * torch.randn_like(loc)
+        prior = CriticPair(self.discriminator, real, self.mean_image(torch.randn_like(loc)), name="prior")
+        if not generator_step:
+            return [prior, CriticPair(self.discriminator, real, self.mean_image(z_q), name="recon")], {}
+        with torch.no_grad():
+            target = self.features(real)
+        feature_nll = 0.5 * (self.features(self.mean_image(z_q)) - target).pow(2).sum(-1).mean()
+        kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum(-1).mean()
+        recon = CriticPair(self.discriminator, real, self.mean_image(z_q.detach()), name="recon")
+        return [prior, recon], {"kl": self.kl_weight * kl, "feature_nll": self.feature_weight * feature_nll}
+
+    def check_data(self, data: torch.Tensor, pairing: str | None = None, y: torch.Tensor | None = None) -> None:
+        if tuple(data.shape[1:]) != self.x_shape:
+            raise ValueError(f"vaegan makes images of shape {self.x_shape} but the data have {tuple(data.shape[1:])}; "
+                             "build the model for this data (x_shape)")
+        if y is not None:
+            raise ValueError("vaegan is not conditional but got labels y")
+        if self.likelihood == "bernoulli" and not bool(((data == 0) | (data == 1)).all()):
+            raise ValueError("vaegan's likelihood is Bernoulli but the data are not binary; use a binarized data set "
+                             "or --set likelihood=gaussian")
+
+
+@register_model(
+    kind="gan",
+    reference="Larsen, Sønderby, Larochelle & Winther, Autoencoding beyond pixels using a learned similarity metric, "
+    "ICML 2016, arXiv:1512.09300",
+    default_data="digits28",
+    story="z ~ N(0, I); x | z ~ Normal(sigmoid(Dec(z)), diag s^2) or Bernoulli(Dec(z)) (stated, so log_marginal "
+    "gives an importance-sampled log p(x)); guide q(z | x) = N(Enc(x)). Trained adversarially: the reconstruction "
+    "measured in the discriminator's features, the decoder also fooling D on prior samples and reconstructions.",
+    train_defaults={"loss": "nonsaturating", "epochs": 100, "batch_size": 64, "lr": 3e-4, "lr_d": 3e-4,
+                    "betas": [0.5, 0.999], "ema": None},
+)
+def vaegan(
+    x_shape: Sequence[int] = (1, 28, 28),
+    z_dim: int = 32,
+    hidden_dims: Sequence[int] = (256,),
+    channels: Sequence[int] = (32, 64),
+    d_channels: int = 32,
+    likelihood: str = "gaussian",
+    feature_weight: float = 1.0,
+    kl_weight: float = 1.0,
+    activation: str = "relu",
+) -> VAEGAN:
+    """conv_vae's encoder and decoder (same sizes, so it compares with ``conv_vae``; ``channels`` an int c means
+    (c, 2c)) and dcgan's discriminator with ``d_channels``."""
+    _check_image_shape("vaegan", x_shape)
+    if isinstance(channels, int):
+        channels = (channels, 2 * channels)
+    hidden = _check_sizes(z_dim, hidden_dims)
+    chans = _check_sizes(z_dim, channels, "channels")
+    return VAEGAN(x_shape, z_dim, ConvDecoder(z_dim, x_shape, chans[::-1], hidden, activation),
+                  ConvEncoder(x_shape, 2 * z_dim, chans, hidden, activation), ConvDiscriminator(x_shape, d_channels),
+                  likelihood, feature_weight, kl_weight)

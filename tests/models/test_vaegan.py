@@ -1,0 +1,122 @@
+"""VAE-GAN: the stated likelihood scored by importance sampling against quadrature, each network trained by the
+terms of Larsen et al. and no others, the command line, and bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import pprogen
+from pprogen.cli import main
+from pprogen.inference import log_marginal
+from pprogen.inference.adversarial import discriminator_loss, generator_loss
+
+
+def small(**kw):
+    args = {"x_shape": (1, 8, 8), "z_dim": 2, "hidden_dims": (16,), "channels": (4, 8), "d_channels": 8, **kw}
+    return pprogen.create_model("vaegan", **args)
+
+
+def test_importance_sampling_of_the_stated_likelihood_matches_quadrature():
+    """z_dim 1: log p(x) = log integral N(z; 0, 1) p(x | z) dz on a fine grid, against log_marginal with the
+    model's own encoder as proposal."""
+    torch.manual_seed(0)
+    model = small(z_dim=1, likelihood="bernoulli").eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)  # a decoder that depends on z strongly: the prior then matters to log p(x)
+    x = (torch.rand(4, 1, 8, 8) < 0.5).float()
+    grid = torch.linspace(-10, 10, 20001)
+
+    def quadrature(prior_scale):
+        with torch.no_grad():
+            log_lik = model.likelihood_dist(grid[:, None]).log_prob(x[:, None])  # (4, G)
+            prior = torch.distributions.Normal(0.0, prior_scale).log_prob(grid)
+            return (torch.logsumexp(log_lik + prior, 1) + math.log(grid[1] - grid[0])).double()
+
+    exact = quadrature(1.0)
+    assert (quadrature(1.3) - exact).abs().max() > 0.1  # a wrong prior would show
+    evidence = log_marginal(model, model.default_guide(), x, num_samples=20000)
+    assert ((evidence.log_prob.double() - exact).abs() < 4 * evidence.stderr.double() + 0.005).all()
+
+
+def test_each_network_gets_the_terms_of_the_paper():
+    """Encoder: KL and the feature term only; decoder: the feature term and the adversarial loss; discriminator:
+    the adversarial loss only (the feature term never trains it)."""
+    torch.manual_seed(0)
+    model = small()
+    real = torch.rand(6, 1, 8, 8)
+    groups = {"encoder": list(model.encoder.parameters()), "decoder": list(model.decoder.parameters()),
+              "discriminator": list(model.discriminator.parameters())}
+
+    def reached(loss):
+        out = set()
+        for name, params in groups.items():
+            grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+            if any(g is not None and g.abs().sum() > 0 for g in grads):
+                out.add(name)
+        return out
+
+    pairs, extra = model.adversarial_terms(real, True)
+    assert [p.name for p in pairs] == ["prior", "recon"] and set(extra) == {"kl", "feature_nll"}
+    adversarial = sum(generator_loss("nonsaturating", p.critic(p.fake)) for p in pairs)
+    assert reached(adversarial) == {"decoder", "discriminator"}  # D's weights are frozen by the trainer then
+    assert reached(extra["kl"]) == {"encoder"}
+    assert reached(extra["feature_nll"]) == {"encoder", "decoder", "discriminator"}
+    with torch.no_grad():
+        d_pairs, d_extra = model.adversarial_terms(real, False)
+    assert d_extra == {} and [p.name for p in d_pairs] == ["prior", "recon"]
+    d_loss = sum(discriminator_loss("nonsaturating", p.critic(p.real), p.critic(p.fake)) for p in d_pairs)
+    assert reached(d_loss) == {"discriminator"}
+    # the KL term is the closed form of KL(N(loc, scale^2) || N(0, 1))
+    from pprogen.nn import normal_head
+
+    torch.manual_seed(1)
+    _, extra = model.adversarial_terms(real, True)
+    loc, scale = normal_head(model.encoder(real), model.z_dim)
+    closed = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
+                                               torch.distributions.Normal(0.0, 1.0)).sum(-1).mean()
+    assert extra["kl"].item() == pytest.approx(closed.item(), rel=1e-5)
+
+
+def test_the_trainer_updates_the_encoder_and_the_cli_reports_sample_metrics_and_nll(tmp_path, capsys):
+    out = tmp_path / "vg"
+    assert main(["train", "vaegan", "--data", "digits", "--set", "hidden_dims=[16]", "--set", "channels=[4,8]",
+                 "--set", "d_channels=8", "--set", "z_dim=4", "--epochs", "2", "--eval-samples", "64", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Fréchet distance" in printed and "valid NLL" in printed and "importance samples" in printed
+    summary = json.loads((out / "summary.json").read_text())["valid_evaluation"]
+    assert summary["likelihood"]["num_samples"] == 1000 and math.isfinite(summary["likelihood"]["nll"])
+    from pprogen.engine import load_run
+
+    _, _, dataset, model, guide, _ = load_run(str(out))
+    fresh = small(x_shape=(1, 8, 8), z_dim=4)
+    assert not torch.equal(model.encoder.head[0].weight, fresh.encoder.head[0].weight)  # trained and saved
+    assert guide.encoder is model.encoder
+    assert main(["evaluate", str(out), "--num-samples", "64"]) == 0
+    assert "valid NLL" not in capsys.readouterr().out  # the default split is test
+    assert main(["evaluate", str(out), "--split", "valid", "--num-samples", "64", "--ood", "digits"]) == 2
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"x_shape": (64,)}, "makes images of shape"),
+    ({"likelihood": "poisson"}, "unknown likelihood"),
+    ({"feature_weight": -1.0}, "feature_weight must be a non-negative number"),
+    ({"kl_weight": float("nan")}, "kl_weight must be a non-negative number"),
+])
+def test_bad_arguments(kw, message):
+    with pytest.raises(ValueError, match=message):
+        small(**kw)
+
+
+def test_bad_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    model = small(likelihood="bernoulli")
+    with pytest.raises(ValueError, match="not binary"):
+        model.check_data(torch.rand(4, 1, 8, 8))
+    with pytest.raises(ValueError, match="not conditional"):
+        model.check_data(torch.ones(4, 1, 8, 8), y=torch.zeros(4))
+    assert main(["train", "vaegan", "--data", "digits", "--set", "likelihood=bernoulli", "--epochs", "1", "--out",
+                 str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "not binary" in capsys.readouterr().err and not (tmp_path / "r").exists()
