@@ -19,6 +19,8 @@ attribute                 default     meaning
 ``accepts_missing``       False       NaN entries are summed out (Bayesian networks)
 ``fitted_network(guide)`` absent      a Bayesian network that writes its learned tables
 ``discriminator``         absent      a GAN: trained adversarially, scored by sample metrics
+``mix(z_a, z_b, k)``      absent      a style-based generator: coarse styles from z_a, fine from z_b (with
+                                      ``sample_at(z, psi)`` for truncation); its pictures show both
 ``states_likelihood``     False       a model trained adversarially that still states p(x | z) and has a guide
                                       (VAE-GAN): scored by importance sampling too
 ``from_latent(z, mean)``  absent      examples made from given latents, with ``latent_shape`` and
@@ -57,6 +59,7 @@ class Capabilities:
     nuts: bool = False
     reconstruction: bool = False
     stated_likelihood: bool = False
+    style_mixing: bool = False
 
     @property
     def scoring(self) -> str:
@@ -91,4 +94,5 @@ def capabilities(model: Any) -> Capabilities:
         nuts=callable(getattr(model, "posterior", None)),
         reconstruction=callable(getattr(model, "reconstruction_error", None)),
         stated_likelihood=bool(getattr(model, "states_likelihood", False)),
+        style_mixing=callable(getattr(model, "mix", None)),
     )

@@ -935,8 +935,11 @@ class _AdversarialSession:
 
         _gan_pictures(run, self.model, self.dataset, self.device, run.path / "samples.png", split)
         plots.save_curves(run.read_metrics(), run.path / "curves.png", ylabel="loss per step",
-                          keys=("d_loss", "g_adv", "cycle", "l1", "high_quality"))
-        return ["samples.png", "curves.png", "grids"]
+                          keys=("d_loss", "g_adv", "cycle", "l1", "high_quality", "feature_nll", "kl"))
+        made = ["samples.png", "curves.png", "grids"]
+        if capabilities(self.model).style_mixing:
+            made += style_pictures(self.model, run.path, run.config["model"])
+        return made
 
     def format(self, split: str, result: dict[str, Any]) -> str:
         return _format_gan_eval(result)
@@ -956,6 +959,32 @@ def gan_evaluation(model, dataset: Dataset, split: str, num_samples: int, device
             model.train(was)
         result["likelihood"] = scored
     return result
+
+
+def style_pictures(model, folder: Path, name: str, n: int = 6) -> list[str]:
+    """A style-based generator's pictures: style-mixing grids (coarse layers' styles from the rows' latents, fine
+    from the columns'; two crossover points) and a truncation sweep (rows psi = 1 ... 0 for the same latents), all
+    with the per-layer noise held fixed."""
+    from pprogen import plots
+
+    torch.manual_seed(0)
+    device = next(model.parameters()).device
+    z_rows, z_cols = torch.randn(n, model.z_dim, device=device), torch.randn(n, model.z_dim, device=device)
+    with torch.no_grad():
+        rows, cols = model.mix(z_rows, z_rows, 0), model.mix(z_cols, z_cols, 0)
+        grids = []
+        for crossover in sorted({2, model.num_ws // 2 + 1} & set(range(1, model.num_ws))):
+            pairs = model.mix(z_rows.repeat_interleave(n, 0), z_cols.repeat(n, 1), crossover)
+            grids.append((f"styled layers 1-{crossover} of {model.num_ws} from the row,\nthe rest from the column",
+                          pairs.reshape(n, n, *pairs.shape[1:])))
+        plots.save_style_mixing(rows, cols, grids, folder / "mixing.png",
+                                title=f"{name}: style mixing (coarse from the left column, fine from the top row)")
+        psis = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
+        z = torch.randn(8, model.z_dim, device=device)
+        sweep = torch.cat([model.sample_at(z, psi) for psi in psis])
+    plots.save_samples(sweep, model.x_shape, folder / "truncation.png", columns=8,
+                       title=f"{name}: truncation, rows psi = {', '.join(f'{p:g}' for p in psis)} (same 8 latents)")
+    return ["mixing.png", "truncation.png"]
 
 
 def _ranks(world: distributed.World) -> str:

@@ -230,3 +230,23 @@ def save_code_spaces(panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]], l
         axes[1, col].axis("off")
     fig.colorbar(points, ax=axes[0].tolist(), ticks=range(10), shrink=0.8, label="digit")
     _save(fig, path)
+
+
+def save_style_mixing(coarse: torch.Tensor, fine: torch.Tensor, grids: Sequence[tuple[str, torch.Tensor]],
+                      path: Path, title: str = "") -> None:
+    """Style-mixing grids: for each ``(caption, images (R, C, ...))`` one panel whose top row is ``fine`` (C images),
+    left column ``coarse`` (R images) and cell (i, j) the image with the coarse layers' styles of row i and the fine
+    layers' of column j."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.5 * len(grids), 4.8), squeeze=False)
+    for ax, (caption, images) in zip(axes[0], grids):
+        r, c = images.shape[:2]
+        blank = torch.zeros_like(fine[:1])
+        top = torch.cat([blank, fine.detach().cpu()], 0)
+        rows = [torch.cat([coarse[i: i + 1].detach().cpu(), images[i].detach().cpu()], 0) for i in range(r)]
+        grid = image_grid(torch.cat([top, *rows], 0), c + 1)
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, path)

@@ -12,9 +12,10 @@ from pprogen.models.ppca import PPCA, ppca
 from pprogen.models.translation import CycleGAN, Pix2Pix, cyclegan, pix2pix
 from pprogen.models.vae import CVAE, HVAE, VAE, AmortizedNormalGuide, conv_vae, cvae, hvae, vae
 from pprogen.models.vaegan import VAEGAN, vaegan
+from pprogen.models.stylegan import StyleGAN, stylegan
 
 __all__ = [
-    "VAEGAN", "vaegan", "Autoencoder", "LinearAutoencoder", "autoencoder", "linear_ae", "principal_angles",
+    "StyleGAN", "stylegan", "VAEGAN", "vaegan", "Autoencoder", "LinearAutoencoder", "autoencoder", "linear_ae", "principal_angles",
     "GAN", "ProGAN", "CycleGAN", "Pix2Pix", "cgan", "cyclegan", "dcgan", "gan", "pix2pix", "progan",
     "ENERGIES", "EnergyTarget", "Flow", "FlowGuide", "glow", "iaf", "maf", "nice", "nsf", "planar", "radial", "realnvp",
     "BayesianNetwork", "DirichletCPTGuide", "SpecError", "bayesnet", "fully_connected_spec", "parse_spec", "sprinkler",

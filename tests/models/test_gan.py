@@ -36,7 +36,7 @@ def batch_for(model, n=8):
 
 
 def test_every_gan_of_the_issue_is_registered():
-    assert set(GANS) == {"gan", "dcgan", "cgan", "cyclegan", "pix2pix", "progan", "vaegan"}
+    assert set(GANS) == {"gan", "dcgan", "cgan", "cyclegan", "pix2pix", "progan", "vaegan", "stylegan"}
 
 
 @pytest.mark.parametrize("name", GANS)
