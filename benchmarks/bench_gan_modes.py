@@ -23,13 +23,15 @@ from pprogen.inference.adversarial import AdversarialTrainer
 from pprogen.inference.metrics import mode_metrics
 
 
-def one_seed(data: str, seed: int, steps: int, batch_size: int, num_train: int, pack: int = 1) -> dict:
+def one_seed(data: str, seed: int, steps: int, batch_size: int, num_train: int, pack: int = 1, z_dim: int = 2,
+             loss: str = "nonsaturating", r1: float = 0.0, lr: float = 1e-3) -> dict:
     torch.manual_seed(seed)
-    model = pprogen.create_model("gan", hidden_dims=(128, 128, 128), d_hidden_dims=(128, 128, 128), pack=pack)
+    model = pprogen.create_model("gan", hidden_dims=(128, 128, 128), d_hidden_dims=(128, 128, 128), pack=pack,
+                                 z_dim=z_dim)
     train = load_toy(data, num_train=num_train).train
     per_epoch = train.shape[0] // batch_size
-    trainer = AdversarialTrainer(model, lr_g=1e-3, lr_d=1e-3, betas=(0.5, 0.9), schedule="linear", ema=0.999,
-                                 batch_size=batch_size, device="cpu", seed=seed, progress=False)
+    trainer = AdversarialTrainer(model, loss=loss, lr_g=lr, lr_d=lr, betas=(0.5, 0.9), schedule="linear", ema=0.999,
+                                 r1_weight=r1, batch_size=batch_size, device="cpu", seed=seed, progress=False)
     started = time.perf_counter()
     trainer.fit(train, epochs=max(1, round(steps / per_epoch)))
     torch.manual_seed(10_000 + seed)
@@ -48,11 +50,16 @@ def main() -> None:
     p.add_argument("--num-train", type=int, default=10000, help="training examples drawn once per seed")
     p.add_argument("--pack", type=int, default=1, help="PacGAN: examples the discriminator judges jointly")
     p.add_argument("--only-seeds", type=int, nargs="*", help="run just these seeds")
+    p.add_argument("--z-dim", type=int, default=2, help="dimension of G's noise")
+    p.add_argument("--loss", default="nonsaturating")
+    p.add_argument("--r1", type=float, default=0.0, help="R1 penalty weight on real data")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of G and D")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for seed in args.only_seeds if args.only_seeds is not None else range(args.seeds):
-        row = one_seed(args.data, seed, args.steps, args.batch_size, args.num_train, args.pack)
+        row = one_seed(args.data, seed, args.steps, args.batch_size, args.num_train, args.pack, args.z_dim, args.loss,
+                       args.r1, args.lr)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("seed", "modes", "high_quality", "reverse_kl", "seconds")}), flush=True)
 

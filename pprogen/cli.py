@@ -230,6 +230,13 @@ def _check_sample_args(args, model, caps) -> None:
     if args.mean and not (caps.latent_mean or hasattr(model, "sample") and "mean" in _params(model.sample)):
         raise ValueError(f"{name} has no likelihood mean to show (its samples are draws of x itself or x = f(z)); "
                          "drop --mean")
+    if args.psi is not None:
+        if not caps.style_mixing:
+            raise ValueError(f"{name} has no truncation; --psi applies to style-based generators (stylegan)")
+        if args.interpolate or args.traverse:
+            raise ValueError("--psi truncates plain samples; drop --interpolate / --traverse")
+        if not 0 <= args.psi <= 1:
+            raise ValueError(f"--psi must lie in [0, 1], got {args.psi}")
     if args.label is not None:
         if not caps.conditional:
             raise ValueError(f"{name} is not conditioned on labels; drop --label")
@@ -403,9 +410,13 @@ def cmd_sample(args) -> int:
             kw = {"mean": True} if mean else {}
             if condition:
                 kw["y"] = condition["y"][:n]
+            if args.psi is not None:
+                kw["psi"] = args.psi
             samples = model.sample(n, **kw).cpu()
-            if caps.adversarial:
-                what = "x = G(z), z ~ N(0, I)"
+            if caps.adversarial and caps.stated_likelihood:  # a VAE-GAN shows its decoder's mean images
+                what = "decoder means E[x | z], z ~ N(0, I)"
+            elif caps.adversarial:
+                what = "x = G(z), z ~ N(0, I)" + (f", truncation psi = {args.psi:g}" if args.psi is not None else "")
             elif caps.latent_mean:
                 what = f"{what}, z ~ p(z)"
             else:
@@ -544,6 +555,7 @@ def parser() -> argparse.ArgumentParser:
                                                            "--interpolate and --traverse)")
     means.add_argument("--draws", action="store_true", help="show draws x ~ p(x | z) (default for plain samples)")
     s.add_argument("--label", type=int, help="conditional models: draw this class (default: class j in column j)")
+    s.add_argument("--psi", type=float, help="style-based generators: truncation psi in [0, 1] (1: none)")
     s.add_argument("--impute", metavar="FILE", help="fill in the missing entries of FILE's rows (.npy/.pt with NaN "
                    "where missing, or .npz with x and a boolean 'missing' mask): -n completions per row")
     s.add_argument("--particles", type=int, help="--impute: particles per row of importance-resampled routes "

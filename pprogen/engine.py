@@ -1017,7 +1017,8 @@ def _gan_pictures(run: Run, model, dataset: Dataset, device, path: Path, split: 
             rows, labels = rows + [b, model.sample(12, b, "ba")], labels + ["B (source)", "G_ba(B)"]
         plots.save_translations(rows, labels, path)
         return
-    title, columns, n = f"{run.config['model']}: x = G(z), z ~ N(0, I)", None, 64 if dataset.is_image else 2500
+    what = "decoder means E[x | z]" if capabilities(model).stated_likelihood else "x = G(z)"
+    title, columns, n = f"{run.config['model']}: {what}, z ~ N(0, I)", None, 64 if dataset.is_image else 2500
     if capabilities(model).conditional and dataset.is_image:  # labels 0..K-1 in turn: one class a column
         columns = model.num_classes
         n = columns * max(1, 64 // columns)

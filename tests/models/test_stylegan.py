@@ -123,3 +123,22 @@ def test_bad_picture_arguments():
         model.mix(torch.randn(1, 4), torch.randn(1, 4), 7)
     with pytest.raises(ValueError, match="not conditional"):
         model.sample(2, y=torch.zeros(2))
+
+
+def test_the_cli_trains_it_and_draws_mixing_and_truncation_pictures(tmp_path, capsys):
+    from pprogen.cli import main
+
+    out = tmp_path / "sg"
+    assert main(["train", "stylegan", "--data", "digits", "--set", "channels=4", "--set", "d_channels=4", "--set",
+                 "w_dim=8", "--epochs", "1", "--limit", "64", "--eval-samples", "32", "--out", str(out),
+                 "--no-progress"]) == 0
+    for picture in ("samples.png", "mixing.png", "truncation.png"):
+        assert (out / picture).is_file()
+    capsys.readouterr()
+    assert main(["sample", str(out), "-n", "4", "--psi", "0.5", "--out", str(tmp_path / "t.npy")]) == 0
+    assert "truncation psi = 0.5" in capsys.readouterr().out
+    assert main(["sample", str(out), "--psi", "1.5", "--out", str(tmp_path / "bad.png")]) == 2
+    assert "--psi must lie in [0, 1]" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+    assert main(["train", "stylegan", "--data", "digits", "--set", "mixing=2", "--out", str(tmp_path / "m"),
+                 "--no-progress"]) == 2
+    assert "style-mixing probability" in capsys.readouterr().err and not (tmp_path / "m").exists()

@@ -1,0 +1,93 @@
+"""Sample quality of trained image models side by side: Fréchet distance, precision and recall in the features of
+the project's digit classifier (the one ``pprogen evaluate`` uses for GANs), and one picture of their samples.
+
+Each argument is ``LABEL=RUN_FOLDER`` (a ``pprogen train`` run). Every model draws ``--num-samples`` images with the
+same seed: GANs and the VAE-GAN their generator's output (the decoder's mean image for the VAE-GAN), a VAE its
+likelihood means E[x | z], z ~ p(z), clipped to [0, 1] (a Gaussian decoder's mean may leave it), which is what a
+VAE's pictures show. All are compared with the ``--split`` images of the run's data (they must share a data set).
+
+Used for the README's comparisons (training commands there):
+
+    python benchmarks/bench_sample_quality.py vae=RUNS/conv_vae vaegan=RUNS/vaegan --out docs/figures/vaegan_vs_vae.png
+    python benchmarks/bench_sample_quality.py dcgan=RUNS/dcgan progan=RUNS/progan stylegan=RUNS/stylegan --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+from pprogen.capabilities import capabilities
+from pprogen.engine import load_run
+from pprogen.inference.metrics import cached_classifier, image_metrics
+from pprogen.plots import image_grid
+
+
+def samples_of(model, n: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    caps = capabilities(model)
+    if caps.adversarial:
+        return model.sample(n)
+    params = inspect.signature(model.sample).parameters
+    if "mean" not in params:
+        raise SystemExit(f"{type(model).__name__} has no likelihood means to sample; give GANs, VAEs or VAE-GANs")
+    return model.sample(n, mean=True).clamp(0, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="picture of 64 samples of each model, side by side")
+    args = parser.parse_args()
+    rows, pictures, data = [], [], None
+    for item in args.runs:
+        label, _, folder = item.partition("=")
+        if not folder:
+            raise SystemExit(f"give LABEL=RUN_FOLDER, got {item!r}")
+        _, config, dataset, model, _, _ = load_run(folder, torch.device("cpu"))
+        if data is not None and config["data"] != data:
+            raise SystemExit(f"{folder} was trained on {config['data']!r}, the others on {data!r}: compare on one data set")
+        data = config["data"]
+        shape = dataset.image_shape
+        real = dataset.split(args.split).reshape(-1, *shape)
+        classifier, card = cached_classifier(dataset.name, dataset.train.reshape(-1, *shape), dataset.labels["train"],
+                                             dataset.num_classes)
+        with torch.no_grad():
+            fake = samples_of(model, args.num_samples, args.seed).reshape(-1, *shape)
+        scores = image_metrics(classifier, real, fake)
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        budget = f"{summary.get('epochs_run', '?')} epochs, {summary.get('train_seconds', float('nan')):.0f} s"
+        rows.append(f"| {label} | `{config['model']}` | {scores['frechet_distance']:.2f} | {scores['precision']:.3f} | "
+                    f"{scores['recall']:.3f} | {budget} |")
+        pictures.append((label, fake[:64]))
+    print(f"{data}, {args.num_samples} samples against the {args.split} split, classifier features:")
+    print("| model | zoo name | Fréchet distance | precision | recall | budget |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    if args.out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from pprogen.runs import atomic_write
+
+        fig, axes = plt.subplots(1, len(pictures), figsize=(4 * len(pictures), 4.3), squeeze=False)
+        for ax, (label, images) in zip(axes[0], pictures):
+            grid = image_grid(images, 8)
+            ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(label, fontsize=10)
+            ax.axis("off")
+        atomic_write(Path(args.out), lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
