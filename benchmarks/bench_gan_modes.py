@@ -1,7 +1,12 @@
 """The 2-D mode benchmarks of VEEGAN / PacGAN over seeds: modes covered, high-quality share, reverse KL.
 
+    python benchmarks/bench_gan_modes.py --data grid25 --seeds 10 --cli RUNS   # what `pprogen train gan` gives
     python benchmarks/bench_gan_modes.py --data ring8 --steps 8000 --seeds 10
-    python benchmarks/bench_gan_modes.py --data grid25 --steps 16000 --seeds 10
+    python benchmarks/bench_gan_modes.py --data grid25 --steps 16000 --seeds 10 [--z-dim 16 --r1 0.1 ...]
+
+With ``--cli RUNS`` each seed is ``pprogen train gan --data DATA --seed S`` with the model's default settings (a
+resumable run folder ``RUNS/DATA-seedS``; a finished one is read again), scored by the command's own evaluation
+(2500 samples of the averaged G on the validation split). Without it, the settings below (the defaults before R1):
 
 Each seed trains pprogen's ``gan`` (z in R^2, G and D 3 x 128 MLPs) with the non-saturating loss, Adam
 (lr 1e-3 for both, betas 0.5 / 0.9) decayed linearly to 0, batch 256, and scores 2500 samples of the moving
@@ -40,6 +45,25 @@ def one_seed(data: str, seed: int, steps: int, batch_size: int, num_train: int, 
     return out
 
 
+def cli_seed(data: str, seed: int, root: str) -> dict:
+    """``pprogen train gan --data DATA --seed SEED`` with the card's defaults; its validation mode metrics."""
+    from pathlib import Path
+
+    from pprogen.cli import main as pprogen
+
+    out = Path(root) / f"{data}-seed{seed}"
+    if not (out / "summary.json").is_file():
+        started = time.perf_counter()
+        argv = ["train", "--resume", str(out)] if out.exists() else ["train", "gan", "--data", data, "--seed", str(seed),
+                                                                        "--out", str(out)]
+        if pprogen([*argv, "--no-progress"]) != 0:
+            raise SystemExit(f"seed {seed} failed")
+        print(f"seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    summary = json.loads((out / "summary.json").read_text())
+    result = summary["valid_evaluation"]
+    return {**result, "seed": seed, "seconds": summary.get("train_seconds", float("nan"))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="ring8", choices=sorted(MODES))
@@ -54,12 +78,16 @@ def main() -> None:
     p.add_argument("--loss", default="nonsaturating")
     p.add_argument("--r1", type=float, default=0.0, help="R1 penalty weight on real data")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of G and D")
+    p.add_argument("--cli", metavar="RUNS", help="train with `pprogen train gan` defaults, run folders under RUNS")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for seed in args.only_seeds if args.only_seeds is not None else range(args.seeds):
-        row = one_seed(args.data, seed, args.steps, args.batch_size, args.num_train, args.pack, args.z_dim, args.loss,
-                       args.r1, args.lr)
+        if args.cli:
+            row = cli_seed(args.data, seed, args.cli)
+        else:
+            row = one_seed(args.data, seed, args.steps, args.batch_size, args.num_train, args.pack, args.z_dim,
+                           args.loss, args.r1, args.lr)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("seed", "modes", "high_quality", "reverse_kl", "seconds")}), flush=True)
 
@@ -68,7 +96,8 @@ def main() -> None:
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     (m, ms), (h, hs), (k, ks) = stat("modes"), stat("high_quality"), stat("reverse_kl")
-    print(f"{args.data}: {len(rows)} seeds, {args.steps} steps: modes {m:.2f} ± {ms:.2f} / {rows[0]['num_modes']}, "
+    steps = "pprogen train gan defaults" if args.cli else f"{args.steps} steps"
+    print(f"{args.data}: {len(rows)} seeds, {steps}: modes {m:.2f} ± {ms:.2f} / {rows[0]['num_modes']}, "
           f"high quality {100 * h:.1f} ± {100 * hs:.1f}%, reverse KL {k:.4f} ± {ks:.4f}, "
           f"median {statistics.median(r['seconds'] for r in rows):.0f} s per seed")
 

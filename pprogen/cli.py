@@ -148,8 +148,10 @@ def cmd_evaluate(args) -> int:
     run, config, dataset, model, guide, device = load_run(args.run, device, args.data_dir,  # each rank: its GPU
                                                           need_data=args.data is None)
     if other_data and config.get("kind") == "gan":
+        if not capabilities(model).stated_likelihood:
+            raise ValueError(f"{run.path.name} is a GAN: it has no likelihood to score other data or outliers with")
         raise ValueError(f"{run.path.name} is a {config['model']} run, trained adversarially: scoring other data or "
-                         "outliers is offered for likelihood models only")
+                         "outliers is offered for models trained on their likelihood only")
     if args.data is not None:  # score another data set the run's model accepts
         dataset = other_dataset(config, dataset, args.data, args.data_dir)
     key = f"{args.split}_evaluation"

@@ -258,8 +258,8 @@ class GAN(PyroModule):
 
 @register_model(kind="gan", reference="Goodfellow et al. 2014, Generative Adversarial Nets; Lin et al. 2018, PacGAN",
                 default_data="ring8",
-                train_defaults={"loss": "nonsaturating", "epochs": 200, "batch_size": 256, "lr": 1e-3, "lr_d": 1e-3,
-                                "betas": [0.5, 0.9], "schedule": "linear", "ema": 0.999})
+                train_defaults={"loss": "nonsaturating", "epochs": 400, "batch_size": 256, "lr": 1e-3, "lr_d": 1e-3,
+                                "betas": [0.5, 0.9], "schedule": "linear", "ema": 0.999, "r1_weight": 0.1})
 def gan(x_dim: int = 2, z_dim: int = 2, hidden_dims: Sequence[int] = (128, 128, 128),
         d_hidden_dims: Sequence[int] = (128, 128, 128), pack: int = 1, bounded: bool = False) -> GAN:
     """z ~ N(0, I_z_dim); x = G(z) with G a ReLU MLP; D a LeakyReLU MLP that sees `pack` examples at once
