@@ -13,6 +13,7 @@ to unit norm), each followed by per-pixel noise with a learned per-channel stren
 its own 1x1 modulated ``toImage`` output to the upsampled image of the blocks before (skip outputs instead of
 progressive growing). The layers' styles are a list of w's, one per modulated layer:
 
+- the mapping network learns 100 times slower than the rest (StyleGAN's learning-rate multiplier);
 - **style mixing** (training): with probability ``mixing``, the layers from a random crossover point on take w of
   a second latent, so the network cannot assume neighbouring layers' styles are correlated;
 - **mixing pictures**: coarse layers (the low resolutions) from one latent, fine layers from another
@@ -47,15 +48,30 @@ from pprogen.registry import register_model
 NOISE_MODES = ("random", "const", "none")
 
 
-class MappingNetwork(nn.Module):
-    """z -> w: the normalized z (unit root-mean-square) through ``depth`` LeakyReLU layers."""
+class SlowLinear(nn.Module):
+    """A linear layer that learns ``lr_mul`` times slower under Adam: its stored parameters are the weights divided by
+    ``lr_mul`` (StyleGAN's learning-rate multiplier for the mapping network, which otherwise collapses w)."""
 
-    def __init__(self, z_dim: int, w_dim: int, depth: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, lr_mul: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / (math.sqrt(in_dim) * lr_mul))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.lr_mul = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.lr_mul, self.bias * self.lr_mul)
+
+
+class MappingNetwork(nn.Module):
+    """z -> w: the normalized z (unit root-mean-square) through ``depth`` LeakyReLU layers learning ``lr_mul``
+    times slower than the rest."""
+
+    def __init__(self, z_dim: int, w_dim: int, depth: int, lr_mul: float = 0.01) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = z_dim
         for _ in range(depth):
-            layers += [nn.Linear(width, w_dim), nn.LeakyReLU(0.2)]
+            layers += [SlowLinear(width, w_dim, lr_mul), nn.LeakyReLU(0.2)]
             width = w_dim
         self.net = nn.Sequential(*layers)
 
