@@ -52,7 +52,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     linear = trained(root, "linear_ae", ["linear_ae"])
-    _, config, dataset, model, guide, _ = load_run(str(linear))
+    _, config, dataset, model, guide, _ = load_run(str(linear), torch.device("cpu"))
     x = dataset.train.flatten(1).double()
     centred = x - x.mean(0)
     pca = torch.linalg.eigh(centred.T @ centred / x.shape[0]).eigenvectors[:, -model.z_dim:]
@@ -66,7 +66,7 @@ def main() -> None:
     panels, rows = [], []
     for name in ("autoencoder", "vae"):
         path = trained(root, name, [name, *common])
-        _, _, dataset, model, guide, _ = load_run(str(path))
+        _, _, dataset, model, guide, _ = load_run(str(path), torch.device("cpu"))
         x, labels = dataset.split("valid"), dataset.labels["valid"]
         with torch.no_grad():
             codes = posterior_moments(model, guide, x)[0]  # the encoder's output / the guide's posterior mean

@@ -175,10 +175,13 @@ def cmd_evaluate(args) -> int:
         return 0
     if config.get("kind") == "gan":
         if args.method != "auto":
-            raise ValueError(f"a GAN has no likelihood to estimate; evaluate {run.path.name} without --method")
+            what = ("its stated likelihood is scored by importance sampling with its encoder (--num-samples sets K)"
+                    if capabilities(model).stated_likelihood else "a GAN has no likelihood to estimate")
+            raise ValueError(f"{what}; evaluate {run.path.name} without --method")
         if not world.is_main:  # the sample-based GAN metrics run on rank 0 alone
             return 0
-        result = gan_evaluation(model, dataset, args.split, args.num_samples, device, run, args.limit)
+        result = gan_evaluation(model, dataset, args.split, args.num_samples, device, run, args.limit,
+                                num_particles=args.num_samples)
         text = _format_gan_eval(result)
     elif args.method in ("ais", "bdmc"):
         annealing = {"num_steps": args.steps, "num_chains": args.chains, "leapfrog_steps": args.leapfrog,
@@ -410,13 +413,15 @@ def cmd_sample(args) -> int:
             title = f"{name}: translations of test images"
         else:
             kw = {"mean": True} if mean else {}
+            if caps.stated_likelihood:  # a VAE-GAN shows its decoder's means unless --draws asks for p(x | z)
+                kw = {"mean": not args.draws}
             if condition:
                 kw["y"] = condition["y"][:n]
             if args.psi is not None:
                 kw["psi"] = args.psi
             samples = model.sample(n, **kw).cpu()
             if caps.adversarial and caps.stated_likelihood:  # a VAE-GAN shows its decoder's mean images
-                what = "decoder means E[x | z], z ~ N(0, I)"
+                what = ("draws x ~ p(x | z)" if args.draws else "decoder means E[x | z]") + ", z ~ N(0, I)"
             elif caps.adversarial:
                 what = "x = G(z), z ~ N(0, I)" + (f", truncation psi = {args.psi:g}" if args.psi is not None else "")
             elif caps.latent_mean:

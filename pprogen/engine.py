@@ -184,11 +184,14 @@ def _refuse_options_of_other_kinds(options, name: str, kind: str) -> None:
     trainer = "gan" if kind == "gan" else "svi"
     stray = [o.flag for o in TRAIN_OPTIONS if getattr(o, trainer) is NO and _is_given(_given(options, o.key))]
     stray += [_flag(k) for k in SVI_ONLY if trainer == "gan" and _is_given(_given(options, k))]
+    if kind == "autoencoder":  # a flat prior and a point-mass guide: no KL term to weight or anneal
+        stray += [_flag(k) for k in ("beta", "kl_warmup") if _is_given(_given(options, k))]
     stray.sort()
     if stray:
         how = "the adversarial trainer" if trainer == "gan" else "SVI"
+        article = "an" if kind[0] in "aeiou" else "a"
         raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {name} "
-                         f"(a {kind} model, trained by {how}); drop {'it' if len(stray) == 1 else 'them'}")
+                         f"({article} {kind} model, trained by {how}); drop {'it' if len(stray) == 1 else 'them'}")
 
 
 def _is_given(value: Any) -> bool:
@@ -436,8 +439,12 @@ def ood_split(model, guide, dataset: Dataset, other: Dataset, split: str, num_sa
     :func:`pprogen.inference.evaluate`. Returns ``(summary dict, OODReport)``."""
     from pprogen.inference.ood import ood_report
 
-    if capabilities(model).adversarial or capabilities(model).reconstruction:
-        kind = "a GAN" if capabilities(model).adversarial else "an autoencoder"
+    caps = capabilities(model)
+    if caps.stated_likelihood:
+        raise ValueError("a VAE-GAN is trained adversarially, not on its stated likelihood: outlier scores are offered "
+                         "for models trained on their likelihood")
+    if caps.adversarial or caps.reconstruction:
+        kind = "a GAN" if caps.adversarial else "an autoencoder"
         raise ValueError(f"{kind} has no likelihood: it cannot score inputs as in or out of distribution")
     reference, other_split = reference_split(dataset, split), _some_split(other, split)
     parts = [(dataset, split), (other, other_split), (dataset, reference)]
@@ -1104,8 +1111,10 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
         raise RunError(f"{path} is a flow fitted to an energy target, not a likelihood of data; copy the run folder")
     run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
     if config.get("kind") in ("gan", "autoencoder") or translates(model):
-        raise RunError(f"{path} is a run of {config['model']}, which has no likelihood; only models with one ship "
-                       "this way (copy the run folder instead)")
+        why = ("is trained adversarially, not on its stated likelihood" if capabilities(model).stated_likelihood
+               else "has no likelihood")
+        raise RunError(f"{path} is a run of {config['model']}, which {why}; only models trained on their likelihood "
+                       "ship this way (copy the run folder instead)")
     with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
         _, fresh_model, fresh_guide = build(config, dataset)
         _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))

@@ -88,6 +88,9 @@ def impute(model, guide, x: torch.Tensor, missing: torch.Tensor | None = None, n
     condition = condition or {}
     caps = capabilities(model)
     name = type(model).__name__.lower()
+    if caps.stated_likelihood:
+        raise ValueError(f"{name} is trained adversarially, not on its stated likelihood: imputation is offered for "
+                         "models trained on their likelihood")
     if caps.adversarial:
         raise ValueError(f"{name} is a GAN: it has no likelihood to condition on observed entries")
     if caps.reconstruction:

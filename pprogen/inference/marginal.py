@@ -241,7 +241,11 @@ def log_marginal(
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     condition = check_condition(condition, data, "data")
-    plan = _structure(model, guide, data, condition, plate_name, batch_size)
+    try:
+        plan = _structure(model, guide, data, condition, plate_name, batch_size)
+    except NotImplementedError as err:  # the proposal draws from a distribution with no sampler (an improper prior)
+        raise ValueError(f"the proposal draws from a distribution that cannot be sampled ({err}); with no guide the "
+                         "model's priors propose, so every latent needs a proper prior, or pass a guide") from err
     if plan.joint:
         warnings.warn(
             f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "

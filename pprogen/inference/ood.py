@@ -120,8 +120,12 @@ def detect_ood(model, guide, data_in: torch.Tensor, data_out: torch.Tensor, data
     where the model has one, else importance sampling with ``guide`` and ``num_samples`` particles, as
     :func:`pprogen.inference.evaluate`); ``data_reference`` (held-out in-distribution rows) estimates the entropy
     for the typicality test of batches of ``batch`` inputs. ``report.summary()`` gives AUROC and FPR at 95% TPR."""
+    from pprogen.capabilities import capabilities
     from pprogen.inference.evaluate import evaluate
 
+    if capabilities(model).reconstruction:
+        raise ValueError(f"{type(model).__name__.lower()} is an autoencoder: it has no likelihood to score inputs as "
+                         "in or out of distribution")
     log_probs = [evaluate(model, guide, d, num_samples=num_samples, plate_name=plate_name).log_prob
                  for d in (data_in, data_out, data_reference)]
     return ood_report(*log_probs, batch=batch)

@@ -38,6 +38,17 @@ RECONSTRUCTIONS = ("bernoulli", "mse")
 ARCHITECTURES = ("mlp", "conv")
 
 
+class FlatPrior(dist.ImproperUniform):
+    """Pyro's ``ImproperUniform`` over the reals with its zero log density made on the value's device and dtype."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        shape = value.shape[:value.dim() - len(self.event_shape)]
+        return value.new_zeros(shape)
+
+    def expand(self, batch_shape, _instance=None):
+        return FlatPrior(self.support, torch.Size(batch_shape), self.event_shape)
+
+
 class DeterministicEncoder(PyroModule):
     """The guide of an autoencoder: a point mass q(z | x) = delta(z - encoder(x)) in the ``data`` plate."""
 
@@ -70,7 +81,7 @@ class Autoencoder(PyroModule):
 
     def code_prior(self) -> dist.TorchDistribution:
         """The flat prior over codes: log density 0 everywhere, so the ELBO is the reconstruction term alone."""
-        return dist.ImproperUniform(constraints.real, (), (self.z_dim,))
+        return FlatPrior(constraints.real, (), (self.z_dim,))
 
     def reconstruction_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         """Bernoulli(logits = decoder(z)), or N(decoder(z), 1) whose negative log density is half the squared

@@ -185,7 +185,7 @@ class StyleGenerator(nn.Module):
         w = self.mapping(z)
         if self.training:
             with torch.no_grad():
-                self.w_avg.lerp_(w.detach().mean(0), 1 - self.w_avg_decay)
+                self.w_avg.lerp_(w.detach().mean(0).to(self.w_avg.dtype), 1 - self.w_avg_decay)
         return w if psi == 1 else self.w_avg + psi * (w - self.w_avg)
 
     def synthesize(self, ws: torch.Tensor, noise: str = "random") -> torch.Tensor:

@@ -18,7 +18,9 @@ layer and :math:`\tilde x = \mathbb{E}[x \mid z]` the decoder's mean image,
   both its reconstructions :math:`\mathrm{Dec}(z_q)` and its prior samples :math:`\mathrm{Dec}(z_p)`,
   :math:`z_p \sim p(z)` (the encoder gets no adversarial gradient: the reconstructions enter the game with
   :math:`z_q` detached);
-- the discriminator tells data from both kinds of fakes (and is not trained on the feature term).
+- the discriminator tells data from both kinds of fakes (and is not trained on the feature term);
+- the Gaussian likelihood's scale alone is fitted to the pixels of the reconstructions (its term reaches no
+  network), so the stated likelihood is a fitted one.
 
 So the decoder is trained on neither its pixel likelihood nor the ELBO: the stated likelihood makes log p(x)
 defined and comparable, not good. Its samples are what the model is for.
@@ -111,7 +113,11 @@ class VAEGAN(VAE):
         feature_nll = 0.5 * (self.features(self.mean_image(z_q)) - target).pow(2).sum(-1).mean()
         kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum(-1).mean()
         recon = CriticPair(self.discriminator, real, self.mean_image(z_q.detach()), name="recon")
-        return [prior, recon], {"kl": self.kl_weight * kl, "feature_nll": self.feature_weight * feature_nll}
+        extra = {"kl": self.kl_weight * kl, "feature_nll": self.feature_weight * feature_nll}
+        if self.likelihood == "gaussian":  # the stated likelihood's scale, fitted to the reconstructions (only it learns)
+            fn = dist.Normal(self.mean_image(z_q).detach(), self.log_scale.exp()).to_event(len(self.x_shape))
+            extra["pixel_scale_nll"] = -fn.log_prob(real).mean()
+        return [prior, recon], extra
 
     def check_data(self, data: torch.Tensor, pairing: str | None = None, y: torch.Tensor | None = None) -> None:
         if tuple(data.shape[1:]) != self.x_shape:

@@ -89,6 +89,15 @@ def test_no_likelihood_is_reported_for_an_autoencoder():
     assert result.summary["reconstruction_loss"] == pytest.approx(errors["loss"].mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="no prior over its codes"):
         model()
+    with pytest.raises(ValueError, match="cannot be sampled"):  # no guide: the flat prior would have to propose
+        log_marginal(model, None, x, num_samples=4)
+    from pprogen.inference import detect_ood
+
+    with pytest.raises(ValueError, match="autoencoder: it has no likelihood"):
+        detect_ood(model, guide, x, x, x)
+    # the flat prior's zero log density lives on the value's device and dtype (no CPU tensors on a GPU)
+    value = torch.zeros(3, 2, dtype=torch.float64)
+    assert model.code_prior().expand([3]).log_prob(value).dtype == torch.float64
 
 
 def test_a_users_program_with_a_flat_prior_is_refused_by_importance_sampling():
@@ -153,8 +162,10 @@ def test_the_cli_trains_evaluates_and_refuses_what_an_autoencoder_cannot_do(tmp_
         ["evaluate", str(out), "--ood", "digits_binary"],
         ["ship", str(out), str(tmp_path / "shipped")],
     ]
+    refused.append(["train", "autoencoder", "--beta", "4", "--out", str(tmp_path / "beta")])  # no KL to weight
     for argv in refused:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and ("no prior" in err or "no likelihood" in err), err
+        assert err.count("\n") == 0 and ("no prior" in err or "no likelihood" in err or "does not apply" in err), err
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "t.png").exists() and not (tmp_path / "shipped").exists()
+    assert not (tmp_path / "beta").exists()

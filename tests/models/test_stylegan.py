@@ -100,6 +100,14 @@ def test_noise_modes_and_the_running_mean_of_w():
     assert torch.allclose(model.generator.w_avg, 0.005 * w, atol=1e-7)  # decay 0.995 from zero
 
 
+def test_training_steps_run_under_bf16_autocast():
+    model = small()
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pairs, _ = model.adversarial_terms(torch.rand(4, 1, 8, 8), True)
+    assert model.generator.w_avg.dtype == torch.float32 and torch.isfinite(pairs[0].fake).all()
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"mixing": 1.5}, r"style-mixing probability must lie in \[0, 1\]"),
     ({"mixing": -0.1}, r"style-mixing probability must lie in \[0, 1\]"),

@@ -58,8 +58,10 @@ def test_each_network_gets_the_terms_of_the_paper():
                 out.add(name)
         return out
 
+    groups["likelihood scale"] = [model.log_scale]
     pairs, extra = model.adversarial_terms(real, True)
-    assert [p.name for p in pairs] == ["prior", "recon"] and set(extra) == {"kl", "feature_nll"}
+    assert [p.name for p in pairs] == ["prior", "recon"] and set(extra) == {"kl", "feature_nll", "pixel_scale_nll"}
+    assert reached(extra["pixel_scale_nll"]) == {"likelihood scale"}  # the stated likelihood's scale is fitted
     adversarial = sum(generator_loss("nonsaturating", p.critic(p.fake)) for p in pairs)
     assert reached(adversarial) == {"decoder", "discriminator"}  # D's weights are frozen by the trainer then
     assert reached(extra["kl"]) == {"encoder"}
@@ -98,6 +100,14 @@ def test_the_trainer_updates_the_encoder_and_the_cli_reports_sample_metrics_and_
     assert main(["evaluate", str(out), "--num-samples", "64"]) == 0
     assert "valid NLL" not in capsys.readouterr().out  # the default split is test
     assert main(["evaluate", str(out), "--split", "valid", "--num-samples", "64", "--ood", "digits"]) == 2
+    assert main(["evaluate", str(out), "--method", "is"]) == 2
+    assert "stated likelihood is scored by importance sampling" in capsys.readouterr().err
+    # plain samples are the decoder's means; --draws asks for draws of the stated likelihood around them
+    assert main(["sample", str(out), "-n", "64", "--out", str(tmp_path / "means.pt")]) == 0
+    assert main(["sample", str(out), "-n", "64", "--draws", "--out", str(tmp_path / "draws.pt")]) == 0
+    means, draws = (torch.load(tmp_path / f, weights_only=True) for f in ("means.pt", "draws.pt"))
+    assert 0 <= means.min() and means.max() <= 1  # sigmoid means, the same latents (same seed) in both
+    assert (draws - means).std().item() == pytest.approx(model.log_scale.exp().mean().item(), rel=0.05)
 
 
 @pytest.mark.parametrize("kw, message", [
