@@ -148,7 +148,7 @@ def vaegan(
     channels: Sequence[int] = (32, 64),
     d_channels: int = 32,
     likelihood: str = "gaussian",
-    feature_weight: float = 1.0,
+    feature_weight: float = 0.1,
     kl_weight: float = 1.0,
     activation: str = "relu",
 ) -> VAEGAN:
