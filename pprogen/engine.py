@@ -1111,9 +1111,10 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
         raise RunError(f"{path} is a flow fitted to an energy target, not a likelihood of data; copy the run folder")
     run, config, dataset, model, guide, _ = load_run(path, torch.device("cpu"), data_dir)
     if config.get("kind") in ("gan", "autoencoder") or translates(model):
-        why = ("is trained adversarially, not on its stated likelihood" if capabilities(model).stated_likelihood
-               else "has no likelihood")
-        raise RunError(f"{path} is a run of {config['model']}, which {why}; only models trained on their likelihood "
+        if capabilities(model).stated_likelihood:
+            raise RunError(f"{path} is a run of {config['model']}, which is trained adversarially, not on its stated "
+                           "likelihood; only models trained on their likelihood ship this way (copy the run folder)")
+        raise RunError(f"{path} is a run of {config['model']}, which has no likelihood; only models with a likelihood "
                        "ship this way (copy the run folder instead)")
     with torch.random.fork_rng():  # masks and orderings are drawn from their own seeds; the stream is kept
         _, fresh_model, fresh_guide = build(config, dataset)

@@ -40,7 +40,7 @@ from pprogen.nn import MLP, CriticPair, check_labels, frozen_copy, halvings, wit
 from pprogen.registry import register_model
 
 
-def _check_image_shape(name: str, x_shape: Sequence[int]) -> None:
+def check_image_shape(name: str, x_shape: Sequence[int]) -> None:
     if len(x_shape) != 3:
         raise ValueError(f"{name} makes images of shape (C, H, W), got x_shape {list(x_shape)}; use gan (or cgan) "
                          "for vector data such as the 2-D toys")
@@ -277,7 +277,7 @@ def gan(x_dim: int = 2, z_dim: int = 2, hidden_dims: Sequence[int] = (128, 128, 
 def dcgan(x_shape: Sequence[int] = (1, 28, 28), z_dim: int = 64, channels: int = 32) -> GAN:
     """z ~ N(0, I); x = G(z): linear to a 4-7 pixel map, transposed convolutions with batch norm doubling it
     to the image size, sigmoid. D: strided LeakyReLU convolutions, no batch norm (so penalties are per example)."""
-    _check_image_shape("dcgan", x_shape)
+    check_image_shape("dcgan", x_shape)
     return GAN(x_shape, z_dim, ConvGenerator(z_dim, x_shape, channels), ConvDiscriminator(x_shape, channels))
 
 
@@ -421,7 +421,7 @@ class ProGAN(GAN):
 def progan(x_shape: Sequence[int] = (1, 28, 28), z_dim: int = 64, channels: int = 32) -> ProGAN:
     """z ~ N(0, I); G grows from a 4-7 pixel map to the image size one doubling at a time, each new
     resolution faded in; D mirrors it, with a minibatch standard-deviation channel."""
-    _check_image_shape("progan", x_shape)
+    check_image_shape("progan", x_shape)
     if x_shape[1] != x_shape[2]:
         raise ValueError(f"progan grows square images; got {x_shape[1]}x{x_shape[2]}")
     if halvings(x_shape[1]) < 1:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pprogen.models.gan import GAN, ProgressiveDiscriminator, _check_image_shape
+from pprogen.models.gan import GAN, ProgressiveDiscriminator, check_image_shape
 from pprogen.nn import CriticPair, halvings
 from pprogen.registry import register_model
 
@@ -302,7 +302,7 @@ class StyleGAN(GAN):
 def stylegan(x_shape: Sequence[int] = (1, 28, 28), z_dim: int = 64, w_dim: int = 64, mapping_layers: int = 4,
              channels: int = 32, d_channels: int = 32, mixing: float = 0.9) -> StyleGAN:
     """A StyleGAN for small square images whose side halves to 4-7 pixels (8, 14, 16, 28, 32, ...)."""
-    _check_image_shape("stylegan", x_shape)
+    check_image_shape("stylegan", x_shape)
     if x_shape[1] != x_shape[2]:
         raise ValueError(f"stylegan grows square images; got {x_shape[1]}x{x_shape[2]}")
     side = int(x_shape[1])

@@ -139,7 +139,7 @@ class VAE(PyroModule):
         return self.likelihood_dist(z).mean
 
 
-def _check_sizes(z_dim: int, hidden_dims: Sequence[int], what: str = "hidden_dims") -> tuple[int, ...]:
+def check_sizes(z_dim: int, hidden_dims: Sequence[int], what: str = "hidden_dims") -> tuple[int, ...]:
     if not isinstance(z_dim, int) or z_dim < 1:
         raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
     hidden = tuple(int(h) for h in hidden_dims)
@@ -168,7 +168,7 @@ def vae(
 ) -> VAE:
     """A VAE with MLP encoder and decoder on flat data of dimension ``x_dim``; ``prior="maf"`` learns
     p(z) as a masked autoregressive flow."""
-    hidden = _check_sizes(z_dim, hidden_dims)
+    hidden = check_sizes(z_dim, hidden_dims)
     return VAE(
         (x_dim,),
         z_dim,
@@ -213,8 +213,8 @@ def conv_vae(
     """A VAE with a convolutional encoder and a transposed-convolution decoder on images."""
     if len(x_shape) != 3:
         raise ValueError(f"conv_vae needs images of shape (C, H, W), got {tuple(x_shape)}")
-    hidden = _check_sizes(z_dim, hidden_dims)
-    chans = _check_sizes(z_dim, channels, "channels")
+    hidden = check_sizes(z_dim, hidden_dims)
+    chans = check_sizes(z_dim, channels, "channels")
     return VAE(
         x_shape,
         z_dim,
@@ -307,7 +307,7 @@ def cvae(
     activation: str = "relu",
 ) -> CVAE:
     """A label-conditioned VAE on flat data."""
-    return CVAE(x_dim, z_dim, _check_sizes(z_dim, hidden_dims), num_classes, likelihood, activation)
+    return CVAE(x_dim, z_dim, check_sizes(z_dim, hidden_dims), num_classes, likelihood, activation)
 
 
 # ----------------------------------------------------------------------------- two stochastic layers
@@ -407,6 +407,6 @@ def hvae(
     """A VAE with two stochastic layers; train it with --elbo iwae for the IWAE paper's model."""
     if len(z_dims) != 2:
         raise ValueError(f"hvae has two stochastic layers: z_dims needs two sizes, got {list(z_dims)}")
-    z1 = _check_sizes(int(z_dims[0]), hidden_dims)
-    _check_sizes(int(z_dims[1]), top_hidden_dims, "top_hidden_dims")
+    z1 = check_sizes(int(z_dims[0]), hidden_dims)
+    check_sizes(int(z_dims[1]), top_hidden_dims, "top_hidden_dims")
     return HVAE(x_dim, (int(z_dims[0]), int(z_dims[1])), (z1, tuple(int(h) for h in top_hidden_dims)), activation)

@@ -38,8 +38,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pprogen.models.gan import ConvDiscriminator, _check_image_shape
-from pprogen.models.vae import VAE, AmortizedNormalGuide, _check_sizes
+from pprogen.models.gan import ConvDiscriminator, check_image_shape
+from pprogen.models.vae import VAE, AmortizedNormalGuide, check_sizes
 from pprogen.nn import ConvDecoder, ConvEncoder, CriticPair, normal_head
 from pprogen.registry import register_model
 
@@ -154,11 +154,11 @@ def vaegan(
 ) -> VAEGAN:
     """conv_vae's encoder and decoder (same sizes, so it compares with ``conv_vae``; ``channels`` an int c means
     (c, 2c)) and dcgan's discriminator with ``d_channels``."""
-    _check_image_shape("vaegan", x_shape)
+    check_image_shape("vaegan", x_shape)
     if isinstance(channels, int):
         channels = (channels, 2 * channels)
-    hidden = _check_sizes(z_dim, hidden_dims)
-    chans = _check_sizes(z_dim, channels, "channels")
+    hidden = check_sizes(z_dim, hidden_dims)
+    chans = check_sizes(z_dim, channels, "channels")
     return VAEGAN(x_shape, z_dim, ConvDecoder(z_dim, x_shape, chans[::-1], hidden, activation),
                   ConvEncoder(x_shape, 2 * z_dim, chans, hidden, activation), ConvDiscriminator(x_shape, d_channels),
                   likelihood, feature_weight, kl_weight)

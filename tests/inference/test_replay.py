@@ -19,7 +19,7 @@ from pprogen.inference import fit
 from pprogen.inference.estimators import ELBOS
 from pprogen.inference.replay import MAX_GRAPHS, StepReplay
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer, nonfinite_gradients
-from tests.models.test_contract import LIKELIHOOD_MODELS, elbo_for, program, small_model
+from tests.models.test_contract import LIKELIHOOD_MODELS, elbo_for, examples, program, small_model
 
 REPLAYED = ("analytic", "trace", "stl", "renyi", "iwae")
 NOT_REPLAYED = {  # estimator -> why its steps run the program
@@ -108,10 +108,10 @@ ZOO_NOT_REPLAYED = {  # zoo model -> why its steps run the program
 def test_every_zoo_model_trains_identically_replayed(name):
     zoo = small_model(name)
     pyro.set_rng_seed(5)
-    _, _, x0, kw0 = program(zoo, zoo.sample(6))
+    _, _, x0, kw0 = program(zoo, examples(zoo, 6))
     batches = []
     for i in range(7):
-        x = x0 if i == 0 else program(zoo, zoo.sample(6))[2]
+        x = x0 if i == 0 else program(zoo, examples(zoo, 6))[2]
         batches.append((x, kw0))
 
     def build():
