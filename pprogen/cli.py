@@ -413,8 +413,8 @@ def cmd_sample(args) -> int:
             title = f"{name}: translations of test images"
         else:
             kw = {"mean": True} if mean else {}
-            if caps.stated_likelihood:  # a VAE-GAN shows its decoder's means unless --draws asks for p(x | z)
-                kw = {"mean": not args.draws}
+            if args.draws and "mean" in _params(model.sample):  # asked for draws: say so, whatever the model's default
+                kw = {"mean": False}
             if condition:
                 kw["y"] = condition["y"][:n]
             if args.psi is not None:

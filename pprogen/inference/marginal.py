@@ -243,9 +243,12 @@ def log_marginal(
     condition = check_condition(condition, data, "data")
     try:
         plan = _structure(model, guide, data, condition, plate_name, batch_size)
-    except NotImplementedError as err:  # the proposal draws from a distribution with no sampler (an improper prior)
-        raise ValueError(f"the proposal draws from a distribution that cannot be sampled ({err}); with no guide the "
-                         "model's priors propose, so every latent needs a proper prior, or pass a guide") from err
+    except NotImplementedError as err:  # a draw from a distribution with no sampler (an improper prior)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        fix = ("with no guide the model's priors propose, so every latent needs a proper prior, or pass a guide"
+               if guide is None else "an improper prior has no normalized density, so log p(x) is not defined (and "
+               "an autoguide cannot start from it); give every latent a proper prior")
+        raise ValueError(f"the program draws from a distribution that cannot be sampled ({reason}); {fix}") from err
     if plan.joint:
         warnings.warn(
             f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "

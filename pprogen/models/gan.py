@@ -189,6 +189,10 @@ class GAN(PyroModule):
             return y.shape[0]
         return 1 if num_samples is None else int(num_samples)
 
+    def checked_labels(self, y: torch.Tensor | None, n: int | None = None) -> torch.Tensor | None:
+        """``y`` checked for this GAN: labels in range for a conditional one, None (refused otherwise) for another."""
+        return _labels(y, self.num_classes, type(self).__name__.lower(), n)
+
     def generate(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Examples of the data's shape from noise ``z`` through ``net`` (the generator or its average)."""
         return net(z, y)

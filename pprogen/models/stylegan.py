@@ -240,16 +240,14 @@ class StyleGAN(GAN):
         return torch.where(later[..., None], second, w)
 
     def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
-        if y is not None:
-            raise ValueError("stylegan is not conditional but got labels y")
+        self.checked_labels(y)
         fake = self.generator.synthesize(self.mixed_styles(self.generator, self.noise(real)))
         return [CriticPair(self.discriminator, real, fake)], {}
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, psi: float = 1.0, noise: str = "random") -> torch.Tensor:
         """``n`` images from the moving-average generator, truncated with ``psi`` (1: none)."""
-        if y is not None:
-            raise ValueError("stylegan is not conditional but got labels y")
+        self.checked_labels(y)
         if not 0 <= psi <= 1:
             raise ValueError(f"the truncation psi must lie in [0, 1], got {psi}")
         if psi == 1 and noise == "random":

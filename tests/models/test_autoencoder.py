@@ -117,6 +117,23 @@ def test_a_users_program_with_a_flat_prior_is_refused_by_importance_sampling():
         log_marginal(model, guide, torch.randn(5), num_samples=3)
 
 
+def test_a_subsampled_program_with_a_flat_prior_and_an_autoguide_is_refused_in_one_line():
+    """Another idiom: a plate named "rows" that subsamples itself, and AutoNormal as the guide."""
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x):
+        with pyro.plate("rows", 20, subsample_size=5) as idx:
+            z = pyro.sample("z", dist.ImproperUniform(constraints.real, (), ()))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
+
+    pyro.clear_param_store()
+    for guide in (AutoNormal(model), None):
+        with pytest.raises(ValueError, match="cannot be sampled") as info:
+            log_marginal(model, guide, torch.randn(20), num_samples=3)
+        assert "\n" not in str(info.value)
+        assert ("pass a guide" in str(info.value)) == (guide is None)
+
+
 @pytest.mark.parametrize("args, message", [
     ({"x_dim": 4, "z_dim": 4}, "wider than|as wide as the data"),
     ({"x_dim": 4, "z_dim": 9}, "as wide as the data"),
