@@ -354,7 +354,37 @@ class AdversarialTrainer:
             "opt_g": self.opt_g.state_dict(),
             "schedulers": [s.state_dict() for s in schedulers],
             "ema_updates": self.ema_updates,
+            **self._plan_state,
         }
+
+    def _plan(self, state: dict[str, Any] | None, epochs: int, steps_per_epoch: int,
+              grows: bool) -> tuple[int, Callable[[int], float]]:
+        """The steps progressive growing is laid over, and the linear schedule's learning-rate factor per step
+        (it falls in a straight line from ``factor`` at ``step`` to 0 at the run's last step). A fresh run plans
+        both over its ``epochs``. A run resumed with other epochs keeps its growth plan (extra epochs train at
+        full resolution) and decays the learning rate from where it stands to 0 at the new end; a decay that
+        already reached 0, or fewer epochs than the growth plan needs, is refused."""
+        total = epochs * steps_per_epoch
+        if state is None or "total_steps" not in state:  # a fresh run (or a checkpoint from before plans were kept)
+            growth, anchor = total, (0, 1.0)
+        else:
+            growth, anchor = state["growth_steps"], tuple(state["lr_anchor"])
+            if grows and total < growth:
+                raise ValueError(
+                    f"this run grows its resolution over {growth // steps_per_epoch} epochs; --epochs {epochs} would "
+                    f"stop it before full resolution: resume with --epochs {growth // steps_per_epoch} or more")
+            planned, done = state["total_steps"], state["epoch"] * steps_per_epoch
+            if total != planned and self.schedule == "linear" and total > done:
+                factor = anchor[1] * max(0.0, (planned - done) / max(1, planned - anchor[0]))  # where the decay stands
+                if factor == 0.0:
+                    raise ValueError(
+                        f"this run's linear schedule ended at epoch {planned // steps_per_epoch} with the learning "
+                        f"rate at 0: more epochs would not move the weights; start a new run or keep --epochs at "
+                        f"{planned // steps_per_epoch}")
+                anchor = (done, factor)
+        self._plan_state = {"total_steps": total, "growth_steps": growth, "lr_anchor": list(anchor)}
+        step0, factor0 = anchor
+        return growth, lambda t: factor0 * max(0.0, (total - t) / (total - step0))
 
     def fit(self, data: torch.Tensor, epochs: int = 10, condition: dict[str, torch.Tensor] | None = None,
             run: Any = None, resume: bool | dict[str, Any] = False, callback: Callable[[int, dict], None] | None = None) -> History:
@@ -394,14 +424,16 @@ class AdversarialTrainer:
         global_batch = batch_size * world.size
         per_step = global_batch * self.critic_steps
         steps_per_epoch = max(1, num_data // per_step)
-        total_steps = epochs * steps_per_epoch
-        schedulers = []
-        if self.schedule == "linear":
-            schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1 - t / total_steps))
-                          for o in (self.opt_d, self.opt_g)]
-        loop = EpochLoop(epochs, self.seed, world, run)
+        state = None
         if resume:
             state = resume if isinstance(resume, dict) else world.load_checkpoint(run)  # a checkpoint already read
+        schedule = getattr(self.model, "schedule", None)
+        growth_steps, decay = self._plan(state, epochs, steps_per_epoch, callable(schedule))
+        schedulers = []
+        if self.schedule == "linear":
+            schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.opt_d, self.opt_g)]
+        loop = EpochLoop(epochs, self.seed, world, run)
+        if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.opt_g.load_state_dict(state["opt_g"])
@@ -410,7 +442,6 @@ class AdversarialTrainer:
             loop.resume(state)
             self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
         history = loop.history
-        schedule = getattr(self.model, "schedule", None)
 
         with loop.running(steps_per_epoch, self.progress) as bar:
             for epoch, order in loop.epochs(num_data, device):
@@ -419,7 +450,7 @@ class AdversarialTrainer:
                 sums: dict[str, float] = {}
                 for i in range(steps_per_epoch):
                     if callable(schedule):
-                        schedule((epoch * steps_per_epoch + i) / total_steps)
+                        schedule((epoch * steps_per_epoch + i) / growth_steps)
                     batches = []
                     for k in range(self.critic_steps):
                         index = shard(order[(i * self.critic_steps + k) * global_batch:][:global_batch], world)

@@ -176,6 +176,51 @@ def test_a_killed_run_resumes_exactly(tmp_path):
     assert len(run.read_metrics()) == 4
 
 
+def _train_to(model, data, run, epochs, kill_at=None, resume=False, seen=None, **kw):
+    """Fit ``model`` for ``epochs``; ``kill_at``: killed during that epoch, before its checkpoint. ``seen``
+    collects each finished epoch's (stage, alpha) of a growing model."""
+    trainer = AdversarialTrainer(model, progress=False, device="cpu", **kw)
+
+    def each(epoch, record):
+        if epoch == kill_at:
+            raise KeyboardInterrupt
+        if seen is not None:
+            seen.append((int(model.stage), round(float(model.alpha), 6)))
+
+    with pytest.raises(KeyboardInterrupt) if kill_at else nullcontext():
+        return trainer.fit(data, epochs=epochs, run=run, resume=resume, callback=each)
+
+
+def test_a_linear_schedule_resumed_with_more_epochs_decays_on_from_where_it_stood(tmp_path):
+    data = load_dataset("ring8").train[:64]  # batch 32: 2 steps an epoch
+    run = Run.create({"model": "gan", "data": "ring8"}, tmp_path / "a")
+    settings = dict(batch_size=32, schedule="linear", lr_g=1e-3, lr_d=1e-3)
+    _train_to(small_gan(), data, run, epochs=4, kill_at=3, **settings)  # 2 of 4 epochs: the rate is at half
+    history = _train_to(small_gan(), data, run, epochs=6, resume=True, **settings)
+    # from 0.5 at step 4 in a straight line to 0 at step 12 (not back up to 1 - 4/12 as a new plan would give)
+    assert [r["lr_g"] for r in history.records[2:]] == pytest.approx([1e-3 * 0.5 * (12 - t) / 8 for t in (6, 8, 10, 12)])
+    assert history.records[1]["lr_g"] == pytest.approx(1e-3 * 0.5)
+    resumed_again = _train_to(small_gan(), data, run, epochs=6, resume=True, **settings)  # nothing left to train
+    assert len(resumed_again.records) == 6
+    with pytest.raises(ValueError, match="linear schedule ended at epoch 6 with the learning rate at 0"):
+        _train_to(small_gan(), data, run, epochs=8, resume=True, **settings)
+
+
+def test_progressive_growing_resumed_with_more_epochs_keeps_its_plan(tmp_path):
+    torch.manual_seed(0)
+    data = torch.rand(32, 1, 28, 28)  # batch 16: 2 steps an epoch
+    run = Run.create({"model": "progan", "data": "random"}, tmp_path / "a")
+    settings = dict(batch_size=16, loss="wgan_gp", ema=None)
+    seen = []
+    _train_to(pprogen.create_model("progan", channels=4), data, run, epochs=3, kill_at=3, seen=seen, **settings)
+    with pytest.raises(ValueError, match="grows its resolution over 3 epochs; --epochs 2 would stop it"):
+        _train_to(pprogen.create_model("progan", channels=4), data, run, epochs=2, resume=True, **settings)
+    _train_to(pprogen.create_model("progan", channels=4), data, run, epochs=6, resume=True, seen=seen, **settings)
+    # grown over the first 3 epochs as planned (a plan stretched to 6 would go back to 14 pixels in epoch 3),
+    # the extra epochs at full resolution
+    assert seen == [(0, 1.0), (1, 1.0), (2, 1.0), (2, 1.0), (2, 1.0), (2, 1.0)]
+
+
 class Exploding(nn.Module):
     """Returns NaN once ``armed``: a stand-in for a diverged network."""
 
