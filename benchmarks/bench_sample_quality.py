@@ -10,6 +10,11 @@ Used for the README's comparisons (training commands there):
 
     python benchmarks/bench_sample_quality.py vae=RUNS/conv_vae vaegan=RUNS/vaegan --out docs/figures/vaegan_vs_vae.png
     python benchmarks/bench_sample_quality.py dcgan=RUNS/dcgan progan=RUNS/progan stylegan=RUNS/stylegan --out ...
+
+Data without labels (``binarized_mnist``) has no classifier of its own: ``--features-from digits28`` takes the features
+of the classifier trained on another labelled data set of the same image shape, a proxy the output names, with that
+classifier's accuracy on its own validation split and how it spreads the real images over its classes. The
+``pixel MMD`` column (kernel MMD^2 between real and generated images, in pixel space) needs no classifier.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import torch
 
 from pprogen.capabilities import capabilities
 from pprogen.engine import load_run
-from pprogen.inference.metrics import cached_classifier, image_metrics
+from pprogen.data import load_dataset
+from pprogen.inference.metrics import cached_classifier, image_metrics, mmd_unbiased
 from pprogen.plots import image_grid
 
 
@@ -38,6 +44,35 @@ def samples_of(model, n: int, seed: int) -> torch.Tensor:
     return model.sample(n, mean=True).clamp(0, 1)
 
 
+def feature_classifier(dataset, real: torch.Tensor, features_from: str | None):
+    """The classifier whose features score the samples: the data set's own, or (``features_from``) the one trained
+    on another labelled data set of the same image shape, with a note on the proxy for the output."""
+    source = dataset if features_from is None else load_dataset(features_from)
+    if source.labels.get("train") is None or not source.num_classes:
+        raise SystemExit(f"{source.name} has no labels to train the feature classifier on; pass --features-from with a "
+                         "labelled data set of the same image shape (digits28 for 28x28 digits)")
+    if source.image_shape != dataset.image_shape:
+        raise SystemExit(f"--features-from {source.name} has images of shape {source.image_shape}, the runs' data "
+                         f"{dataset.image_shape}: choose a labelled data set of the same shape")
+    shape = source.image_shape
+    valid = None
+    if source.valid is not None and source.labels.get("valid") is not None:
+        valid = (source.valid.reshape(-1, *shape), source.labels["valid"])
+    classifier, _ = cached_classifier(source.name, source.train.reshape(-1, *shape), source.labels["train"],
+                                      source.num_classes, valid=valid)
+    if features_from is None:
+        return classifier, ""
+    _, probs = classifier.predict(real)
+    shares = torch.bincount(probs.argmax(1), minlength=source.num_classes).double() / real.shape[0]
+    accuracy = "not measured"
+    if valid is not None:
+        accuracy = f"{(classifier.predict(valid[0])[1].argmax(1) == valid[1]).double().mean():.3f}"
+    note = (f" of the {source.name} classifier (a proxy: {dataset.name} has no labels; its accuracy on {source.name}'s "
+            f"valid split {accuracy}; it puts the real {dataset.name} images in its classes "
+            f"{' / '.join(f'{100 * v:.0f}' for v in shares.tolist())}%, mean confidence {probs.max(1).values.mean():.2f})")
+    return classifier, note
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
@@ -45,8 +80,10 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="picture of 64 samples of each model, side by side")
+    parser.add_argument("--features-from", help="a labelled data set of the same image shape whose classifier gives "
+                        "the features (for data without labels, e.g. digits28 for binarized_mnist)")
     args = parser.parse_args()
-    rows, pictures, data = [], [], None
+    rows, pictures, data, classifier, proxy = [], [], None, None, ""
     for item in args.runs:
         label, _, folder = item.partition("=")
         if not folder:
@@ -57,19 +94,20 @@ def main() -> None:
         data = config["data"]
         shape = dataset.image_shape
         real = dataset.split(args.split).reshape(-1, *shape)
-        classifier, card = cached_classifier(dataset.name, dataset.train.reshape(-1, *shape), dataset.labels["train"],
-                                             dataset.num_classes)
+        if classifier is None:
+            classifier, proxy = feature_classifier(dataset, real, args.features_from)
         with torch.no_grad():
             fake = samples_of(model, args.num_samples, args.seed).reshape(-1, *shape)
         scores = image_metrics(classifier, real, fake)
+        pixel_mmd = mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))
         summary = json.loads((Path(folder) / "summary.json").read_text())
         budget = f"{summary.get('epochs_run', '?')} epochs, {summary.get('train_seconds', float('nan')):.0f} s"
         rows.append(f"| {label} | `{config['model']}` | {scores['frechet_distance']:.2f} | {scores['precision']:.3f} | "
-                    f"{scores['recall']:.3f} | {budget} |")
+                    f"{scores['recall']:.3f} | {pixel_mmd:.4f} | {budget} |")
         pictures.append((label, fake[:64]))
-    print(f"{data}, {args.num_samples} samples against the {args.split} split, classifier features:")
-    print("| model | zoo name | Fréchet distance | precision | recall | budget |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"{data}, {args.num_samples} samples against the {args.split} split, classifier features{proxy}:")
+    print("| model | zoo name | Fréchet distance | precision | recall | pixel MMD | budget |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     if args.out:
         import matplotlib

@@ -14,7 +14,8 @@ validation NLL of the same held-out images. Contenders:
   tell the head's share from the rest.
 
 Prints each NLL with its standard error over images and the paired difference to ``hand``. Run:
-``python benchmarks/bench_vae_quality.py [--epochs 71 --images 1000 --k 500 --contenders pprogen,hand]``.
+``python benchmarks/bench_vae_quality.py [--epochs 71 --images 1000 --k 500 --contenders pprogen,hand --seeds 3
+--json F]`` (with ``--json`` a killed run continues where it stopped).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -112,35 +114,58 @@ TRAINERS = {
 }
 
 
+def mean_and_spread(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(values) > 1 else float("nan"))
+
+
 def main(args):
     torch.set_num_threads(args.threads)
     train, valid, data_name = binarized_mnist_or_random()
     held_out = valid[:args.images]
-    print(f"torch {torch.__version__}, data {data_name}: {train.shape[0]} training images, NLL on {args.images} "
-          f"validation images with K = {args.k}; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
-          f"threads {torch.get_num_threads()}")
-    results = {}
-    for name in args.contenders.split(","):
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    names = args.contenders.split(",")
+    for name in names:
         if name not in TRAINERS:
             raise SystemExit(f"unknown contender {name!r}; choose from {', '.join(TRAINERS)}")
-        start = time.perf_counter()
-        encode, decode = TRAINERS[name](train, args)
-        seconds = time.perf_counter() - start
-        torch.manual_seed(args.seed + 1)
-        nll = importance_nll(encode, decode, held_out, args.k)
-        results[name] = nll
-        print(f"{name:14s} NLL {nll.mean():8.3f} ± {nll.std() / math.sqrt(len(nll)):.3f}  ({seconds:.0f} s training)",
-              flush=True)
-    if "hand" in results:
-        for name, nll in results.items():
-            if name != "hand":
-                diff = nll - results["hand"]
-                print(f"{name:14s} - hand: {diff.mean():+.3f} ± {diff.std() / math.sqrt(len(diff)):.3f} nats (paired)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({k: {"nll": v.mean().item(), "stderr": (v.std() / math.sqrt(len(v))).item()}
-                       for k, v in results.items()} | {"epochs": args.epochs, "images": args.images, "k": args.k},
-                      f, indent=1)
+    print(f"torch {torch.__version__}, data {data_name}: {train.shape[0]} training images, NLL on {args.images} "
+          f"validation images with K = {args.k}; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+          f"threads {torch.get_num_threads()}, seeds {seeds}")
+    settings = {"epochs": args.epochs, "images": args.images, "k": args.k, "batch_size": args.batch_size,
+                "lr": args.lr, "data": data_name}
+    done = {}  # (name, seed) -> per-image NLLs; a --json file from an interrupted run with the same settings resumes
+    if args.json and Path(args.json).is_file():
+        saved = json.loads(Path(args.json).read_text())
+        if saved.get("settings") != settings:
+            raise SystemExit(f"{args.json} holds a run with other settings ({saved.get('settings')}); "
+                             "give another --json file")
+        done = {(r["contender"], r["seed"]): torch.tensor(r["per_image"]) for r in saved["runs"]}
+    for seed in seeds:
+        for name in names:
+            if (name, seed) not in done:
+                start = time.perf_counter()
+                encode, decode = TRAINERS[name](train, argparse.Namespace(**{**vars(args), "seed": seed}))
+                seconds = time.perf_counter() - start
+                torch.manual_seed(seed + 1)
+                done[(name, seed)] = importance_nll(encode, decode, held_out, args.k)
+                print(f"seed {seed} {name:14s} NLL {done[(name, seed)].mean():8.3f} ± "
+                      f"{done[(name, seed)].std() / math.sqrt(args.images):.3f}  ({seconds:.0f} s training)", flush=True)
+                if args.json:
+                    runs = [{"contender": n, "seed": s_, "nll": v.mean().item(), "per_image": v.tolist()}
+                            for (n, s_), v in done.items()]
+                    atomic = Path(args.json).with_suffix(".tmp")
+                    atomic.write_text(json.dumps({"settings": settings, "runs": runs}))
+                    atomic.replace(args.json)
+    print(f"over {len(seeds)} seed(s): mean NLL (std over seeds); paired difference to hand per seed (over images)")
+    for name in names:
+        mean, spread = mean_and_spread([done[(name, s_)].mean().item() for s_ in seeds])
+        line = f"{name:14s} NLL {mean:8.3f} (seed std {spread:.3f})"
+        if "hand" in names and name != "hand":
+            diffs = [(done[(name, s_)] - done[("hand", s_)]).mean().item() for s_ in seeds]
+            d_mean, d_spread = mean_and_spread(diffs)
+            line += (f"   - hand: {d_mean:+.3f} (seed std {d_spread:.3f}; per seed "
+                     f"{', '.join(f'{d:+.3f}' for d in diffs)})")
+        print(line)
 
 
 if __name__ == "__main__":
@@ -151,7 +176,8 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="train every contender from seeds SEED ... SEED + N - 1")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--contenders", default="pprogen,pprogen_trace,hand,hand_softplus")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--json", default=None, help="write every run's figures here as they finish; rerunning with the same file and settings skips the runs it holds")
     main(parser.parse_args())
