@@ -350,7 +350,7 @@ class NADE(AutoregressiveModel):
 class MADE(AutoregressiveModel):
     def __init__(
         self, x_dim: int, hidden_dims: Sequence[int] = (500,), num_masks: int = 1, order_agnostic: bool = False,
-        seed: int = 0, natural_order: bool = True,
+        seed: int = 0, natural_order: bool = True, direct: bool = False,
     ) -> None:
         super().__init__(x_dim)
         if num_masks < 1 or not hidden_dims or any(h < 1 for h in hidden_dims):
@@ -361,6 +361,13 @@ class MADE(AutoregressiveModel):
         for i, layer_masks in enumerate(masks):
             self.register_buffer(f"masks_{i}", layer_masks)
         self.order = orders
+        self.direct = None
+        if direct:  # x_j -> logit_i for every j before i in the mask's ordering: an FVSBN inside the MADE
+            self.direct = nn.Linear(x_dim, x_dim, bias=False)
+            nn.init.zeros_(self.direct.weight)
+            position = torch.empty_like(orders)
+            position.scatter_(1, orders, torch.arange(x_dim).expand_as(orders).contiguous())
+            self.register_buffer("masks_direct", (position[:, None, :] < position[:, :, None]).float())
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
 
     @staticmethod
@@ -389,6 +396,8 @@ class MADE(AutoregressiveModel):
                 h = F.linear(h, layer.weight * getattr(self, f"masks_{i}")[k], layer.bias)
                 if i < len(self.layers) - 1:
                     h = F.relu(h)
+            if self.direct is not None:
+                h = h + F.linear(x, self.direct.weight * self.masks_direct[k])
             return h
 
         return logits
@@ -449,11 +458,13 @@ def eonade(x_dim: int = 784, hidden_dim: int = 500, num_orders: int = 8, seed: i
                 story="a masked MLP outputs all D conditionals at once; masks keep output i blind to inputs "
                 "at or after i in the ordering; several masks/orderings are averaged as an ensemble", **_CARD)
 def made(x_dim: int = 784, hidden_dims: Sequence[int] = (500,), num_masks: int = 1, order_agnostic: bool = False,
-         seed: int = 0, natural_order: bool = True) -> MADE:
+         seed: int = 0, natural_order: bool = True, direct: bool = False) -> MADE:
     """MADE with ``num_masks`` connectivity patterns (and input orderings when ``order_agnostic``). The first
     mask follows the natural (raster) order of the inputs; ``natural_order=False`` draws its ordering from
-    ``seed`` too (on binarized MNIST a random ordering learns much faster than raster order: README)."""
-    return MADE(x_dim, tuple(hidden_dims), num_masks, order_agnostic, seed, natural_order)
+    ``seed`` too (on binarized MNIST a random ordering learns much faster than raster order: README).
+    ``direct`` adds masked input-to-output weights (each logit a linear function of the earlier inputs, as in an
+    FVSBN, plus the hidden layers' output), starting at zero."""
+    return MADE(x_dim, tuple(hidden_dims), num_masks, order_agnostic, seed, natural_order, direct)
 
 
 @register_model(reference="Theis & Bethge, Generative Image Modeling Using Spatial LSTMs, NeurIPS 2015 (sequence form)",

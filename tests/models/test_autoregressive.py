@@ -14,6 +14,7 @@ CONFIGS = {
     "made": {"hidden_dims": (16, 16)},
     "made_ensemble": {"hidden_dims": (16,), "num_masks": 3, "order_agnostic": True},
     "made_random_order": {"hidden_dims": (16,), "natural_order": False},
+    "made_direct": {"hidden_dims": (16,), "num_masks": 2, "order_agnostic": True, "direct": True},
     "rnn_ar": {"hidden_dim": 8},
 }
 
@@ -53,7 +54,7 @@ def test_conditional_i_ignores_inputs_at_or_after_i(name):
         assert jac.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["nade", "eonade", "made_ensemble", "made_random_order", "rnn_ar"])
+@pytest.mark.parametrize("name", ["nade", "eonade", "made_ensemble", "made_random_order", "made_direct", "rnn_ar"])
 def test_ancestral_samples_follow_the_exact_probabilities(name):
     model = build(name, x_dim=3)
     torch.manual_seed(0)
