@@ -12,8 +12,10 @@ and :math:`q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x))`. Train
 :class:`~pprogen.inference.AdversarialTrainer`: with :math:`f = \mathrm{Dis}_l` the discriminator's last hidden
 layer and :math:`\tilde x = \mathbb{E}[x \mid z]` the decoder's mean image,
 
-- the encoder minimizes :math:`\mathrm{KL}(q(z \mid x) \,\|\, p(z)) + \gamma\, \tfrac12 \|f(\tilde x_q) - f(x)\|^2`
-  (the Gaussian "likelihood" of the data in feature space, :math:`z_q \sim q(z \mid x)`);
+- the encoder minimizes :math:`\mathrm{KL}(q(z \mid x) \,\|\, p(z)) + \tfrac12 \|f(\tilde x_q) - f(x)\|^2`
+  (the Gaussian "likelihood" of the data in feature space, :math:`z_q \sim q(z \mid x)`, at full weight: the
+  paper's :math:`\mathcal{L}_\text{prior} + \mathcal{L}^{\mathrm{Dis}_l}_\text{llike}`; :math:`\gamma` weighs it for
+  the decoder only);
 - the decoder minimizes :math:`\gamma\, \tfrac12 \|f(\tilde x_q) - f(x)\|^2` plus the generator's adversarial loss on
   both its reconstructions :math:`\mathrm{Dec}(z_q)` and its prior samples :math:`\mathrm{Dec}(z_p)`,
   :math:`z_p \sim p(z)` (the encoder gets no adversarial gradient: the reconstructions enter the game with
@@ -102,6 +104,20 @@ class VAEGAN(VAE):
         """Dis_l(x): the discriminator's last hidden layer, flattened."""
         return self.discriminator.body(x)
 
+    def _feature_term(self, z_q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """0.5 |Dis_l(E[x | z_q]) - Dis_l(x)|^2 (mean over rows) weighted gamma for the decoder and 1 for the encoder
+        (Larsen et al.: gamma trades the decoder's reconstruction against its adversarial loss; the encoder's loss is
+        the prior term plus the whole feature likelihood). Its value is gamma times the term."""
+        def term(image):
+            return 0.5 * (self.features(image) - target).pow(2).sum(-1).mean()
+
+        gamma = self.feature_weight
+        if gamma > 0:  # the gradient into z_q scaled by 1 / gamma: the encoder gets the term at weight 1
+            return gamma * term(self.mean_image(z_q.detach() + (z_q - z_q.detach()) / gamma))
+        frozen = {k: v.detach() for k, v in self.decoder.named_parameters()}  # gamma 0: the decoder gets none of it
+        encoder_part = term(torch.sigmoid(torch.func.functional_call(self.decoder, frozen, (z_q,))))
+        return encoder_part - encoder_part.detach()  # value gamma * term = 0, gradient the encoder's
+
     def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
         loc, scale = normal_head(self.encoder(real), self.z_dim)
         z_q = loc + scale * torch.randn_like(loc)
@@ -110,10 +126,10 @@ class VAEGAN(VAE):
             return [prior, CriticPair(self.discriminator, real, self.mean_image(z_q), name="recon")], {}
         with torch.no_grad():
             target = self.features(real)
-        feature_nll = 0.5 * (self.features(self.mean_image(z_q)) - target).pow(2).sum(-1).mean()
+        feature_nll = self._feature_term(z_q, target)
         kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum(-1).mean()
         recon = CriticPair(self.discriminator, real, self.mean_image(z_q.detach()), name="recon")
-        extra = {"kl": self.kl_weight * kl, "feature_nll": self.feature_weight * feature_nll}
+        extra = {"kl": self.kl_weight * kl, "feature_nll": feature_nll}
         if self.likelihood == "gaussian":  # the stated likelihood's scale, fitted to the reconstructions (only it learns)
             fn = dist.Normal(self.mean_image(z_q).detach(), self.log_scale.exp()).to_event(len(self.x_shape))
             extra["pixel_scale_nll"] = -fn.log_prob(real).mean()

@@ -82,6 +82,30 @@ def test_each_network_gets_the_terms_of_the_paper():
     assert extra["kl"].item() == pytest.approx(closed.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("gamma", [0.1, 1.0, 0.0])
+def test_the_feature_term_weighs_gamma_for_the_decoder_and_one_for_the_encoder(gamma):
+    """Larsen et al.: L_enc = L_prior + L_llike, L_dec = gamma L_llike - L_GAN. The term's gradients equal those of
+    the unweighted feature likelihood times 1 (encoder) and gamma (decoder); its value is gamma times it."""
+    model = small(feature_weight=gamma)
+    real = torch.rand(6, 1, 8, 8)
+    torch.manual_seed(2)
+    _, extra = model.adversarial_terms(real, True)
+    torch.manual_seed(2)  # the same z_q: the same draws in the same order
+    loc, scale = pprogen.nn.normal_head(model.encoder(real), model.z_dim)
+    z_q = loc + scale * torch.randn_like(loc)
+    with torch.no_grad():
+        target = model.features(real)
+    plain = 0.5 * (model.features(model.mean_image(z_q)) - target).pow(2).sum(-1).mean()
+    assert extra["feature_nll"].item() == pytest.approx(gamma * plain.item(), rel=1e-5, abs=1e-6)
+    for part, weight in ((model.encoder, 1.0), (model.decoder, gamma)):
+        params = list(part.parameters())
+        got = torch.autograd.grad(extra["feature_nll"], params, retain_graph=True, allow_unused=True)
+        want = torch.autograd.grad(plain, params, retain_graph=True)
+        for g, w in zip(got, want):
+            g = torch.zeros_like(w) if g is None else g
+            assert torch.allclose(g, weight * w, rtol=1e-4, atol=1e-6)
+
+
 def test_one_trainer_step_moves_the_encoder_and_the_decoder():
     """The encoder lives in the model, so the adversarial trainer's generator side updates it with the decoder."""
     from pprogen.inference import AdversarialTrainer
