@@ -70,7 +70,12 @@ def cmd_train(args) -> int:
     summary, run = trained.summary, trained.run
     what = {"em": f"{summary['epochs_run']} EM iterations", "nuts": f"{summary.get('draws')} NUTS draws"}.get(
         trained.session.config.get("trainer"), f"{summary['epochs_run']} epochs")
-    print(f"trained {what} in {trained.seconds:.1f} s on {summary['device']} ({trained.history.stop_reason})")
+    if summary.get("resumed_at_epoch"):  # this session trained the epochs after the checkpoint only
+        print(f"trained epochs {summary['resumed_at_epoch'] + 1}-{summary['epochs_run']} in {trained.seconds:.1f} s on "
+              f"{summary['device']} ({trained.history.stop_reason}); {what} in all, {summary['train_seconds']:.1f} s "
+              "of training")
+    else:
+        print(f"trained {what} in {trained.seconds:.1f} s on {summary['device']} ({trained.history.stop_reason})")
     print(trained.session.format(trained.split, summary[f"{trained.split}_evaluation"]))
     print(f"run folder: {run.path}   pictures: {', '.join(str(run.path / p) for p in trained.pictures)}")
     return 0

@@ -1255,8 +1255,13 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     seconds = time.perf_counter() - started
     session.model.eval()
     split = "valid" if session.dataset.valid is not None else "train"
+    # a resumed run's training time is its earlier epochs' (their records keep their seconds) plus this session's
+    start = checkpoint.get("epoch", 0) if resumed and isinstance(checkpoint, dict) else 0
+    earlier = sum(r.get("seconds", 0.0) for r in history.records[:start])
+    resumed_at = {"resumed_at_epoch": start, "session_train_seconds": round(seconds, 2)} if start else {}
     summary: dict[str, Any] = {"epochs_run": len(history.records), **session.history_summary(history),
-                               "stop_reason": history.stop_reason, "train_seconds": round(seconds, 2),
+                               "stop_reason": history.stop_reason, "train_seconds": round(earlier + seconds, 2),
+                               **resumed_at,
                                **({"fast_path": history.fast_path} if history.fast_path else {}),
                                "device": str(device)}
     result = session.evaluate(split, run)

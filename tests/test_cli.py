@@ -36,10 +36,16 @@ def test_train_evaluate_sample_smoke(trained, tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
-def test_resume_continues_the_run(trained):
+def test_resume_continues_the_run(trained, capsys):
+    capsys.readouterr()
     assert main(["train", "--resume", str(trained), "--epochs", "3", "--no-progress"]) == 0
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
+    # the run's training time is all its epochs', not only this session's; the line says what this session did
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["resumed_at_epoch"] == 1 and summary["epochs_run"] == 3
+    assert summary["train_seconds"] == pytest.approx(records[0]["seconds"] + summary["session_train_seconds"], abs=0.02)
+    assert "trained epochs 2-3 in " in capsys.readouterr().out
 
 
 def test_list_and_info(capsys):
@@ -353,8 +359,12 @@ def test_gan_trains_evaluates_samples_and_resumes_from_the_cli(tmp_path, capsys)
     assert evaluate_samples(model, dataset, "test", 500) == summary  # the library gives the CLI's figures
     assert main(["sample", str(out), "-n", "9", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (9, 2)
-    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    # the gan card's learning rate decays linearly to 0 at the last epoch: more epochs would not move the weights
+    before = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 2
+    assert "linear schedule ended at epoch 2 with the learning rate at 0" in capsys.readouterr().err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2 and (out / "config.json").read_text() == before
 
 
 def test_image_gans_report_feature_metrics_and_translations(tmp_path, capsys, monkeypatch):

@@ -360,31 +360,31 @@ class AdversarialTrainer:
     def _plan(self, state: dict[str, Any] | None, epochs: int, steps_per_epoch: int,
               grows: bool) -> tuple[int, Callable[[int], float]]:
         """The steps progressive growing is laid over, and the linear schedule's learning-rate factor per step
-        (it falls in a straight line from ``factor`` at ``step`` to 0 at the run's last step). A fresh run plans
-        both over its ``epochs``. A run resumed with other epochs keeps its growth plan (extra epochs train at
-        full resolution) and decays the learning rate from where it stands to 0 at the new end; a decay that
-        already reached 0, or fewer epochs than the growth plan needs, is refused."""
-        total = epochs * steps_per_epoch
-        if state is None or "total_steps" not in state:  # a fresh run (or a checkpoint from before plans were kept)
-            growth, anchor = total, (0, 1.0)
+        (a straight line from ``factor`` at the end of epoch ``anchor`` to 0 at the run's last step). A fresh run
+        plans both over its ``epochs``. A run resumed with other epochs keeps its growth plan (extra epochs train
+        at full resolution) and decays the learning rate from where it stands to 0 at the new end; a decay that
+        already reached 0, or fewer epochs than the growth plan needs, is refused. Plans are kept in epochs, so a
+        run resumed on another number of ranks (other steps an epoch) keeps them too."""
+        if state is None or "planned_epochs" not in state:  # a fresh run (or a checkpoint from before plans were kept)
+            growth, anchor = epochs, (0, 1.0)
         else:
-            growth, anchor = state["growth_steps"], tuple(state["lr_anchor"])
-            if grows and total < growth:
+            growth, anchor = state["growth_epochs"], tuple(state["lr_anchor"])
+            if grows and epochs < growth:
                 raise ValueError(
-                    f"this run grows its resolution over {growth // steps_per_epoch} epochs; --epochs {epochs} would "
-                    f"stop it before full resolution: resume with --epochs {growth // steps_per_epoch} or more")
-            planned, done = state["total_steps"], state["epoch"] * steps_per_epoch
-            if total != planned and self.schedule == "linear" and total > done:
+                    f"this run grows its resolution over {growth} epochs; --epochs {epochs} would stop it before full "
+                    f"resolution: resume with --epochs {growth} or more")
+            planned, done = state["planned_epochs"], state["epoch"]
+            if epochs != planned and self.schedule == "linear" and epochs > done:
                 factor = anchor[1] * max(0.0, (planned - done) / max(1, planned - anchor[0]))  # where the decay stands
                 if factor == 0.0:
                     raise ValueError(
-                        f"this run's linear schedule ended at epoch {planned // steps_per_epoch} with the learning "
-                        f"rate at 0: more epochs would not move the weights; start a new run or keep --epochs at "
-                        f"{planned // steps_per_epoch}")
+                        f"this run's linear schedule ended at epoch {planned} with the learning rate at 0: more epochs "
+                        f"would not move the weights; start a new run or keep --epochs at {planned}")
                 anchor = (done, factor)
-        self._plan_state = {"total_steps": total, "growth_steps": growth, "lr_anchor": list(anchor)}
-        step0, factor0 = anchor
-        return growth, lambda t: factor0 * max(0.0, (total - t) / (total - step0))
+        self._plan_state = {"planned_epochs": epochs, "growth_epochs": growth, "lr_anchor": list(anchor)}
+        start, factor = anchor
+        total, span = epochs * steps_per_epoch, max(1, epochs - start) * steps_per_epoch
+        return growth * steps_per_epoch, lambda t: factor * max(0.0, (total - t) / span)
 
     def fit(self, data: torch.Tensor, epochs: int = 10, condition: dict[str, torch.Tensor] | None = None,
             run: Any = None, resume: bool | dict[str, Any] = False, callback: Callable[[int, dict], None] | None = None) -> History:
@@ -439,6 +439,7 @@ class AdversarialTrainer:
             self.opt_g.load_state_dict(state["opt_g"])
             for s, s_state in zip(schedulers, state["schedulers"]):
                 s.load_state_dict(s_state)
+                s.last_epoch = state["epoch"] * steps_per_epoch  # counted in this run's steps (ranks may differ)
             loop.resume(state)
             self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
         history = loop.history
