@@ -82,11 +82,12 @@ def test_each_network_gets_the_terms_of_the_paper():
     assert extra["kl"].item() == pytest.approx(closed.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("gamma", [0.1, 1.0, 0.0])
-def test_the_feature_term_weighs_gamma_for_the_decoder_and_one_for_the_encoder(gamma):
-    """Larsen et al.: L_enc = L_prior + L_llike, L_dec = gamma L_llike - L_GAN. The term's gradients equal those of
-    the unweighted feature likelihood times 1 (encoder) and gamma (decoder); its value is gamma times it."""
-    model = small(feature_weight=gamma)
+@pytest.mark.parametrize("gamma, encoder", [(0.1, None), (0.1, 1.0), (1.0, 1.0), (0.0, 1.0), (0.5, 0.0)])
+def test_the_feature_term_weighs_gamma_for_the_decoder_and_its_own_weight_for_the_encoder(gamma, encoder):
+    """L_dec = gamma L_llike - L_GAN; L_enc = L_prior + w L_llike with w = encoder_feature_weight (1: Larsen et al.;
+    default gamma). The term's gradients equal those of the unweighted feature likelihood times w (encoder) and
+    gamma (decoder); its value is gamma times it."""
+    model = small(feature_weight=gamma, encoder_feature_weight=encoder)
     real = torch.rand(6, 1, 8, 8)
     torch.manual_seed(2)
     _, extra = model.adversarial_terms(real, True)
@@ -97,10 +98,12 @@ def test_the_feature_term_weighs_gamma_for_the_decoder_and_one_for_the_encoder(g
         target = model.features(real)
     plain = 0.5 * (model.features(model.mean_image(z_q)) - target).pow(2).sum(-1).mean()
     assert extra["feature_nll"].item() == pytest.approx(gamma * plain.item(), rel=1e-5, abs=1e-6)
-    for part, weight in ((model.encoder, 1.0), (model.decoder, gamma)):
+    weights = ((model.encoder, gamma if encoder is None else encoder), (model.decoder, gamma))
+    for part, weight in weights:
         params = list(part.parameters())
         got = torch.autograd.grad(extra["feature_nll"], params, retain_graph=True, allow_unused=True)
         want = torch.autograd.grad(plain, params, retain_graph=True)
+        assert any(w.abs().sum() > 0 for w in want)
         for g, w in zip(got, want):
             g = torch.zeros_like(w) if g is None else g
             assert torch.allclose(g, weight * w, rtol=1e-4, atol=1e-6)
@@ -158,6 +161,7 @@ def test_the_trainer_updates_the_encoder_and_the_cli_reports_sample_metrics_and_
     ({"likelihood": "poisson"}, "unknown likelihood"),
     ({"feature_weight": -1.0}, "feature_weight must be a non-negative number"),
     ({"kl_weight": float("nan")}, "kl_weight must be a non-negative number"),
+    ({"encoder_feature_weight": -0.5}, "encoder_feature_weight must be a non-negative number"),
 ])
 def test_bad_arguments(kw, message):
     with pytest.raises(ValueError, match=message):
