@@ -55,7 +55,7 @@ ENTRIES: dict[str, Entry] = {
     "nade": Entry("nade", {"hidden_dim": 500}, {"lr": 1e-3, "batch_size": 100}, 88.33, "Larochelle & Murray 2011"),
     "eonade": Entry("eonade", {"hidden_dim": 500, "num_orders": 8}, {"lr": 1e-3, "batch_size": 100}, 84.68,
                     "Uria et al. 2014 (2 hidden layers)"),
-    "made": Entry("made", {"hidden_dims": [500], "natural_order": False, "direct": True}, {"lr": 1e-3, "batch_size": 100}, 88.40,
+    "made": Entry("made", {"hidden_dims": [500], "natural_order": True, "direct": True}, {"lr": 1e-3, "batch_size": 100}, 88.40,
                   "Germain et al. 2015"),
     "made_ensemble": Entry("made", {"hidden_dims": [500], "num_masks": 32, "order_agnostic": True, "natural_order": False,
                                     "direct": True},

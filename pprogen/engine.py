@@ -9,6 +9,7 @@ back. Training options are declared once, in :data:`TRAIN_OPTIONS`.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import math
@@ -136,9 +137,15 @@ GAN_TRAIN_DEFAULTS = {o.key: o.gan for o in TRAIN_OPTIONS if o.gan is not NO}
 
 
 def _parse_value(text: str) -> Any:
+    """A --set value: JSON (``true``, ``[500]``, ``null``), else a Python literal (``False``, ``(16, 16)``, ``None``),
+    else the text itself (``relu``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
 
 

@@ -130,4 +130,17 @@ def create_model(name: str, **overrides: Any):
             f"model {name!r} takes no argument {unknown[0]!r}"
             f"{_suggest(unknown[0], params)} (arguments: {', '.join(params)})"
         )
+    for key, value in overrides.items():
+        _check_type(name, key, value, params[key].default if key in params else inspect.Parameter.empty)
     return card.factory(**overrides)
+
+
+def _check_type(model: str, key: str, value: Any, default: Any) -> None:
+    """Refuse an argument whose kind cannot be what the default's is: text for a flag, a number or a list of
+    sizes (``--set natural_order=no`` would otherwise be a true flag), or a non-flag for a flag."""
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise TypeError(f"model {model!r} argument {key!r} is true or false, got {value!r}; "
+                        f"give --set {key}=true or --set {key}=false")
+    if isinstance(value, str) and isinstance(default, (int, float, tuple, list)) and not isinstance(default, bool):
+        kind = "a list of sizes, e.g. [500, 500]" if isinstance(default, (tuple, list)) else "a number"
+        raise TypeError(f"model {model!r} argument {key!r} is {kind}, got the text {value!r}")

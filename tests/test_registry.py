@@ -58,3 +58,34 @@ def test_bare_decorator_registers_a_user_model():
         assert pprogen.create_model("my_test_model", x_dim=5).in_features == 5
     finally:
         del _REGISTRY["my_test_model"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"natural_order": "False"}, "argument 'natural_order' is true or false, got 'False'; give --set natural_order=true or"),
+    ({"direct": 1}, "argument 'direct' is true or false, got 1"),
+    ({"hidden_dims": "500,500"}, "argument 'hidden_dims' is a list of sizes, e.g. [500, 500], got the text '500,500'"),
+    ({"x_dim": "784"}, "argument 'x_dim' is a number, got the text '784'"),
+])
+def test_an_argument_of_the_wrong_kind_is_refused(kw, message):
+    # a text 'False' for a flag would be truthy: the opposite of what was asked, silently
+    with pytest.raises(TypeError) as err:
+        pprogen.create_model("made", **kw)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("False", False), ("false", False), ("True", True), ("None", None), ("null", None), ("[500]", [500]),
+    ("(16, 16)", (16, 16)), ("0.1", 0.1), ("relu", "relu"), ("1e-3", 1e-3), ("a=b", "a=b"),
+])
+def test_set_values_are_json_then_python_literals_then_text(text, value):
+    from pprogen.engine import _model_args
+
+    assert _model_args([f"key={text}"]) == {"key": value}
+
+
+def test_set_false_reaches_the_model_as_false():
+    from pprogen.engine import _model_args
+
+    model = pprogen.create_model("made", x_dim=6, hidden_dims=(8,), seed=1,
+                                 **_model_args(["natural_order=False", "direct=True"]))
+    assert not torch.equal(model.order[0], torch.arange(6)) and model.direct is not None
