@@ -503,7 +503,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--draws", type=int, help="--trainer nuts: posterior draws per chain (default 500)")
     s.add_argument("--warmup", type=int, help="--trainer nuts: warm-up steps per chain (default 300)")
     s.add_argument("--chains", type=int, help="--trainer nuts: chains (default 1)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model argument, e.g. --set z_dim=20 --set hidden_dims=[500] --set natural_order=false (JSON or a "
+                   "Python literal, else text; a value of the wrong kind is refused)")
     s.add_argument("--device", help="auto (default), cpu or cuda")
     s.add_argument("--seed", type=int, help="random seed (default 0)")
     s.add_argument("--out", help="run folder (default: runs/<model>-<data>-<time>)")
