@@ -26,6 +26,7 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 REQUIRED = ("model", "data", "model_args", "train")  # what the config.json of every `pprogen train` run holds
 REBUILT = "pprogen_rebuilt"  # weights metadata: {name: digest} of buffers left out, which config.json rebuilds
+PACKED = "pprogen_packed"  # weights metadata: [name] of parameters stored as their entries inside the model's mask
 
 
 class RunError(ValueError):
@@ -141,23 +142,37 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A weights file's tensors and the buffers it leaves to be rebuilt from config.json ({name: digest})."""
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """A weights file's tensors, the buffers it leaves to be rebuilt from config.json ({name: digest}) and the
+    parameters it stores packed (their entries inside the model's mask only)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
         rebuilt = json.loads(metadata.get(REBUILT, "{}"))
+        packed = list(json.loads(metadata.get(PACKED, "[]")))
     except Exception as err:
         raise RunError(f"weights file {path} is unreadable or corrupted ({err})") from None
-    return tensors, rebuilt
+    return tensors, rebuilt, packed
 
 
-def compact_weights(module: Any, fresh: Any, half: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _weight_masks(module: Any) -> dict[str, torch.Tensor]:
+    """{parameter name: boolean mask} of the entries a model reads (``module.weight_masks()``, which masked
+    models such as MADE offer: every other entry is multiplied by 0), else nothing."""
+    masks = getattr(module, "weight_masks", None)
+    return masks() if callable(masks) else {}
+
+
+def compact_weights(module: Any, fresh: Any, half: bool) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
     """``module``'s state as shipped weights: the buffers equal to those of ``fresh`` (the same config built anew:
-    masks, orderings, constants) left out with their digests, and with ``half`` each floating tensor as float16
-    unless that overflows (such a tensor stays as it is)."""
+    masks, orderings, constants) left out with their digests, masked parameters packed to the entries the model
+    reads (``weight_masks``), and with ``half`` each floating tensor as float16 unless that overflows (such a tensor
+    stays as it is)."""
     state = _state_tensors(module)
+    fresh_masks = _weight_masks(fresh)  # packed only where the same config builds the same mask on loading
+    masks = {k: m for k, m in _weight_masks(module).items() if k in fresh_masks and torch.equal(m, fresh_masks[k])}
+    for name, mask in masks.items():
+        state[name] = state[name][mask]
     fresh_state = _state_tensors(fresh)
     buffers = {name for name, _ in module.named_buffers()} if isinstance(module, torch.nn.Module) else set()
     tensors, rebuilt = {}, {}
@@ -170,7 +185,7 @@ def compact_weights(module: Any, fresh: Any, half: bool) -> tuple[dict[str, torc
             small = value.to(torch.float16)
             value = small if bool(torch.isfinite(small).eq(torch.isfinite(value)).all()) else value
         tensors[name] = value
-    return tensors, rebuilt
+    return tensors, rebuilt, sorted(masks)
 
 
 class Run:
@@ -283,13 +298,14 @@ class Run:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def save_weights(self, name: str, module: Any, tensors: dict[str, torch.Tensor] | None = None,
-                     rebuilt: dict[str, str] | None = None) -> None:
-        """``module``'s state (or the given ``tensors``, with the digests of the buffers left out to be rebuilt)
-        as ``name.safetensors``."""
+                     rebuilt: dict[str, str] | None = None, packed: list[str] | None = None) -> None:
+        """``module``'s state (or the given ``tensors``, with the digests of the buffers left out to be rebuilt and
+        the names of the parameters packed to their masks' entries) as ``name.safetensors``."""
         tensors = _state_tensors(module) if tensors is None else tensors
         if tensors or rebuilt:
             self.materialize()
-            metadata = {REBUILT: json.dumps(rebuilt)} if rebuilt else None
+            metadata = {**({REBUILT: json.dumps(rebuilt)} if rebuilt else {}),
+                        **({PACKED: json.dumps(packed)} if packed else {})} or None
             atomic_write(self.path / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def load_weights(self, name: str, module: Any) -> None:
@@ -298,7 +314,7 @@ class Run:
             return
         if not path.is_file():
             raise RunError(f"{path} is missing; the run has not finished an epoch yet or the folder is damaged")
-        tensors, rebuilt = read_weights(path)
+        tensors, rebuilt, packed = read_weights(path)
         expected = module.state_dict()
         missing = set(expected) - set(tensors) - set(rebuilt)
         if missing:
@@ -311,6 +327,14 @@ class Run:
             if tensor_digest(expected[key]) != digest:
                 raise RunError(f"weights file {path} leaves {key!r} to be rebuilt from config.json, and this pprogen "
                                "builds a different one; evaluate the folder with the pprogen version that wrote it")
+        masks = _weight_masks(module) if packed else {}
+        for key in packed:  # the entries inside the model's mask (checked above to be the one that was shipped)
+            if key not in masks or key not in tensors or tensors[key].numel() != int(masks[key].sum()):
+                raise RunError(f"weights file {path} stores {key!r} packed to a mask this model does not have; "
+                               "restore the run's config.json or its weights")
+            full = torch.zeros(masks[key].shape, dtype=tensors[key].dtype)
+            full[masks[key]] = tensors[key].reshape(-1)
+            tensors[key] = full
         for key, want in expected.items():
             if key not in tensors:
                 continue

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from pprogen.cli import main
 from pprogen.engine import load_run, ship_run
-from pprogen.runs import REBUILT, RunError
+from pprogen.runs import PACKED, REBUILT, RunError
 
 
 def exact_nll(path, split="valid", **kwargs):
@@ -46,6 +46,34 @@ def test_a_shipped_made_leaves_its_masks_to_the_config_and_scores_as_the_run_did
     assert "data_dir" not in config and config["shipped"]["data"]["shape"] == [64]
     assert exact_nll(full) == exact_nll(made_run)  # float32: bit for bit
     assert abs(exact_nll(half) - exact_nll(made_run)) < 0.05
+
+
+def test_masked_weights_ship_as_the_entries_their_masks_let_through(tmp_path):
+    """MADE's weights (and its direct input-to-output weights) are stored as the entries inside the union of its
+    masks: the others never reach an output. The shipped folder scores as the run did."""
+    run = train(tmp_path, "made", "--data", "digits_binary", "--epochs", "1", "--set", "direct=true",
+                "--set", "hidden_dims=[40]")
+    full, half = tmp_path / "full", tmp_path / "half"
+    ship_run(str(run), str(full), half=False)
+    ship_run(str(run), str(half))
+    _, _, _, model, _, _ = load_run(str(run), torch.device("cpu"))
+    masks = model.weight_masks()
+    assert set(masks) == {"layers.0.weight", "layers.1.weight", "direct.weight"}
+    assert masks["direct.weight"].sum() == 64 * 63 // 2  # strictly earlier inputs only
+    with safe_open(str(full / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()[PACKED]) == sorted(masks)
+        for name, mask in masks.items():
+            assert f.get_tensor(name).shape == (int(mask.sum()),)
+            assert torch.equal(f.get_tensor(name), model.state_dict()[name][mask])
+    assert exact_nll(full) == exact_nll(run)  # float32: bit for bit
+    assert abs(exact_nll(half) - exact_nll(run)) < 0.05
+    path = full / "model.safetensors"  # a packed tensor of another length: refused, not misplaced
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["direct.weight"] = tensors["direct.weight"][:-1]
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(RunError, match="stores 'direct.weight' packed to a mask this model does not have"):
+        load_run(str(full), torch.device("cpu"))
 
 
 def test_shipped_weights_refuse_a_config_that_rebuilds_other_buffers_or_a_wrong_dtype(made_run, tmp_path):

@@ -405,6 +405,14 @@ class MADE(AutoregressiveModel):
     def logits(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return self._net(int(self.mask_index) if k is None else k)(x)
 
+    def weight_masks(self) -> dict[str, torch.Tensor]:
+        """The weight entries some mask lets through, by parameter name (the others never reach an output):
+        shipped weights store only these."""
+        out = {f"layers.{i}.weight": getattr(self, f"masks_{i}").amax(0).bool() for i in range(len(self.layers))}
+        if self.direct is not None:
+            out["direct.weight"] = self.masks_direct.amax(0).bool()
+        return out
+
     def distribution(self) -> AutoregressiveBernoulli:
         num_masks = self.order.shape[0]
         if self.training and num_masks > 1:
