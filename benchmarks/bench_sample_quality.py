@@ -100,8 +100,8 @@ def main() -> None:
             fake = samples_of(model, args.num_samples, args.seed).reshape(-1, *shape)
         scores = image_metrics(classifier, real, fake)
         pixel_mmd = mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))
-        summary = json.loads((Path(folder) / "summary.json").read_text())
-        budget = f"{summary.get('epochs_run', '?')} epochs, {summary.get('train_seconds', float('nan')):.0f} s"
+        records = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines() if line]
+        budget = f"{len(records)} epochs, {sum(r.get('seconds', 0.0) for r in records):.0f} s"  # every session's
         rows.append(f"| {label} | `{config['model']}` | {scores['frechet_distance']:.2f} | {scores['precision']:.3f} | "
                     f"{scores['recall']:.3f} | {pixel_mmd:.4f} | {budget} |")
         pictures.append((label, fake[:64]))
