@@ -29,7 +29,7 @@ import torch
 from pprogen.capabilities import capabilities
 from pprogen.engine import load_run
 from pprogen.data import load_dataset
-from pprogen.inference.metrics import cached_classifier, image_metrics, mmd_unbiased
+from pprogen.inference.metrics import dataset_classifier, image_metrics, mmd_unbiased
 from pprogen.plots import image_grid
 
 
@@ -48,25 +48,22 @@ def feature_classifier(dataset, real: torch.Tensor, features_from: str | None):
     """The classifier whose features score the samples: the data set's own, or (``features_from``) the one trained
     on another labelled data set of the same image shape, with a note on the proxy for the output."""
     source = dataset if features_from is None else load_dataset(features_from)
-    if source.labels.get("train") is None or not source.num_classes:
-        raise SystemExit(f"{source.name} has no labels to train the feature classifier on; pass --features-from with a "
-                         "labelled data set of the same image shape (digits28 for 28x28 digits)")
     if source.image_shape != dataset.image_shape:
         raise SystemExit(f"--features-from {source.name} has images of shape {source.image_shape}, the runs' data "
                          f"{dataset.image_shape}: choose a labelled data set of the same shape")
-    shape = source.image_shape
-    valid = None
-    if source.valid is not None and source.labels.get("valid") is not None:
-        valid = (source.valid.reshape(-1, *shape), source.labels["valid"])
-    classifier, _ = cached_classifier(source.name, source.train.reshape(-1, *shape), source.labels["train"],
-                                      source.num_classes, valid=valid)
+    found = dataset_classifier(source)
+    if found is None:
+        raise SystemExit(f"{source.name} has no labels to train the feature classifier on; pass --features-from with a "
+                         "labelled data set of the same image shape (digits28 for 28x28 digits)")
+    classifier = found[0]
     if features_from is None:
         return classifier, ""
     _, probs = classifier.predict(real)
     shares = torch.bincount(probs.argmax(1), minlength=source.num_classes).double() / real.shape[0]
-    accuracy = "not measured"
-    if valid is not None:
-        accuracy = f"{(classifier.predict(valid[0])[1].argmax(1) == valid[1]).double().mean():.3f}"
+    accuracy = "not measured"  # measured here: a classifier cached by an earlier caller may have no accuracy on its card
+    if source.valid is not None and source.labels.get("valid") is not None:
+        hits = classifier.predict(source.valid.reshape(-1, *source.image_shape))[1].argmax(1) == source.labels["valid"]
+        accuracy = f"{hits.double().mean():.3f}"
     note = (f" of the {source.name} classifier (a proxy: {dataset.name} has no labels; its accuracy on {source.name}'s "
             f"valid split {accuracy}; it puts the real {dataset.name} images in its classes "
             f"{' / '.join(f'{100 * v:.0f}' for v in shares.tolist())}%, mean confidence {probs.max(1).values.mean():.2f})")

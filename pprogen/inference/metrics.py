@@ -301,14 +301,26 @@ def evaluate_samples(model, dataset, split: str = "valid", num_samples: int = 25
             result.update(mode_metrics(fake, *MODES[dataset.name]))
     real = target(real)
     result["mmd"] = mmd_unbiased(real[:2000].flatten(1), fake[:2000].flatten(1))  # in data space
-    labels = dataset.labels.get("train")
-    if dataset.is_image and labels is not None and dataset.num_classes:
-        shape = tuple(model.x_shape) if translating else dataset.image_shape
-        valid = None
-        if dataset.valid is not None and dataset.labels.get("valid") is not None:
-            valid = (target(dataset.valid).reshape(-1, *shape), dataset.labels["valid"])
-        classifier, card = cached_classifier(dataset.name, target(dataset.train).reshape(-1, *shape), labels,
-                                                     dataset.num_classes, valid=valid)
+    shape = tuple(model.x_shape) if translating else dataset.image_shape
+    found = dataset_classifier(dataset, shape, target)
+    if found is not None:
+        classifier, card = found
         result.update(image_metrics(classifier, real.reshape(-1, *shape), fake.reshape(-1, *shape), fake_labels))
         result["classifier"] = card
     return result
+
+
+def dataset_classifier(dataset, shape: Sequence[int] | None = None, target=None) -> tuple[DigitClassifier, dict] | None:
+    """The cached feature classifier of a labelled image data set (``target`` maps its rows to the images to
+    classify, ``shape`` their shape; its card has the accuracy on the validation split where that is labelled), or
+    None for data without labels."""
+    labels = dataset.labels.get("train")
+    if not dataset.is_image or labels is None or not dataset.num_classes:
+        return None
+    target = target or (lambda t: t)
+    shape = tuple(shape or dataset.image_shape)
+    valid = None
+    if dataset.valid is not None and dataset.labels.get("valid") is not None:
+        valid = (target(dataset.valid).reshape(-1, *shape), dataset.labels["valid"])
+    return cached_classifier(dataset.name, target(dataset.train).reshape(-1, *shape), labels, dataset.num_classes,
+                             valid=valid)
