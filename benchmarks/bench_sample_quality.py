@@ -11,10 +11,12 @@ Used for the README's comparisons (training commands there):
     python benchmarks/bench_sample_quality.py vae=RUNS/conv_vae vaegan=RUNS/vaegan --out docs/figures/vaegan_vs_vae.png
     python benchmarks/bench_sample_quality.py dcgan=RUNS/dcgan progan=RUNS/progan stylegan=RUNS/stylegan --out ...
 
-Data without labels (``binarized_mnist``) has no classifier of its own: ``--features-from digits28`` takes the features
-of the classifier trained on another labelled data set of the same image shape, a proxy the output names, with that
-classifier's accuracy on its own validation split and how it spreads the real images over its classes. The
-``pixel MMD`` column (kernel MMD^2 between real and generated images, in pixel space) needs no classifier.
+``binarized_mnist`` has no labels of its own; its classifier is trained by self-training from the project's hand
+labels of 597 of its training images (``pprogen/labels/binarized_mnist.json``), and the output gives its accuracy on
+the 200 hand-labelled validation images. ``--features-from digits28`` instead takes the features of the classifier
+trained on another labelled data set of the same image shape, a proxy the output names, with that classifier's
+accuracy on its own validation split and how it spreads the real images over its classes. The ``pixel MMD`` column
+(kernel MMD^2 between real and generated images, in pixel space) needs no classifier.
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ def feature_classifier(dataset, real: torch.Tensor, features_from: str | None):
     if found is None:
         raise SystemExit(f"{source.name} has no labels to train the feature classifier on; pass --features-from with a "
                          "labelled data set of the same image shape (digits28 for 28x28 digits)")
-    classifier = found[0]
+    classifier, card = found
+    if features_from is None and "pseudo_labelled" in card:  # a data set with only a hand-labelled sample
+        rows = {split: len(r) for split, (r, _) in dataset.labelled_rows.items()}
+        note = (f" of the {dataset.name} classifier self-trained from {rows['train']} hand-labelled training images "
+                f"and {card['pseudo_labelled']} it labelled itself (accuracy {card.get('accuracy', float('nan')):.3f} on "
+                f"{rows.get('valid', 0)} hand-labelled validation images)")
+        return classifier, note
     if features_from is None:
         return classifier, ""
     _, probs = classifier.predict(real)

@@ -62,6 +62,8 @@ class Dataset:
     pairing: str | None = None  # translation sets: "paired" or "unpaired" (A over B in the channels)
     factors: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> (N, F) ground-truth factor indices
     factor_names: tuple[str, ...] | None = None
+    # split -> (rows, labels): a labelled sample of a split that has no labels of its own (binarized_mnist)
+    labelled_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.image_shape is None and len(self.shape) == 3:
@@ -95,7 +97,7 @@ class Dataset:
 
         return Dataset(self.name, f(self.train), f(self.valid), f(self.test), (self.dim,), self.binary,
                        dict(self.labels), self.num_classes, self.image_shape, self.pairing, dict(self.factors),
-                       self.factor_names)
+                       self.factor_names, dict(self.labelled_rows))
 
     def subset(self, limit: int | None) -> "Dataset":
         """At most ``limit`` examples per split (for smoke tests and quick runs)."""
@@ -107,7 +109,8 @@ class Dataset:
 
         return Dataset(self.name, f(self.train), f(self.valid), f(self.test), self.shape, self.binary,
                        {k: v[:limit] for k, v in self.labels.items()}, self.num_classes, self.image_shape, self.pairing,
-                       {k: v[:limit] for k, v in self.factors.items()}, self.factor_names)
+                       {k: v[:limit] for k, v in self.factors.items()}, self.factor_names,
+                       {k: (rows[rows < limit], y[rows < limit]) for k, (rows, y) in self.labelled_rows.items()})
 
 
 def _split(x: torch.Tensor, y: torch.Tensor | None, fractions=(0.8, 0.1), seed: int = 0):
@@ -325,7 +328,30 @@ def load_binarized_mnist(data_dir: str | os.PathLike | None = None, download: bo
             "put binarized_mnist_{train,valid,test}.amat or binarized_mnist.npz in a folder and pass "
             f"--data-dir FOLDER (or set {DATA_ENV}=FOLDER)"
         )
-    return Dataset("binarized_mnist", splits["train"], splits.get("valid"), splits.get("test"), (1, 28, 28), True)
+    return Dataset("binarized_mnist", splits["train"], splits.get("valid"), splits.get("test"), (1, 28, 28), True,
+                   labelled_rows=hand_labels(splits))
+
+
+HAND_LABELS = Path(__file__).parent / "labels" / "binarized_mnist.json"
+
+
+def hand_labels(splits: dict[str, torch.Tensor], path: Path = HAND_LABELS) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The digit labels read by eye for a sample of binarized MNIST's rows (``labels/binarized_mnist.json``), by
+    split, as (rows, labels); a split whose labelled rows are not the images the labels were read from (another
+    file under the same name) gets none, so no label lands on the wrong image."""
+    import hashlib
+    import json
+
+    out = {}
+    for split, entry in json.loads(path.read_text())["splits"].items():
+        x = splits.get(split)
+        rows = torch.tensor(entry["index"], dtype=torch.long)
+        if x is None or x.shape[0] <= int(rows.max()):
+            continue
+        pixels = (x[rows].reshape(len(rows), -1) > 0.5).to(torch.uint8).numpy()
+        if hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest() == entry["sha256"]:
+            out[split] = (rows, torch.tensor(entry["label"], dtype=torch.long))
+    return out
 
 
 _TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}

@@ -162,3 +162,37 @@ def test_sprinkler_data_are_network_samples_with_the_stated_missing_fraction():
     for i, name in enumerate(["Cloudy", "Sprinkler", "Rain", "GrassWet"]):
         assert abs(full.train[:, i].mean().item() - marginals[name][1].item()) < 0.02
     assert abs(torch.isnan(missing.train).float().mean().item() - 0.2) < 0.01
+
+
+def test_hand_labels_land_only_on_the_images_they_were_read_from(tmp_path):
+    import hashlib
+    import json
+
+    from pprogen.data import hand_labels
+
+    x = (torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    rows = [1, 4, 7]
+    digest = hashlib.sha256((x[rows].reshape(3, -1) > 0.5).to(torch.uint8).numpy().tobytes()).hexdigest()
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"splits": {"train": {"index": rows, "label": [3, 1, 4], "sha256": digest},
+                                           "valid": {"index": [20], "label": [0], "sha256": digest}}}))
+    found = hand_labels({"train": x, "valid": x}, path)
+    assert list(found) == ["train"]  # valid has no row 20
+    assert found["train"][0].tolist() == rows and found["train"][1].tolist() == [3, 1, 4]
+    other = x.clone()
+    other[4, 0, 0, 0] = 1 - other[4, 0, 0, 0]  # another file under the same name: one pixel differs
+    assert hand_labels({"train": other}, path) == {}
+
+
+def test_the_shipped_binarized_mnist_hand_labels_match_the_data_beside_the_project():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (folder / "binarized_mnist.npz").is_file():
+        pytest.skip("binarized MNIST is not beside the project (../shared/data)")
+    data = load_dataset("binarized_mnist", folder)
+    assert {k: len(r) for k, (r, _) in data.labelled_rows.items()} == {"train": 597, "valid": 200}
+    for rows, labels in data.labelled_rows.values():
+        assert torch.bincount(labels, minlength=10).min() >= 10 and labels.max() == 9
+        assert len(set(rows.tolist())) == len(rows)
+    assert data.subset(1000).labelled_rows["train"][0].max() < 1000

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -204,22 +205,76 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs:
     return net.eval()
 
 
+def random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float = 8.0, scale: float = 0.08,
+                  shear: float = 0.1, shift: float = 0.1) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` under small random warps: rotations of ``rotate`` degrees (standard deviation),
+    scalings and shears of ``scale`` and ``shear``, shifts up to ``shift`` of half the frame. Binary images stay
+    binary (thresholded at 0.5 after the warp)."""
+    n = x.shape[0]
+    angle = torch.deg2rad(torch.randn(n, generator=generator) * rotate)
+    s = 1 + scale * torch.randn(n, generator=generator)
+    h = shear * torch.randn(n, generator=generator)
+    tx, ty = (torch.rand(2, n, generator=generator) - 0.5) * 2 * shift
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos / s, -sin / s + h, tx], 1), torch.stack([sin / s, cos / s, ty], 1)], 1)
+    warped = F.grid_sample(x, F.affine_grid(theta.to(x), list(x.shape), align_corners=False), align_corners=False)
+    binary = bool(((x == 0) | (x == 1)).all())
+    return (warped > 0.5).to(x) if binary else warped
+
+
+def train_self_training_classifier(x: torch.Tensor, y: torch.Tensor, unlabelled: torch.Tensor, num_classes: int,
+                                   steps: tuple[int, int] = (1500, 3000), threshold: float = 0.9, repeat: int = 10,
+                                   seed: int = 0, batch_size: int = 128) -> tuple[DigitClassifier, dict]:
+    """A classifier from few labels and many images (one round of self-training): fit a network to the labelled
+    images under random warps; label the unlabelled images it gives a probability above ``threshold``; fit a fresh
+    network to those and the labelled images (each ``repeat`` times). Returns it and how many images it labelled."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def fit(images: torch.Tensor, labels: torch.Tensor, num_steps: int, net_seed: int) -> DigitClassifier:
+        with torch.random.fork_rng():
+            torch.manual_seed(net_seed)
+            net = DigitClassifier(tuple(images.shape[1:]), num_classes)
+        optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+        net.train()
+        for _ in range(num_steps):
+            rows = torch.randint(0, images.shape[0], (batch_size,), generator=generator)
+            loss = F.cross_entropy(net(random_affine(images[rows], generator)), labels[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return net.eval()
+
+    first = fit(x, y, steps[0], seed)
+    confidence, guess = first.predict(unlabelled)[1].max(1)
+    sure = confidence > threshold
+    images = torch.cat([unlabelled[sure], x.repeat(repeat, *([1] * (x.dim() - 1)))])
+    labels = torch.cat([guess[sure], y.repeat(repeat)])
+    return fit(images, labels, steps[1], seed + 1), {"pseudo_labelled": int(sure.sum())}
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pprogen")
 
 
 def cached_classifier(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                       valid: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      directory: str | os.PathLike | None = None) -> tuple[DigitClassifier, dict]:
+                      directory: str | os.PathLike | None = None,
+                      unlabelled: torch.Tensor | None = None) -> tuple[DigitClassifier, dict]:
     """The feature classifier for a labelled image set, trained once and cached as safetensors.
 
-    The cache key hashes the training images and labels, so another data set (or a changed one) gets its
-    own classifier. Returns the network and its card (``accuracy`` on ``valid`` when given).
+    The cache key hashes the training images and labels (and ``unlabelled``), so another data set (or a changed
+    one) gets its own classifier. With ``unlabelled`` images (a data set with a small labelled sample) it is
+    trained by :func:`train_self_training_classifier`. Returns the network and its card (``accuracy`` on
+    ``valid`` when given).
     """
     from safetensors.torch import load_file, save_file
 
     x, y = x.detach().float().cpu(), y.detach().long().cpu()
-    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+    hashed = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes())
+    if unlabelled is not None:
+        unlabelled = unlabelled.detach().float().cpu()
+        hashed.update(b"self-training" + unlabelled.numpy().tobytes())
+    digest = hashed.hexdigest()[:16]
     folder = Path(directory) if directory is not None else cache_dir()
     weights = folder / f"classifier-{name}-{digest}.safetensors"
     card_path = weights.with_suffix(".json")
@@ -230,8 +285,14 @@ def cached_classifier(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: 
             return net.eval(), json.loads(card_path.read_text())
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             pass
-    net = train_classifier(x, y, num_classes)
-    card = {"data": name, "train_examples": int(x.shape[0]), "feature_dim": net.head.in_features}
+    card = {"data": name, "train_examples": int(x.shape[0])}
+    print(f"training the {name} feature classifier (once: cached in {folder})", file=sys.stderr, flush=True)
+    if unlabelled is None:
+        net = train_classifier(x, y, num_classes)
+    else:
+        net, info = train_self_training_classifier(x, y, unlabelled, num_classes)
+        card.update(method="self-training from the labelled sample", unlabelled_examples=int(unlabelled.shape[0]), **info)
+    card["feature_dim"] = net.head.in_features
     if valid is not None:
         _, probs = net.predict(valid[0].float().cpu())
         card["accuracy"] = (probs.argmax(1) == valid[1].cpu()).double().mean().item()
@@ -313,12 +374,23 @@ def evaluate_samples(model, dataset, split: str = "valid", num_samples: int = 25
 def dataset_classifier(dataset, shape: Sequence[int] | None = None, target=None) -> tuple[DigitClassifier, dict] | None:
     """The cached feature classifier of a labelled image data set (``target`` maps its rows to the images to
     classify, ``shape`` their shape; its card has the accuracy on the validation split where that is labelled), or
-    None for data without labels."""
+    None for data without labels. A data set with only a labelled sample of its rows (``labelled_rows``:
+    binarized MNIST's hand labels) gets one trained by self-training on that sample and the rest of its images,
+    its accuracy measured on the labelled sample of the validation split."""
+    target = target or (lambda t: t)
+    shape = tuple(shape or dataset.image_shape or ())
+    if dataset.is_image and dataset.labels.get("train") is None and "train" in dataset.labelled_rows:
+        rows, labels = dataset.labelled_rows["train"]
+        images = target(dataset.train).reshape(-1, *shape)
+        valid = None
+        if "valid" in dataset.labelled_rows and dataset.valid is not None:
+            valid_rows, valid_labels = dataset.labelled_rows["valid"]
+            valid = (target(dataset.valid).reshape(-1, *shape)[valid_rows], valid_labels)
+        return cached_classifier(dataset.name, images[rows], labels, dataset.num_classes or int(labels.max()) + 1,
+                                 valid=valid, unlabelled=images)
     labels = dataset.labels.get("train")
     if not dataset.is_image or labels is None or not dataset.num_classes:
         return None
-    target = target or (lambda t: t)
-    shape = tuple(shape or dataset.image_shape)
     valid = None
     if dataset.valid is not None and dataset.labels.get("valid") is not None:
         valid = (target(dataset.valid).reshape(-1, *shape), dataset.labels["valid"])

@@ -129,3 +129,27 @@ def test_cached_classifier_learns_digits_and_is_read_back_identically(tmp_path):
     assert real["frechet_distance"] < noise["frechet_distance"] / 5
     assert real["precision"] > 0.8 > noise["precision"]
     assert real["classifier_score"] > 5
+
+
+def test_random_affine_without_warp_is_the_identity_and_keeps_binary_images_binary():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 1, 12, 12, generator=g) > 0.5).float()
+    same = metrics.random_affine(x, g, rotate=0.0, scale=0.0, shear=0.0, shift=0.0)
+    assert torch.equal(same, x)
+    warped = metrics.random_affine(x, g, rotate=20.0)
+    assert set(warped.unique().tolist()) <= {0.0, 1.0} and not torch.equal(warped, x)
+    grey = torch.rand(6, 1, 12, 12, generator=g)
+    assert not set(metrics.random_affine(grey, g).unique().tolist()) <= {0.0, 1.0}
+
+
+def test_self_training_from_a_few_labels_reaches_the_accuracy_of_many():
+    """60 labelled digits (6 a class) and the rest of the training images unlabelled: the classifier the
+    binarized MNIST hand labels get. Its pseudo labels must be right, or it fails (shuffled, the accuracy
+    fell to 0.45)."""
+    data = load_dataset("digits")
+    x, y = data.train.reshape(-1, 1, 8, 8), data.labels["train"]
+    rows = torch.cat([(y == k).nonzero().flatten()[:6] for k in range(10)])
+    net, info = metrics.train_self_training_classifier(x[rows], y[rows], x, 10, steps=(300, 600))
+    accuracy = (net.predict(data.valid.reshape(-1, 1, 8, 8))[1].argmax(1) == data.labels["valid"]).double().mean()
+    assert accuracy > 0.85
+    assert info["pseudo_labelled"] > 0.5 * x.shape[0]
