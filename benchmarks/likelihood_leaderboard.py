@@ -15,7 +15,9 @@ Run: ``python benchmarks/likelihood_leaderboard.py --root /work/runs/leaderboard
 ``--ship DIR`` (the project ships ``leaderboard/``) copies each finished entry with ``pprogen ship`` to
 ``DIR/<entry>`` (float16 weights where that keeps the NLL within 0.05 nats, else float32; at most 2 MiB), scores
 the shipped folder itself with ``pprogen evaluate`` and records that score and the budget in its summary.json;
-``DIR/leaderboard.md`` (the README's table) is computed from those folders alone. ``pprogen evaluate DIR/<entry>
+``DIR/leaderboard.md`` (the README's table) is computed from those folders alone. Given without ``--hours`` and
+``--max-epochs``, ``--ship`` trains nothing: it ships the finished entries as they stand (a larger budget given
+with it trains on first). ``pprogen evaluate DIR/<entry>
 --split valid --data-dir ...`` reproduces a row; ``pprogen sample DIR/<entry> --out x.png`` needs no data.
 
 Refused with a one-line error: an entry name that does not exist; an entry whose configuration (or data) changed
@@ -342,8 +344,9 @@ def main(argv=None) -> None:
     parser.add_argument("--entries", default=",".join(ENTRIES))
     parser.add_argument("--data", default="binarized_mnist")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--hours", type=float, default=2.0, help="training budget per entry, in hours")
-    parser.add_argument("--max-epochs", type=int, default=1000)
+    parser.add_argument("--hours", type=float, default=None, help="training budget per entry, in hours (default 2; "
+                        "with --ship and neither budget given, nothing is trained: the finished entries are shipped)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="epochs per entry at most (default 1000)")
     parser.add_argument("--chunk-minutes", type=float, default=20.0, help="training between two checkpoints of the "
                         "leaderboard's own progress")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image for latent models")
@@ -356,11 +359,14 @@ def main(argv=None) -> None:
     unknown = [n for n in names if n not in ENTRIES]
     if unknown:
         raise LeaderboardError(f"unknown leaderboard entry {unknown[0]!r}; choose from {', '.join(ENTRIES)}")
+    ship_only = args.ship is not None and args.hours is None and args.max_epochs is None
+    args.hours = 2.0 if args.hours is None else args.hours
+    args.max_epochs = 1000 if args.max_epochs is None else args.max_epochs
     if args.hours <= 0 or args.max_epochs < 1 or math.isnan(args.hours):
         raise LeaderboardError("--hours must be positive and --max-epochs at least 1")
     root.mkdir(parents=True, exist_ok=True)
     state = load_state(root)
-    if not args.report:
+    if not (args.report or ship_only):
         for name in names:
             start = time.time()
             run_entry(name, root, state, args)

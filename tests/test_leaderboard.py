@@ -47,6 +47,9 @@ def test_shipped_entries_score_as_their_runs_and_a_better_shipped_result_is_kept
         in (dest / "leaderboard.md").read_text()
     lb.main(common + ["--max-epochs", "1"])
     assert "shipped already" in capsys.readouterr().out
+    lb.main(common)  # --ship with no budget given ships only: it does not train on with the default budget
+    assert "shipped already" in capsys.readouterr().out
+    assert json.loads((root / "leaderboard.json").read_text())["entries"]["fvsbn"]["epochs"] == 1
     shipped["leaderboard"]["best"]["nll"] = 1.0  # pretend the shipped result is better than anything trained next
     (dest / "fvsbn" / "summary.json").write_text(json.dumps(shipped))
     with pytest.raises(SystemExit, match=r"holds a better result of fvsbn \(1.00 nats\)"):
