@@ -1,5 +1,6 @@
 """benchmarks/likelihood_leaderboard.py on the embedded digits: resumable, refuses what it cannot honour."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -67,3 +68,13 @@ def test_the_trend_is_the_best_validation_nll_fallen_over_the_last_hour_and_the_
     assert lb.target("nade", record) == "≤ 89.83: missed by 0.50 (still falling 1.50 nats/h)"
     assert lb.target("nade", {**record, "best": {"nll": 89.0}}) == "≤ 89.83: met"
     assert lb.target("eonade", record) == "-"  # reported against the literature, without a target
+
+
+def test_a_latent_entrys_chunks_end_with_a_cheap_estimate_and_the_table_uses_its_own(tmp_path):
+    args = argparse.Namespace(data="binarized_mnist", data_dir=None)
+    vae = lb.train_command("vae", lb.ENTRIES["vae"], tmp_path / "vae", 3, args)
+    assert vae[vae.index("--eval-samples") + 1] == str(lb.CHUNK_EVAL_SAMPLES)
+    assert "--eval-samples" not in lb.train_command("nade", lb.ENTRIES["nade"], tmp_path / "nade", 3, args)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "checkpoint.pt").write_bytes(b"")  # a resumed run keeps the setting it started with
+    assert "--eval-samples" not in lb.train_command("vae", lb.ENTRIES["vae"], tmp_path / "vae", 6, args)
