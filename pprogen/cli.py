@@ -449,7 +449,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_ship(args) -> int:
-    sizes = ship_run(args.run, args.out, half=not args.float32, data_dir=args.data_dir)
+    if args.float32 and args.int8:
+        raise ValueError("--float32 and --int8 ask for two encodings of the weights; give one")
+    sizes = ship_run(args.run, args.out, half=not args.float32, data_dir=args.data_dir, int8=args.int8)
     files = ", ".join(f"{name}.safetensors {size / 2**20:.2f} MiB" for name, size in sizes.items())
     print(f"shipped {args.run} to {args.out} ({files}); evaluate it with `pprogen evaluate {args.out}` and compare")
     return 0
@@ -580,6 +582,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("out", help="the new folder (must not exist)")
     s.add_argument("--float32", action="store_true", help="keep the weights in float32")
+    s.add_argument("--int8", action="store_true", help="store matrices and kernels as int8 with a float32 scale per "
+                   "block of 256 entries (about half float16's size; evaluate the copy against the run before trusting it)")
     s.add_argument("--data-dir", help="read the run's data from this folder (for its shapes)")
     s.set_defaults(func=cmd_ship)
     return p

@@ -1100,10 +1100,11 @@ def _shapes_only(config: dict[str, Any]) -> Dataset | None:
                    shapes.get("num_classes"), tuple(image) if image else None)
 
 
-def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None) -> dict[str, Any]:
+def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None, int8: bool = False) -> dict[str, Any]:
     """A small copy of a trained run that others evaluate and sample without training: ``config.json`` (without
     the machine's data folder, with the data's shapes, so ``pprogen sample`` needs no data), the model's and
-    guide's weights (float16 with ``half``, where no value overflows; buffers that the config rebuilds exactly,
+    guide's weights (float16 with ``half``, where no value overflows; with ``int8`` matrices and kernels as int8
+    with a float32 scale per block of 256 entries, about half float16's size: score the copy before trusting it; buffers that the config rebuilds exactly,
     such as masks and orderings, left out with their digests, checked when the folder is read), and the run's
     training summary. ``out`` must not exist; it appears whole or not at all. Returns the sizes written."""
     import shutil
@@ -1127,7 +1128,7 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
         _, fresh_model, fresh_guide = build(config, dataset)
         _materialize(fresh_guide, dataset.train[:2], **_condition(fresh_model, dataset, "train", 2))
     shipped = {k: v for k, v in config.items() if k != "data_dir"}
-    shipped["shipped"] = {"dtype": "float16" if half else "float32", "data": {
+    shipped["shipped"] = {"dtype": "int8" if int8 else "float16" if half else "float32", "data": {
         "shape": list(dataset.shape), "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
         "binary": dataset.binary, "num_classes": dataset.num_classes}}
     summary = {k: v for k, v in run.read_json("summary.json").items() if not k.endswith(("_evaluation", "_ais", "_bdmc")) and k not in ("evaluations", "ood")}
@@ -1139,7 +1140,7 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
         sizes = {}
         for name, part, fresh in (("model", model, fresh_model), ("guide", guide, fresh_guide)):
             if isinstance(part, torch.nn.Module) and part.state_dict():
-                copy.save_weights(name, part, *compact_weights(part, fresh, half))
+                copy.save_weights(name, part, *compact_weights(part, fresh, half, int8))
                 sizes[name] = (staging / f"{name}.safetensors").stat().st_size
         copy.write_json("summary.json", summary)
         os.replace(staging, target)

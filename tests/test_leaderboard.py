@@ -78,3 +78,20 @@ def test_a_latent_entrys_chunks_end_with_a_cheap_estimate_and_the_table_uses_its
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "checkpoint.pt").write_bytes(b"")  # a resumed run keeps the setting it started with
     assert "--eval-samples" not in lb.train_command("vae", lb.ENTRIES["vae"], tmp_path / "vae", 6, args)
+
+
+def test_an_entry_too_large_in_float16_ships_as_int8_blocks_or_not_at_all(tmp_path, monkeypatch, capsys):
+    root, dest = tmp_path / "board", tmp_path / "shipped"
+    common = ["--root", str(root), "--data", "digits_binary", "--entries", "fvsbn", "--max-epochs", "1"]
+    lb.main(common)
+    record = json.loads((root / "leaderboard.json").read_text())["entries"]["fvsbn"]
+    monkeypatch.setattr(lb, "MAX_SHIPPED_BYTES", 6000)  # fvsbn on 64 pixels: float16 about 8.5 kB, int8 under 6
+    lb.main(common + ["--ship", str(dest)])
+    shipped = json.loads((dest / "fvsbn" / "summary.json").read_text())["leaderboard"]
+    assert shipped["dtype"] == "int8" and shipped["weights_bytes"] <= 6000
+    assert abs(shipped["best"]["nll"] - record["nll"]) <= 0.05  # scored again from the int8 folder
+    monkeypatch.setattr(lb, "MAX_SHIPPED_BYTES", 1000)  # nothing fits: refused, nothing left behind
+    with pytest.raises(SystemExit, match=r"no encoding both fits .* \(float16 takes .* MiB; int8 takes .* MiB; "
+                                         r"float32 takes .* MiB\); not shipped"):
+        lb.main(common + ["--ship", str(tmp_path / "other")])
+    assert not any((tmp_path / "other").glob(".*new"))

@@ -145,3 +145,35 @@ def test_a_shipped_binarized_mnist_run_samples_without_its_data_and_evaluates_wi
     assert "binarized_mnist not found" in capsys.readouterr().err
     assert main(["evaluate", str(shipped), "--split", "valid", "--data-dir", str(moved)]) == 0
     assert abs(exact_nll(shipped, data_dir=str(moved)) - exact_nll(run, data_dir=str(moved))) < 0.05
+
+
+def test_int8_blocks_ship_at_about_half_float16s_size_and_score_as_the_run_did(made_run, tmp_path, capsys):
+    from pprogen.runs import INT8_BLOCK, QUANTIZED, SCALE
+
+    half, small = tmp_path / "half", tmp_path / "int8"
+    ship_run(str(made_run), str(half))
+    ship_run(str(made_run), str(small), int8=True)
+    assert json.loads((small / "config.json").read_text())["shipped"]["dtype"] == "int8"
+    _, _, _, model, _, _ = load_run(str(made_run), torch.device("cpu"))
+    state, masks = model.state_dict(), model.weight_masks()
+    with safe_open(str(small / "model.safetensors"), "pt") as f:
+        quantized, metadata = json.loads(f.metadata()[QUANTIZED]), f.metadata()
+        assert quantized and set(quantized) <= set(masks)  # MADE's weights: packed to their masks, then int8
+        for name in quantized:  # each entry within half its block's step of the trained weight
+            q, scale = f.get_tensor(name), f.get_tensor(name + SCALE)
+            trained = state[name][masks[name]] if name in masks else state[name].reshape(-1)
+            blocks = torch.nn.functional.pad(trained, (0, -trained.numel() % INT8_BLOCK)).reshape(-1, INT8_BLOCK)
+            step = blocks.abs().amax(dim=1) / 127
+            assert q.dtype == torch.int8 and torch.allclose(scale, step)
+            err = (q.reshape(-1).float() * scale.repeat_interleave(INT8_BLOCK)[:q.numel()] - trained).abs()
+            assert (err <= step.repeat_interleave(INT8_BLOCK)[:q.numel()] / 2 + 1e-6).all()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert (small / "model.safetensors").stat().st_size < 0.6 * (half / "model.safetensors").stat().st_size
+    assert abs(exact_nll(small) - exact_nll(made_run)) < 0.05
+    del tensors[quantized[0] + SCALE]  # a damaged file: refused, not read as raw int8 values
+    save_file(tensors, str(small / "model.safetensors"), metadata=metadata)
+    with pytest.raises(RunError, match=f"lists '{quantized[0]}' as int8 but lacks it or its block scales"):
+        load_run(str(small), torch.device("cpu"))
+    assert main(["ship", str(made_run), str(tmp_path / "both"), "--int8", "--float32"]) == 2
+    assert "--float32 and --int8 ask for two encodings" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()
