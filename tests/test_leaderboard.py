@@ -43,11 +43,16 @@ def test_shipped_entries_score_as_their_runs_and_a_better_shipped_result_is_kept
     assert shipped["valid_evaluation"]["nll"] == shipped["leaderboard"]["best"]["nll"]  # scored from the folder
     assert abs(shipped["leaderboard"]["best"]["nll"] - record["nll"]) <= 0.05
     assert shipped["leaderboard"]["dtype"] == "float16" and shipped["leaderboard"]["epochs"] == 1
+    spot = shipped["leaderboard"]["spot_check"]  # the first validation rows, scored from the shipped folder
+    assert spot["rows"] == 270 and abs(spot["nll"] - shipped["valid_evaluation"]["nll"]) < 1e-4  # 270: all of them
     assert lb.shipped_table(dest) == (dest / "leaderboard.md").read_text()
     assert f"| fvsbn | `fvsbn` lr=0.003, batch_size=100 | {shipped['leaderboard']['best']['nll']:.2f} ± " \
         in (dest / "leaderboard.md").read_text()
+    del shipped["leaderboard"]["spot_check"]  # shipped before spot checks existed: shipping again adds it
+    (dest / "fvsbn" / "summary.json").write_text(json.dumps(shipped))
     lb.main(common + ["--max-epochs", "1"])
     assert "shipped already" in capsys.readouterr().out
+    assert json.loads((dest / "fvsbn" / "summary.json").read_text())["leaderboard"]["spot_check"] == spot
     lb.main(common)  # --ship with no budget given ships only: it does not train on with the default budget
     assert "shipped already" in capsys.readouterr().out
     assert json.loads((root / "leaderboard.json").read_text())["entries"]["fvsbn"]["epochs"] == 1
