@@ -38,6 +38,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from pprogen.engine import load_run
+from pprogen.runs import write_json
+
 IWAE_VAE = {"hidden_dims": [200, 200], "z_dim": 50, "activation": "tanh"}
 
 
@@ -288,20 +293,10 @@ SPOT_ROWS = 500  # the first validation images the test suite scores again (all 
 def spot_check(folder: Path, data_dir: str | None) -> dict:
     """The exact NLL of the first ``SPOT_ROWS`` validation images under a shipped folder's weights, which
     ``tests/test_shipped_leaderboard.py`` measures again (the full figure is measured at shipping)."""
-    import torch
-
-    from pprogen.engine import load_run
-
     _, _, dataset, model, _, _ = load_run(str(folder), torch.device("cpu"), data_dir=data_dir)
     rows = dataset.valid[:SPOT_ROWS]
     with torch.no_grad():
         return {"rows": rows.shape[0], "nll": -model.log_prob(rows).mean().item()}
-
-
-def write_summary(folder: Path, data: dict) -> None:
-    tmp = folder / ".summary.json.partial"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, folder / "summary.json")
 
 
 def weights_bytes(folder: Path) -> int:
@@ -310,8 +305,9 @@ def weights_bytes(folder: Path) -> int:
 
 def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
     """Ship a finished entry to ``dest/<name>`` (float16 where that keeps the NLL within 0.05 nats, int8 blocks where
-    float16 would pass 2 MiB, else float32; at most 2 MiB of weights), score the shipped folder itself, and record the result in its summary.json: the
-    shipped table is computed from those files alone. An earlier shipped result is replaced only by a better one."""
+    float16 would pass 2 MiB, else float32; at most 2 MiB of weights), score the shipped folder itself, and record
+    the result in its summary.json: the shipped table is computed from those files alone. An earlier shipped result
+    is replaced only by a better one."""
     record = state["entries"].get(name)
     if not record or record.get("status") != "finished":
         print(f"{name}: not finished in {root}; not shipped", flush=True)
@@ -325,22 +321,24 @@ def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
         if old["best"]["method"] == "exact" and "spot_check" not in old:  # shipped before the spot check existed
             data = summary(out)
             data["leaderboard"]["spot_check"] = spot_check(out, args.data_dir)
-            write_summary(out, data)
+            write_json(out / "summary.json", data)
         return
     staging = dest / f".{name}.new"
     if staging.exists():
         shutil.rmtree(staging)
     # float16 first; int8 blocks (half float16's size) where float16 would pass the 2 MiB; float32 where the smaller
     # encoding moves the NLL by more than 0.05 nats. Every copy is scored again before it ships.
-    tried = []
+    tried, too_big = [], set()
     for dtype in ("float16", "int8", "float32"):
-        if dtype == "int8" and not tried[-1].endswith("MiB"):
+        if dtype == "int8" and "float16" not in too_big:
             continue  # float16 fitted but moved the NLL: int8 blocks are coarser still
         flag = {"float16": [], "int8": ["--int8"], "float32": ["--float32"]}[dtype]
-        pprogen("ship", str(root / name), str(staging), *flag, *(["--data-dir", args.data_dir] if args.data_dir else []))
+        pprogen("ship", str(root / name), str(staging), *flag,
+                *(["--data-dir", args.data_dir] if args.data_dir else []))
         size = weights_bytes(staging)
         if size > MAX_SHIPPED_BYTES:
             tried.append(f"{dtype} takes {size / 2**20:.2f} MiB")
+            too_big.add(dtype)
             shutil.rmtree(staging)
             continue
         result = evaluate(name, ENTRIES[name], staging, args, data_dir=args.data_dir, force=True)
@@ -367,7 +365,7 @@ def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
                                f"one ({result['nll']:.2f}); remove {out} to ship the new one")
     data = summary(staging)
     data["leaderboard"] = shipped
-    write_summary(staging, data)
+    write_json(staging / "summary.json", data)
     if old is not None:
         print(f"{name}: replacing the shipped {old['best']['nll']:.2f} nats by {result['nll']:.2f}", flush=True)
         shutil.rmtree(out)

@@ -583,7 +583,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="the new folder (must not exist)")
     s.add_argument("--float32", action="store_true", help="keep the weights in float32")
     s.add_argument("--int8", action="store_true", help="store matrices and kernels as int8 with a float32 scale per "
-                   "block of 256 entries (about half float16's size; evaluate the copy against the run before trusting it)")
+                   "block of 256 entries (about half float16's size; evaluate the copy against the run before "
+                   "trusting it)")
     s.add_argument("--data-dir", help="read the run's data from this folder (for its shapes)")
     s.set_defaults(func=cmd_ship)
     return p

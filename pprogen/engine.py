@@ -1104,8 +1104,9 @@ def ship_run(path: str, out: str, half: bool = True, data_dir: str | None = None
     """A small copy of a trained run that others evaluate and sample without training: ``config.json`` (without
     the machine's data folder, with the data's shapes, so ``pprogen sample`` needs no data), the model's and
     guide's weights (float16 with ``half``, where no value overflows; with ``int8`` matrices and kernels as int8
-    with a float32 scale per block of 256 entries, about half float16's size: score the copy before trusting it; buffers that the config rebuilds exactly,
-    such as masks and orderings, left out with their digests, checked when the folder is read), and the run's
+    with a float32 scale per block of 256 entries, about half float16's size: score the copy before trusting it;
+    buffers that the config rebuilds exactly, such as masks and orderings, left out with their digests, checked
+    when the folder is read), and the run's
     training summary. ``out`` must not exist; it appears whole or not at all. Returns the sizes written."""
     import shutil
 

@@ -174,13 +174,14 @@ def quantize_blocks(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = torch.nn.functional.pad(flat, (0, -flat.numel() % INT8_BLOCK)).reshape(-1, INT8_BLOCK)
     scale = blocks.abs().amax(dim=1) / 127
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(flat / scale.repeat_interleave(INT8_BLOCK)[:flat.numel()]).clamp_(-127, 127).to(torch.int8)
-    return q.reshape(value.shape), scale
+    q = torch.round(blocks / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(-1)[:flat.numel()].reshape(value.shape), scale
 
 
 def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     flat = q.reshape(-1).float()
-    return (flat * scale.float().repeat_interleave(INT8_BLOCK)[:flat.numel()]).reshape(q.shape)
+    blocks = torch.nn.functional.pad(flat, (0, -flat.numel() % INT8_BLOCK)).reshape(-1, INT8_BLOCK)
+    return (blocks * scale.float()[:, None]).reshape(-1)[:flat.numel()].reshape(q.shape)
 
 
 def _weight_masks(module: Any) -> dict[str, torch.Tensor]:

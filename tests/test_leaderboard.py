@@ -75,14 +75,19 @@ def test_the_trend_is_the_best_validation_nll_fallen_over_the_last_hour_and_the_
     assert lb.target("eonade", record) == "-"  # reported against the literature, without a target
 
 
-def test_a_latent_entrys_chunks_end_with_a_cheap_estimate_and_the_table_uses_its_own(tmp_path):
-    args = argparse.Namespace(data="binarized_mnist", data_dir=None)
+def test_a_latent_entrys_chunks_end_with_a_cheap_estimate_and_the_table_uses_its_own(tmp_path, monkeypatch):
+    args = argparse.Namespace(data="binarized_mnist", data_dir=None, k=5000)
     vae = lb.train_command("vae", lb.ENTRIES["vae"], tmp_path / "vae", 3, args)
     assert vae[vae.index("--eval-samples") + 1] == str(lb.CHUNK_EVAL_SAMPLES)
     assert "--eval-samples" not in lb.train_command("nade", lb.ENTRIES["nade"], tmp_path / "nade", 3, args)
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "checkpoint.pt").write_bytes(b"")  # a resumed run keeps the setting it started with
     assert "--eval-samples" not in lb.train_command("vae", lb.ENTRIES["vae"], tmp_path / "vae", 6, args)
+    calls = []  # the table's figure: `pprogen evaluate` with K = --k draws, not the chunk's K = 10 estimate
+    monkeypatch.setattr(lb, "pprogen", lambda *argv: calls.append(argv))
+    (tmp_path / "vae" / "summary.json").write_text(json.dumps({"valid_evaluation": {"nll": 90.0, "nll_stderr": 0.3}}))
+    assert lb.evaluate("vae", lb.ENTRIES["vae"], tmp_path / "vae", args)["nll"] == 90.0
+    assert calls == [("evaluate", str(tmp_path / "vae"), "--split", "valid", "--num-samples", "5000")]
 
 
 def test_an_entry_too_large_in_float16_ships_as_int8_blocks_or_not_at_all(tmp_path, monkeypatch, capsys):
