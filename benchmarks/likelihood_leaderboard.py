@@ -246,7 +246,7 @@ def row(name: str, record: dict) -> str:
         if bands:
             method += "; k-hat " + "/".join(str(bands.get(b, 0)) for b in ("good", "ok", "bad", "very bad"))
         nll = f"{best['nll']:.2f} ± {best['stderr']:.2f} ({method})"
-        budget = f"{record['epochs']} ({record['stop_reason']}; budget {record['budget_hours']} h / " \
+        budget = f"{record['epochs']} ({record['stop_reason']}; budget {record['budget_hours']:.3g} h / " \
                  f"{record['max_epochs']} epochs)"
     else:
         nll, budget = "training", f"{record.get('epochs') or 0} so far"
