@@ -17,7 +17,8 @@ in raster order, channels (R, G, B for colour) in order inside a pixel. Two arch
   Kavukcuoglu 2016): a type-A first layer, type-B residual blocks, ReLU or (``gated=True``) gated activations;
   its stacked k x k masks leave a blind spot to the upper right.
 
-Sampling runs pixel by pixel.
+Sampling runs pixel by pixel; the two-stack network row by row (the vertical stack once a row, the horizontal
+stack on that row alone a pixel; ``PixelCNN.sample``).
 
 References: van den Oord, Kalchbrenner & Kavukcuoglu, Pixel Recurrent Neural Networks, ICML 2016,
 arXiv:1601.06759; van den Oord et al., Conditional Image Generation with PixelCNN Decoders, NeurIPS 2016,
@@ -111,17 +112,29 @@ class GatedLayer(nn.Module):
         self.embed = nn.Embedding(num_classes, 4 * channels) if num_classes else None
 
     def forward(self, v: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        v_pre = self.vertical_pre(v)
+        link = self.link(F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1])  # one row down: strictly the rows above
+        return self.vertical_out(v_pre, y), self.horizontal_out(h, link, y)
+
+    def vertical_pre(self, v: torch.Tensor) -> torch.Tensor:
         k, rows = self.k, self.k // 2 + 1
-        v_pre = self.vertical(F.pad(v, (k // 2, k // 2, rows - 1, 0)))  # output row r: input rows r-k//2 .. r
-        h_pre = F.conv2d(F.pad(h, (k // 2, k // 2, 0, 0)), self.horizontal.weight * self.horizontal_mask,
-                         self.horizontal.bias)
-        h_pre = h_pre + self.link(F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1])  # one row down: strictly the rows above
+        return self.vertical(F.pad(v, (k // 2, k // 2, rows - 1, 0)))  # output row r: input rows r-k//2 .. r
+
+    def vertical_out(self, v_pre: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if self.embed is not None:
-            bias_v, bias_h = self.embed(y)[:, :, None, None].chunk(2, 1)
-            v_pre, h_pre = v_pre + bias_v, h_pre + bias_h
-        v_out = _gate(v_pre)
+            v_pre = v_pre + self.embed(y)[:, :, None, None].chunk(2, 1)[0]
+        return _gate(v_pre)
+
+    def horizontal_out(self, h: torch.Tensor, link: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The horizontal stack's output from its input ``h`` and ``link``, the vertical stack's pre-activations of
+        the row above through the 1x1 link (rows are independent here: one row at a time gives the same)."""
+        k = self.k
+        h_pre = F.conv2d(F.pad(h, (k // 2, k // 2, 0, 0)), self.horizontal.weight * self.horizontal_mask,
+                         self.horizontal.bias) + link
+        if self.embed is not None:
+            h_pre = h_pre + self.embed(y)[:, :, None, None].chunk(2, 1)[1]
         h_out = self.out(_gate(h_pre))
-        return v_out, (h_out if self.first else h + h_out)
+        return h_out if self.first else h + h_out
 
 
 def _gate(pre: torch.Tensor) -> torch.Tensor:
@@ -203,11 +216,51 @@ class PixelCNN(AutoregressiveModel):
         return self.distribution(self._labels(y, x.shape[0])).log_prob(x)
 
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``n`` images (of classes ``y``, 0, 1, ..., K-1 in turn when not given, for a conditional model)."""
+        """``n`` images (of classes ``y``, 0, 1, ..., K-1 in turn when not given, for a conditional model).
+
+        The two-stack network is sampled row by row: while row r is drawn its vertical stack (rows above) stays
+        fixed, so it runs once a row and each pixel re-runs only the horizontal stack on row r, about 20 times
+        less work than a full pass a pixel on 28 x 28 images. The conditionals are the full pass's (tested)."""
         if self.num_classes is not None and y is None:
             y = torch.arange(n, device=self.order.device) % self.num_classes
         y = self._labels(y, n)
-        return self.distribution(None if y is None else y.to(self.order.device)).sample((n,))
+        y = None if y is None else y.to(self.order.device)
+        if not self.two_stack:
+            return self.distribution(y).sample((n,))
+        c, rows, width = self.x_shape
+        x = torch.zeros((n, c, rows, width), device=self.order.device, dtype=self.head.weight.dtype)
+        with torch.no_grad():
+            for r in range(rows):
+                links = self._links(x[:, :, :r], y)
+                for col in range(width):
+                    for ch in range(c):
+                        logit = self._row_logits(x[:, :, r: r + 1], links, y)[:, ch, 0, col]
+                        x[:, ch, r, col] = torch.bernoulli(torch.sigmoid(logit))
+        return x
+
+    def _links(self, above: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each layer's link input for the row below ``above`` (the rows before it, (N, C, r, W); r = 0: no rows,
+        the link of zeros), shape (N, 2 * channels, 1, W): the vertical stack alone."""
+        n, _, r, width = above.shape
+        labels = None if y is None else y.reshape(-1)
+        links, v = [], above
+        for layer in self.layers:
+            if r == 0:
+                last = above.new_zeros((n, layer.link.in_channels, 1, width))
+            else:
+                v_pre = layer.vertical_pre(v)
+                last, v = v_pre[:, :, -1:], layer.vertical_out(v_pre, labels)
+            links.append(layer.link(last))
+        return links
+
+    def _row_logits(self, row: torch.Tensor, links: list[torch.Tensor], y: torch.Tensor | None) -> torch.Tensor:
+        """The logits of one row (N, C, 1, W) from the row's pixels and the layers' ``links`` (the rows above):
+        the horizontal stack alone."""
+        labels = None if y is None else y.reshape(-1)
+        h = row
+        for layer, link in zip(self.layers, links):
+            h = layer.horizontal_out(h, link, labels)
+        return self.head(F.relu(h))
 
 
 @register_model(
