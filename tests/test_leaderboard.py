@@ -21,7 +21,7 @@ def test_the_leaderboard_trains_on_from_its_runs_and_refuses_what_it_cannot_hono
     first = state["entries"]["fvsbn"]
     assert first["status"] == "finished" and first["epochs"] == 1
     assert first["best"]["method"] == "exact" and first["nll"] > 0
-    assert "| fvsbn | `fvsbn` lr=0.003" in (root / "leaderboard.md").read_text()
+    assert "| fvsbn | `fvsbn` lr=0.001, batch_size=100, schedule=plateau" in (root / "leaderboard.md").read_text()
     lb.main(common + ["--max-epochs", "1"])  # nothing more to do
     assert "finished earlier" in capsys.readouterr().out
     lb.main(common + ["--max-epochs", "2"])  # a larger budget trains on from the checkpoint, not from scratch
@@ -46,7 +46,7 @@ def test_shipped_entries_score_as_their_runs_and_a_better_shipped_result_is_kept
     spot = shipped["leaderboard"]["spot_check"]  # the first validation rows, scored from the shipped folder
     assert spot["rows"] == 270 and abs(spot["nll"] - shipped["valid_evaluation"]["nll"]) < 1e-4  # 270: all of them
     assert lb.shipped_table(dest) == (dest / "leaderboard.md").read_text()
-    assert f"| fvsbn | `fvsbn` lr=0.003, batch_size=100 | {shipped['leaderboard']['best']['nll']:.2f} ± " \
+    assert f"| fvsbn | `fvsbn` lr=0.001, batch_size=100, schedule=plateau | {shipped['leaderboard']['best']['nll']:.2f} ± " \
         in (dest / "leaderboard.md").read_text()
     del shipped["leaderboard"]["spot_check"]  # shipped before spot checks existed: shipping again adds it
     (dest / "fvsbn" / "summary.json").write_text(json.dumps(shipped))
