@@ -67,8 +67,8 @@ TRAIN_OPTIONS = (
     TrainOption("epochs", int, 200, 100, "epochs to train (on --resume: train on to this epoch)"),
     TrainOption("batch_size", int, 128, 64, "rows per step (per rank under torchrun)", resumable=True),
     TrainOption("lr", float, 1e-3, 2e-4, "learning rate (GANs: the generator's)", resumable=True),
-    TrainOption("optimizer", str, "adam", NO, "adam, adamw, sgd, rmsprop"),
-    TrainOption("weight_decay", float, 0.0, NO, "weight decay (an L2 penalty in adam, sgd and rmsprop; decoupled in "
+    TrainOption("optimizer", str, "adam", NO, "adam, adamw, sgd, rmsprop, adagrad"),
+    TrainOption("weight_decay", float, 0.0, NO, "weight decay (an L2 penalty in adam, sgd, rmsprop and adagrad; decoupled in "
                 "adamw)"),
     TrainOption("schedule", str, "constant", "constant", "constant, cosine, exponential or plateau (GANs: constant "
                 "or linear)"),

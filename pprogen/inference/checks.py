@@ -28,6 +28,7 @@ OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
 }
 SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 

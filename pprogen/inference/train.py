@@ -396,8 +396,8 @@ def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str
 
 @dataclass(frozen=True)
 class Optim:
-    """How ``fit`` steps: the optimizer (``adam``, ``adamw``, ``sgd``, ``rmsprop``), its learning rate and weight
-    decay, the schedule (``constant``, ``cosine``, ``exponential`` or ``plateau``, with ``lr_gamma``) and
+    """How ``fit`` steps: the optimizer (``adam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad``), its learning rate and
+    weight decay, the schedule (``constant``, ``cosine``, ``exponential`` or ``plateau``, with ``lr_gamma``) and
     gradient-norm clipping."""
 
     optimizer: str = "adam"

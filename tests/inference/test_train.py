@@ -43,6 +43,27 @@ def test_fit_reaches_the_maximum_likelihood_estimate(elbo):
     assert abs(model.log_sigma.exp().item() - x.std(unbiased=False).item()) < 0.03
 
 
+@pytest.mark.parametrize("optimizer, torch_optimizer", [("adagrad", torch.optim.Adagrad), ("rmsprop", torch.optim.RMSprop),
+                                                      ("sgd", torch.optim.SGD)])
+def test_each_optimizer_steps_as_its_torch_optimizer_does(optimizer, torch_optimizer):
+    """Three full-batch steps of fit equal three steps of the named torch optimizer on -sum log p(x)."""
+    from pprogen.inference import Optim
+
+    x = data(n=40)
+    model = Gaussian()
+    fit(model, empty_guide, x, epochs=3, batch_size=40, optim=Optim(optimizer, lr=0.01), progress=False,
+        fast_path=False)
+    mu, log_sigma = torch.zeros((), requires_grad=True), torch.zeros((), requires_grad=True)
+    reference = torch_optimizer([mu, log_sigma], lr=0.01)
+    for _ in range(3):
+        reference.zero_grad()
+        nll = -dist.Normal(mu, log_sigma.exp()).log_prob(x)
+        nll.sum().backward()
+        reference.step()
+    assert model.mu.item() == pytest.approx(mu.item(), abs=1e-5)
+    assert model.log_sigma.item() == pytest.approx(log_sigma.item(), abs=1e-5)
+
+
 def test_fit_trains_pyro_param_in_a_user_written_program():
     x = data()
 
