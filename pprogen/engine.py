@@ -87,7 +87,8 @@ TRAIN_OPTIONS = (
     TrainOption("gp_weight", float, NO, None, "GANs: gradient-penalty weight (default 10 for wgan_gp, else 0)"),
     TrainOption("r1_weight", float, NO, 0.0, "GANs: R1 penalty weight gamma on real data"),
     TrainOption("spectral_norm", bool, NO, False, "GANs: spectral norm in the discriminator"),
-    TrainOption("ema", float, NO, 0.999, "GANs: decay of the generator's moving average used for sampling"),
+    TrainOption("ema", float, 0.0, 0.999, "decay of a moving average of the weights (Polyak averaging), which is "
+                "evaluated, early-stopped on and saved (0: off); GANs: of the generator's, used for sampling"),
     TrainOption("autocast", str, None, None, "train under bfloat16 autocast (evaluation stays float32)"),
     TrainOption("compile", bool, False, False, "compile the networks with torch.compile (pays off on some models "
                 "only: README)"),
@@ -606,7 +607,7 @@ class _SVISession:
             self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
             batch_size=train["batch_size"],
             optim=Optim(train["optimizer"], train["lr"], train.get("weight_decay", 0.0), train["schedule"],
-                        clip_norm=train["clip_norm"]),
+                        clip_norm=train["clip_norm"], ema=train.get("ema", 0.0)),
             objective=Objective(self.estimator, train["particles"], train["beta"], train.get("kl_warmup", 0),
                                 train.get("alpha")),
             stopping=Stopping(patience=train["patience"] if dataset.valid is not None else None),
@@ -871,7 +872,8 @@ class _TargetSession:
         t = self.train_settings
         draws = torch.zeros(t["batch_size"], self.model.x_shape[0])
         return fit(self.target, self.guide, draws, epochs=t["epochs"], batch_size=t["batch_size"],
-                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], clip_norm=t["clip_norm"]),
+                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], clip_norm=t["clip_norm"],
+                               ema=t.get("ema", 0.0)),
                    stopping=Stopping(patience=None), device=self.device, seed=self.config["seed"],
                    progress=self.progress, run=run, resume=resume, world=self.world)
 

@@ -45,6 +45,9 @@ def check_hyperparameters(**hp: Any) -> None:
     wd = hp.get("weight_decay", 0.0)
     if not (isinstance(wd, (int, float)) and wd >= 0 and math.isfinite(wd)):
         raise ValueError(f"weight_decay must be a non-negative number (0 turns it off), got {wd!r}")
+    ema = hp.get("ema", 0.0)
+    if not (isinstance(ema, (int, float)) and 0 <= ema < 1):
+        raise ValueError(f"ema is the decay of the parameters' moving average, in [0, 1) (0 turns it off), got {ema!r}")
     if hp.get("clip_norm") is not None and not hp["clip_norm"] > 0:
         raise ValueError(f"clip_norm must be positive (or None to turn clipping off), got {hp['clip_norm']!r}")
     if hp.get("patience") is not None and (not isinstance(hp["patience"], int) or hp["patience"] < 1):

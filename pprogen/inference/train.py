@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
@@ -397,8 +398,9 @@ def _site_hint(loss_module: nn.Module, batch: torch.Tensor | None = None) -> str
 @dataclass(frozen=True)
 class Optim:
     """How ``fit`` steps: the optimizer (``adam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad``), its learning rate and
-    weight decay, the schedule (``constant``, ``cosine``, ``exponential`` or ``plateau``, with ``lr_gamma``) and
-    gradient-norm clipping."""
+    weight decay, the schedule (``constant``, ``cosine``, ``exponential`` or ``plateau``, with ``lr_gamma``),
+    gradient-norm clipping, and ``ema``, the decay of a moving average of the parameters (Polyak averaging,
+    :class:`ParameterAverage`; 0 turns it off)."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -406,6 +408,7 @@ class Optim:
     schedule: str = "constant"
     lr_gamma: float = 0.5
     clip_norm: float | None = None
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -470,14 +473,16 @@ def fit(
     """Fit ``model``/``guide`` to ``data`` (a tensor ``(N, ...)`` or a dataset with ``train``/``valid``).
 
     The settings come in four groups: ``optim`` (:class:`Optim`: optimizer, lr, weight_decay, schedule,
-    lr_gamma, clip_norm), ``objective`` (:class:`Objective`: elbo, num_particles, beta, kl_warmup, alpha),
+    lr_gamma, clip_norm, ema), ``objective`` (:class:`Objective`: elbo, num_particles, beta, kl_warmup, alpha),
     ``stopping`` (:class:`Stopping`: patience, restore_best) and ``speed`` (:class:`Speed`: autocast, compile).
     Any of their settings may also be given by name (``fit(..., lr=1e-2, patience=5)``), which sets it in its
     group.
 
     Each epoch draws a fresh permutation, takes minibatches by index, and evaluates the validation
     loss (negative ELBO per datum) when validation data exist; ``patience`` stops early on it and
-    ``restore_best`` leaves the best validation state in the model and guide. ``kl_warmup`` ramps the
+    ``restore_best`` leaves the best validation state in the model and guide. With ``ema`` (a decay such as 0.999),
+    the validation loss, early stopping and the weights left at the end are those of the moving average of the
+    parameters (:class:`ParameterAverage`), which a checkpoint keeps. ``kl_warmup`` ramps the
     KL weight linearly from ``beta / kl_warmup`` to ``beta`` over that many epochs (estimators with a
     ``beta``: ``trace``, ``stl``). With a ``run``
     (:class:`pprogen.runs.Run`), each epoch writes metrics and an atomic checkpoint, and ``resume``
@@ -505,7 +510,7 @@ def fit(
     by the rows it is handed (a per-datum table, an autoguide over per-datum latents) trains full batch only.
     """
     groups = _settings(optim, objective, stopping, speed, settings)
-    optimizer, lr, weight_decay, schedule, lr_gamma, clip_norm = _values(groups[Optim])
+    optimizer, lr, weight_decay, schedule, lr_gamma, clip_norm, ema = _values(groups[Optim])
     elbo, num_particles, beta, kl_warmup, alpha = _values(groups[Objective])
     patience, restore_best = _values(groups[Stopping])
     autocast, compile, fast_path = _values(groups[Speed])
@@ -515,7 +520,7 @@ def fit(
         data = data.train
     check_hyperparameters(
         epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr, weight_decay=weight_decay,
-        clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule,
+        clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule, ema=ema,
     )
     missing_ok = capabilities(model).accepts_missing
     check_data(data, "training data", missing_ok)
@@ -578,6 +583,7 @@ def fit(
     scheduler = _make_scheduler(opt, schedule, epochs, lr_gamma)
     step = TrainStep(loss_module, params, opt, clip_norm, forward, world, synced, autocast,
                      plan.plate_name or "data", fast_path=fast_path, compiled=compile)
+    average = ParameterAverage(params, ema) if ema else None
     loop = EpochLoop(epochs, seed, world, run)
     history = loop.history
     best_state = None
@@ -606,6 +612,7 @@ def fit(
             "optimizer": opt.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "best_state": best_state or {},
+            "average": average.state(keys) if average is not None else {},
             "bad_epochs": bad_epochs,
             "lr": lr,
         }
@@ -629,6 +636,8 @@ def fit(
                 f"and guide have {len(params)}; resume with the configuration the run was started with"
             )
         restore(state["params"])
+        if average is not None:  # a checkpoint without one (trained without ema): the average starts here
+            average.load(state.get("average") or {}, keys)
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"]:
             scheduler.load_state_dict(state["scheduler"])
@@ -685,6 +694,8 @@ def fit(
                         run.save_checkpoint(checkpoint_state(epoch))
                         _save_weights(run, model, guide)
                     raise NonFiniteLossError(message, history)
+                if average is not None:
+                    average.update()
                 epoch_loss += value
                 bar.update()
                 if i % 10 == 0:
@@ -699,15 +710,16 @@ def fit(
             if valid_data is not None:
                 if kl_warmup:  # scored at the final beta, so that epochs compare and the loss is the bound
                     loss_module.elbo.beta = beta
-                record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512), valid_condition,
-                                                     world, plan)
-                if record["valid_loss"] < history.best_valid_loss:
-                    history.best_valid_loss = record["valid_loss"]
-                    history.best_epoch = epoch + 1
-                    best_state = snapshot()
-                    bad_epochs = 0
-                else:
-                    bad_epochs += 1
+                with average.swapped() if average is not None else nullcontext():  # the average is scored, kept
+                    record["valid_loss"] = evaluate_loss(loss_module, valid_data, max(batch_size, 512),
+                                                         valid_condition, world, plan)
+                    if record["valid_loss"] < history.best_valid_loss:
+                        history.best_valid_loss = record["valid_loss"]
+                        history.best_epoch = epoch + 1
+                        best_state = snapshot()
+                        bad_epochs = 0
+                    else:
+                        bad_epochs += 1
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)
             if scheduler is not None:
@@ -730,10 +742,60 @@ def fit(
                 break
     if restore_best and best_state is not None:
         restore(best_state)
+    elif average is not None:
+        average.copy_to_parameters()
     if writes:
         _save_weights(run, model, guide)
     history.fast_path = step.replay.summary()
     return history
+
+
+class ParameterAverage:
+    """Polyak averaging: an exponential moving average of ``params``, updated after every applied step with the
+    decay ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates (so the first steps do not drag the starting
+    weights along; the adversarial trainer's warm-up). ``fit(ema=...)`` scores the average on the validation data,
+    early-stops on it and leaves it (or its best epoch) in the model and guide; the training loss is the
+    trained parameters'."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        self.params, self.decay, self.updates = list(params), decay, 0
+        self.average = [p.detach().clone() for p in self.params]
+
+    def update(self) -> None:
+        weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
+        self.updates += 1
+
+    @contextmanager
+    def swapped(self):
+        """The average in the parameters inside the block, the trained values back after it (bit for bit)."""
+        trained = [p.detach().clone() for p in self.params]
+        self.copy_to_parameters()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.params, trained):
+                    p.copy_(t)
+
+    def copy_to_parameters(self) -> None:
+        with torch.no_grad():
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
+
+    def state(self, keys: list[str]) -> dict[str, Any]:
+        return {"updates": self.updates, **{key: a.clone() for key, a in zip(keys, self.average)}}
+
+    def load(self, state: dict[str, Any], keys: list[str]) -> None:
+        """The average a checkpoint holds; an empty one restarts the average from the parameters as they are."""
+        if not state:
+            self.average, self.updates = [p.detach().clone() for p in self.params], 0
+            return
+        self.updates = state["updates"]
+        with torch.no_grad():
+            for key, a in zip(keys, self.average):
+                a.copy_(state[key])
 
 
 def _save_weights(run, model, guide) -> None:

@@ -64,6 +64,63 @@ def test_each_optimizer_steps_as_its_torch_optimizer_does(optimizer, torch_optim
     assert model.log_sigma.item() == pytest.approx(log_sigma.item(), abs=1e-5)
 
 
+def averaged_sgd_iterates(x, steps, lr, decay):
+    """Full-batch SGD on -sum log N(x | mu, exp(log_sigma)^2) from zeros, and after each step the moving average of
+    the iterates with fit's warm-up: decay min(decay, (1 + t) / (10 + t)) at the t-th update."""
+    theta = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=lr)
+    average, out = torch.zeros(2), []
+    for t in range(steps):
+        optimizer.zero_grad()
+        (-dist.Normal(theta[0], theta[1].exp()).log_prob(x)).sum().backward()
+        optimizer.step()
+        average = average + (1 - min(decay, (1 + t) / (10 + t))) * (theta.detach() - average)
+        out.append(average)
+    return out
+
+
+def test_ema_scores_early_stops_on_and_leaves_the_moving_average_of_the_iterates():
+    x, valid = data(n=40), data(n=30, seed=1) + 0.3
+    model = Gaussian()
+    history = fit(model, empty_guide, x, valid_data=valid, epochs=12, batch_size=40, optimizer="sgd", lr=0.01,
+                  ema=0.8, progress=False)
+    averages = averaged_sgd_iterates(x, 12, 0.01, 0.8)
+    expected = [-dist.Normal(a[0], a[1].exp()).log_prob(valid).mean().item() for a in averages]
+    assert [r["valid_loss"] for r in history.records] == pytest.approx(expected, abs=1e-5)
+    best = min(range(12), key=expected.__getitem__)
+    assert history.best_epoch == best + 1
+    assert [model.mu.item(), model.log_sigma.item()] == pytest.approx(averages[best].tolist(), abs=1e-5)
+
+
+def test_ema_without_validation_data_leaves_the_last_average_and_resumes_exactly(tmp_path):
+    settings = dict(epochs=5, batch_size=16, lr=1e-2, progress=False, seed=3, ema=0.9)
+    pyro.set_rng_seed(0)
+    model, guide, x = vae_setup()
+    fit(model, guide, x, run=Run.create({"model": "vae", "data": "x"}, tmp_path / "a"), **settings)
+    uninterrupted = params_of(model, guide)
+    pyro.set_rng_seed(0)
+    model, guide, x = vae_setup()
+    fit(model, guide, x, **{**settings, "ema": 0.0})
+    assert not all(torch.equal(a, b) for a, b in zip(uninterrupted, params_of(model, guide)))  # not the iterates
+
+    pyro.set_rng_seed(0)
+    model, guide, x = vae_setup()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, guide, x, run=Run.create({"model": "vae", "data": "x"}, tmp_path / "b"),
+            callback=interrupt_after(2), **settings)
+    pyro.set_rng_seed(99)
+    model, guide, _ = vae_setup()
+    fit(model, guide, x, run=Run.open(tmp_path / "b"), resume=True, **settings)
+    for a, b in zip(uninterrupted, params_of(model, guide)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("ema", [1.0, -0.1, "0.9"])
+def test_ema_outside_zero_one_is_refused(ema):
+    with pytest.raises(ValueError, match=r"ema is the decay .* in \[0, 1\)"):
+        fit(Gaussian(), empty_guide, data(n=10), epochs=1, ema=ema, progress=False)
+
+
 def test_fit_trains_pyro_param_in_a_user_written_program():
     x = data()
 
