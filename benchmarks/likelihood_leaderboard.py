@@ -65,8 +65,11 @@ ENTRIES: dict[str, Entry] = {
     "nade": Entry("nade", {"hidden_dim": 500}, {"lr": 1e-3, "batch_size": 100}, 88.33, "Larochelle & Murray 2011"),
     "eonade": Entry("eonade", {"hidden_dim": 500, "num_orders": 8}, {"lr": 1e-3, "batch_size": 100}, 84.68,
                     "Uria et al. 2014 (2 hidden layers)"),
-    "made": Entry("made", {"hidden_dims": [500], "natural_order": True, "direct": True}, {"lr": 1e-3, "batch_size": 100}, 88.40,
-                  "Germain et al. 2015"),
+    # 500 hidden units stopped early at 92.45 (92.01 with the plateau schedule, 91.57 adding AdamW's decay 0.1): the
+    # paper's MNIST runs use 8000 units a layer; 2000 is the widest whose masked weights ship in 2 MiB as int8
+    "made": Entry("made", {"hidden_dims": [2000], "natural_order": True, "direct": True},
+                  {"lr": 1e-3, "batch_size": 100, "schedule": "plateau", "optimizer": "adamw", "weight_decay": 0.1,
+                   "ema": 0.999}, 88.40, "Germain et al. 2015"),
     # No direct weights here: 32 masks together let through nearly every input-to-output weight, and the dense
     # 784 x 784 matrix would take the shipped folder over its 2 MiB (the one-mask entry packs it).
     "made_ensemble": Entry("made", {"hidden_dims": [500], "num_masks": 32, "order_agnostic": True, "natural_order": False},
