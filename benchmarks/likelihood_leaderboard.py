@@ -59,8 +59,9 @@ class Entry:
 
 
 ENTRIES: dict[str, Entry] = {
-    # lr 3e-3 constant stopped early at 99.58; 1e-3 at 99.17, 3e-4 at 99.12, 1e-3 cut on plateaus at 99.07
-    "fvsbn": Entry("fvsbn", {}, {"lr": 1e-3, "batch_size": 100, "schedule": "plateau"}, 97.45,
+    # lr 3e-3 constant stopped early at 99.58; 1e-3 at 99.17, 3e-4 at 99.12, 1e-3 cut on plateaus at 99.07, and with
+    # the weights' moving average at 99.05 (as with AdamW 0.01, or a 0.9999 average at a constant rate)
+    "fvsbn": Entry("fvsbn", {}, {"lr": 1e-3, "batch_size": 100, "schedule": "plateau", "ema": 0.999}, 97.45,
                    "Larochelle & Murray 2011"),
     "nade": Entry("nade", {"hidden_dim": 500}, {"lr": 1e-3, "batch_size": 100}, 88.33, "Larochelle & Murray 2011"),
     "eonade": Entry("eonade", {"hidden_dim": 500, "num_orders": 8}, {"lr": 1e-3, "batch_size": 100}, 84.68,
@@ -79,7 +80,10 @@ ENTRIES: dict[str, Entry] = {
                       {"lr": 1e-3, "batch_size": 32}, 81.30, "van den Oord et al. 2016"),
     "mixture_of_bernoullis": Entry("mixture_of_bernoullis", {"num_components": 500}, {"lr": 0.05, "batch_size": 100},
                                    137.64, "Uria et al. 2014"),
-    "vae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100}, 88.71, "Burda et al. 2016 (VAE, one layer)"),
+    # Adam 1e-3 constant stopped early at 92.62; AdamW 0.1 with the plateau schedule bettered the validation ELBO by
+    # 0.5 nats and worsened the NLL to 95.11 (K = 1000)
+    "vae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "schedule": "plateau", "ema": 0.999}, 88.71,
+                 "Burda et al. 2016 (VAE, one layer)"),
     "iwae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae", "particles": 5}, 87.10,
                   "Burda et al. 2016 (IWAE, one layer)"),
     "iwae_dreg": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae_dreg", "particles": 5}, 87.10,
