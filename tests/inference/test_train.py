@@ -115,6 +115,22 @@ def test_ema_without_validation_data_leaves_the_last_average_and_resumes_exactly
         assert torch.equal(a, b)
 
 
+def test_ema_with_replayed_steps_equals_ema_running_the_program_every_step():
+    """Past the replay's recording (50 steps) and its checks, with the average swapped in and out for validation."""
+    results = []
+    for fast_path in (True, False):
+        pyro.set_rng_seed(0)
+        model, guide, x = vae_setup()
+        history = fit(model, guide, x[12:], valid_data=x[:12], epochs=25, batch_size=16, lr=1e-2, progress=False,
+                      seed=3, ema=0.95, fast_path=fast_path)
+        results.append((params_of(model, guide), [r["valid_loss"] for r in history.records], history.fast_path))
+    (replayed, replayed_valid, summary), (plain, plain_valid, _) = results
+    assert summary.startswith("replayed")
+    assert replayed_valid == pytest.approx(plain_valid, abs=1e-5)
+    for a, b in zip(replayed, plain):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize("ema", [1.0, -0.1, "0.9"])
 def test_ema_outside_zero_one_is_refused(ema):
     with pytest.raises(ValueError, match=r"ema is the decay .* in \[0, 1\)"):
