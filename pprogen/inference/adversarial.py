@@ -45,7 +45,7 @@ from torch import nn
 from pprogen.distributed import World, check_enough_data, collective, current, shard
 from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
-from pprogen.inference.train import History, NonFiniteLossError, make_optimizer
+from pprogen.inference.train import History, NonFiniteLossError, make_optimizer, warmed_up_decay
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
 from pprogen.inference.loop import EpochLoop
 from pprogen.nn import CriticPair, apply_spectral_norm
@@ -339,7 +339,7 @@ class AdversarialTrainer:
         updated = math.isfinite(out["g_loss"]) and math.isfinite(out["g_grad_norm"])
         if self.ema is not None and updated and self.world.is_main:  # the average lives on rank 0
             t = self.ema_updates
-            decay = min(self.ema, (1 + t) / (10 + t)) if self.ema_warmup else self.ema
+            decay = warmed_up_decay(self.ema, t) if self.ema_warmup else self.ema
             ema_update(self.model.generator_ema, self.model.generator, decay)
             self.ema_updates += 1
         return out

@@ -750,21 +750,25 @@ def fit(
     return history
 
 
+def warmed_up_decay(decay: float, updates: int) -> float:
+    """A moving average's decay after ``updates`` updates: ``min(decay, (1 + t) / (10 + t))``, so that the first
+    steps do not drag the starting weights along (SVI's :class:`ParameterAverage`, the GAN generator's average)."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
 class ParameterAverage:
     """Polyak averaging: an exponential moving average of ``params``, updated after every applied step with the
-    decay ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates (so the first steps do not drag the starting
-    weights along; the adversarial trainer's warm-up). ``fit(ema=...)`` scores the average on the validation data,
+    decay :func:`warmed_up_decay` (the adversarial trainer's warm-up). ``fit(ema=...)`` scores the average on the validation data,
     early-stops on it and leaves it (or its best epoch) in the model and guide; the training loss is the
     trained parameters'."""
 
     def __init__(self, params: list[torch.Tensor], decay: float) -> None:
         self.params, self.decay, self.updates = list(params), decay, 0
-        self.average = [p.detach().clone() for p in self.params]
+        self.live = [p.detach() for p in self.params]  # views of the parameters' storage, which steps update in place
+        self.average = [p.clone() for p in self.live]
 
     def update(self) -> None:
-        weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
-        with torch.no_grad():
-            torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
+        torch._foreach_lerp_(self.average, self.live, 1.0 - warmed_up_decay(self.decay, self.updates))
         self.updates += 1
 
     @contextmanager
@@ -790,7 +794,7 @@ class ParameterAverage:
     def load(self, state: dict[str, Any], keys: list[str]) -> None:
         """The average a checkpoint holds; an empty one restarts the average from the parameters as they are."""
         if not state:
-            self.average, self.updates = [p.detach().clone() for p in self.params], 0
+            self.average, self.updates = [p.clone() for p in self.live], 0
             return
         self.updates = state["updates"]
         with torch.no_grad():

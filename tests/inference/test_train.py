@@ -131,6 +131,40 @@ def test_ema_with_replayed_steps_equals_ema_running_the_program_every_step():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_ema_averages_a_user_written_map_program_with_a_per_datum_table():
+    """A function guide of pyro.param sites: a global latent and a per-datum table in a plate named "obs" (MAP, so
+    every step is deterministic); the weights left are the moving average of hand-written SGD iterates."""
+    x = data(n=30)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("obs", len(x)):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Delta(pyro.param("m", torch.tensor(0.0))))
+        with pyro.plate("obs", len(x)):
+            pyro.sample("z", dist.Delta(pyro.param("table", torch.zeros(len(x)))))
+
+    pyro.clear_param_store()
+    fit(model, guide, x, epochs=15, batch_size=30, optimizer="sgd", lr=0.01, ema=0.8, progress=False)
+    m, table = torch.zeros((), requires_grad=True), torch.zeros(30, requires_grad=True)
+    optimizer = torch.optim.SGD([m, table], lr=0.01)
+    average = [torch.zeros(()), torch.zeros(30)]
+    for t in range(15):
+        optimizer.zero_grad()
+        log_joint = dist.Normal(0.0, 10.0).log_prob(m) + dist.Normal(m, 1.0).log_prob(table).sum() \
+            + dist.Normal(table, 0.5).log_prob(x).sum()
+        (-log_joint).backward()
+        optimizer.step()
+        weight = 1 - min(0.8, (1 + t) / (10 + t))
+        average = [a + weight * (p.detach() - a) for a, p in zip(average, (m, table))]
+    assert pyro.param("m").item() == pytest.approx(average[0].item(), abs=1e-5)
+    assert torch.allclose(pyro.param("table").detach(), average[1], atol=1e-5)
+    assert not torch.allclose(pyro.param("table").detach(), table.detach(), atol=1e-3)  # the average, not the iterate
+
+
 @pytest.mark.parametrize("ema", [1.0, -0.1, "0.9"])
 def test_ema_outside_zero_one_is_refused(ema):
     with pytest.raises(ValueError, match=r"ema is the decay .* in \[0, 1\)"):
