@@ -46,7 +46,8 @@ def test_shipped_entries_score_as_their_runs_and_a_better_shipped_result_is_kept
     spot = shipped["leaderboard"]["spot_check"]  # the first validation rows, scored from the shipped folder
     assert spot["rows"] == 270 and abs(spot["nll"] - shipped["valid_evaluation"]["nll"]) < 1e-4  # 270: all of them
     assert lb.shipped_table(dest) == (dest / "leaderboard.md").read_text()
-    assert f"| fvsbn | `fvsbn` lr=0.001, batch_size=100, schedule=plateau, ema=0.999 | {shipped['leaderboard']['best']['nll']:.2f} ± " \
+    config = "lr=0.001, batch_size=100, schedule=plateau, weight_decay=3.0, ema=0.999"
+    assert f"| fvsbn | `fvsbn` {config} | {shipped['leaderboard']['best']['nll']:.2f} ± " \
         in (dest / "leaderboard.md").read_text()
     del shipped["leaderboard"]["spot_check"]  # shipped before spot checks existed: shipping again adds it
     (dest / "fvsbn" / "summary.json").write_text(json.dumps(shipped))
