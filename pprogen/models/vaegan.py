@@ -46,6 +46,7 @@ from pprogen.nn import ConvDecoder, ConvEncoder, CriticPair, normal_head
 from pprogen.registry import register_model
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+CRITIC_INPUTS = ("mean", "draws")
 
 
 class VAEGAN(VAE):
@@ -57,9 +58,15 @@ class VAEGAN(VAE):
 
     def __init__(self, x_shape: Sequence[int], z_dim: int, decoder: nn.Module, encoder: nn.Module,
                  discriminator: ConvDiscriminator, likelihood: str = "gaussian", feature_weight: float = 1.0,
-                 kl_weight: float = 1.0, encoder_feature_weight: float | None = None) -> None:
+                 kl_weight: float = 1.0, encoder_feature_weight: float | None = None,
+                 critic_input: str = "mean") -> None:
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r} for vaegan; choose one of {', '.join(LIKELIHOODS)}")
+        if critic_input not in CRITIC_INPUTS:
+            raise ValueError(f"unknown critic_input {critic_input!r} for vaegan; choose one of {', '.join(CRITIC_INPUTS)}")
+        if critic_input == "draws" and likelihood != "bernoulli":
+            raise ValueError("critic_input='draws' shows the discriminator binary draws of a Bernoulli likelihood; "
+                             "use it with likelihood=bernoulli (binary data)")
         if encoder_feature_weight is None:
             encoder_feature_weight = feature_weight
         for key, value in (("feature_weight", feature_weight), ("kl_weight", kl_weight),
@@ -74,6 +81,7 @@ class VAEGAN(VAE):
         self.discriminator = discriminator
         self.feature_weight, self.kl_weight = float(feature_weight), float(kl_weight)
         self.encoder_feature_weight = float(encoder_feature_weight)
+        self.critic_input = critic_input
 
     @property
     def generator(self) -> nn.Module:
@@ -95,6 +103,17 @@ class VAEGAN(VAE):
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
         """E[x | z]: the image the discriminator judges, in [0, 1]."""
         return torch.sigmoid(self.decoder(z))
+
+    def judged_image(self, z: torch.Tensor) -> torch.Tensor:
+        """The fake the discriminator judges: the mean image E[x | z] (``critic_input="mean"``), or a draw
+        x ~ Bernoulli(E[x | z]) passed straight through (``"draws"``: the draw forward, the mean's gradient
+        backward). On binary data the draws are binary like the real images, so D cannot tell fakes by their grey
+        levels, and the game matches the stated model's marginal p(x) = E_z p(x | z) to the data."""
+        mean = self.mean_image(z)
+        if self.critic_input == "mean":
+            return mean
+        draw = (torch.rand_like(mean) < mean).to(mean.dtype)
+        return draw + (mean - mean.detach())
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, mean: bool = True) -> torch.Tensor:
@@ -127,14 +146,14 @@ class VAEGAN(VAE):
     def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
         loc, scale = normal_head(self.encoder(real), self.z_dim)
         z_q = loc + scale * torch.randn_like(loc)
-        prior = CriticPair(self.discriminator, real, self.mean_image(torch.randn_like(loc)), name="prior")
+        prior = CriticPair(self.discriminator, real, self.judged_image(torch.randn_like(loc)), name="prior")
         if not generator_step:
-            return [prior, CriticPair(self.discriminator, real, self.mean_image(z_q), name="recon")], {}
+            return [prior, CriticPair(self.discriminator, real, self.judged_image(z_q), name="recon")], {}
         with torch.no_grad():
             target = self.features(real)
         feature_nll = self._feature_term(z_q, target)
         kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum(-1).mean()
-        recon = CriticPair(self.discriminator, real, self.mean_image(z_q.detach()), name="recon")
+        recon = CriticPair(self.discriminator, real, self.judged_image(z_q.detach()), name="recon")
         extra = {"kl": self.kl_weight * kl, "feature_nll": feature_nll}
         if self.likelihood == "gaussian":  # the stated likelihood's scale, fitted to the reconstructions (only it learns)
             fn = dist.Normal(self.mean_image(z_q).detach(), self.log_scale.exp()).to_event(len(self.x_shape))
@@ -174,6 +193,7 @@ def vaegan(
     kl_weight: float = 1.0,
     encoder_feature_weight: float | None = None,
     activation: str = "relu",
+    critic_input: str = "mean",
 ) -> VAEGAN:
     """conv_vae's encoder and decoder (same sizes, so it compares with ``conv_vae``; ``channels`` an int c means
     (c, 2c)) and dcgan's discriminator with ``d_channels``. On binary data (binarized MNIST) these defaults
@@ -185,4 +205,4 @@ def vaegan(
     chans = check_sizes(z_dim, channels, "channels")
     return VAEGAN(x_shape, z_dim, ConvDecoder(z_dim, x_shape, chans[::-1], hidden, activation),
                   ConvEncoder(x_shape, 2 * z_dim, chans, hidden, activation), ConvDiscriminator(x_shape, d_channels),
-                  likelihood, feature_weight, kl_weight, encoder_feature_weight)
+                  likelihood, feature_weight, kl_weight, encoder_feature_weight, critic_input)

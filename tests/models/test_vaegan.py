@@ -156,7 +156,30 @@ def test_the_trainer_updates_the_encoder_and_the_cli_reports_sample_metrics_and_
     assert (draws - means).std().item() == pytest.approx(model.log_scale.exp().mean().item(), rel=0.05)
 
 
+def test_draws_for_the_critic_are_binary_with_the_means_gradient():
+    """critic_input="draws": the discriminator sees x ~ Bernoulli(E[x | z]) (binary, frequencies equal to the means)
+    and the decoder gets the gradient of the mean image (straight through); "mean" shows the mean itself."""
+    model = small(likelihood="bernoulli", critic_input="draws")
+    z = torch.randn(3, model.z_dim)
+    mean = model.mean_image(z)
+    torch.manual_seed(0)
+    draws = torch.stack([model.judged_image(z) for _ in range(4000)])
+    assert set(draws.detach().unique().tolist()) == {0.0, 1.0}
+    assert (draws.detach().mean(0) - mean.detach()).abs().max() < 4 * (0.25 / 4000) ** 0.5
+    weights = torch.randn_like(mean)
+    params = list(model.decoder.parameters())
+    want = torch.autograd.grad((weights * mean).sum(), params)
+    got = torch.autograd.grad((weights * model.judged_image(z)).sum(), params)
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
+    pairs, _ = model.adversarial_terms((torch.rand(6, 1, 8, 8) < 0.5).float(), False)
+    assert all(set(p.fake.detach().unique().tolist()) <= {0.0, 1.0} for p in pairs)
+    plain = small(likelihood="bernoulli")
+    assert torch.equal(plain.judged_image(z), plain.mean_image(z))
+
+
 @pytest.mark.parametrize("kw, message", [
+    ({"critic_input": "noise"}, "unknown critic_input"),
+    ({"critic_input": "draws"}, "use it with likelihood=bernoulli"),
     ({"x_shape": (64,)}, "makes images of shape"),
     ({"likelihood": "poisson"}, "unknown likelihood"),
     ({"feature_weight": -1.0}, "feature_weight must be a non-negative number"),
