@@ -59,7 +59,7 @@ class VAEGAN(VAE):
     def __init__(self, x_shape: Sequence[int], z_dim: int, decoder: nn.Module, encoder: nn.Module,
                  discriminator: ConvDiscriminator, likelihood: str = "gaussian", feature_weight: float = 1.0,
                  kl_weight: float = 1.0, encoder_feature_weight: float | None = None,
-                 critic_input: str = "mean") -> None:
+                 critic_input: str = "mean", pixel_weight: float = 0.0) -> None:
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r} for vaegan; choose one of {', '.join(LIKELIHOODS)}")
         if critic_input not in CRITIC_INPUTS:
@@ -70,7 +70,7 @@ class VAEGAN(VAE):
         if encoder_feature_weight is None:
             encoder_feature_weight = feature_weight
         for key, value in (("feature_weight", feature_weight), ("kl_weight", kl_weight),
-                           ("encoder_feature_weight", encoder_feature_weight)):
+                           ("encoder_feature_weight", encoder_feature_weight), ("pixel_weight", pixel_weight)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key} must be a non-negative number, got {value!r}")
         super().__init__(x_shape, z_dim, decoder, lambda: encoder, "bernoulli")
@@ -82,6 +82,7 @@ class VAEGAN(VAE):
         self.feature_weight, self.kl_weight = float(feature_weight), float(kl_weight)
         self.encoder_feature_weight = float(encoder_feature_weight)
         self.critic_input = critic_input
+        self.pixel_weight = float(pixel_weight)
 
     @property
     def generator(self) -> nn.Module:
@@ -155,6 +156,8 @@ class VAEGAN(VAE):
         kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum(-1).mean()
         recon = CriticPair(self.discriminator, real, self.judged_image(z_q.detach()), name="recon")
         extra = {"kl": self.kl_weight * kl, "feature_nll": feature_nll}
+        if self.pixel_weight > 0:  # the stated likelihood's reconstruction term, for the encoder and the decoder
+            extra["pixel_nll"] = -self.pixel_weight * self.likelihood_dist(z_q).log_prob(real).mean()
         if self.likelihood == "gaussian":  # the stated likelihood's scale, fitted to the reconstructions (only it learns)
             fn = dist.Normal(self.mean_image(z_q).detach(), self.log_scale.exp()).to_event(len(self.x_shape))
             extra["pixel_scale_nll"] = -fn.log_prob(real).mean()
@@ -194,6 +197,7 @@ def vaegan(
     encoder_feature_weight: float | None = None,
     activation: str = "relu",
     critic_input: str = "mean",
+    pixel_weight: float = 0.0,
 ) -> VAEGAN:
     """conv_vae's encoder and decoder (same sizes, so it compares with ``conv_vae``; ``channels`` an int c means
     (c, 2c)) and dcgan's discriminator with ``d_channels``. On binary data (binarized MNIST) these defaults
@@ -205,4 +209,4 @@ def vaegan(
     chans = check_sizes(z_dim, channels, "channels")
     return VAEGAN(x_shape, z_dim, ConvDecoder(z_dim, x_shape, chans[::-1], hidden, activation),
                   ConvEncoder(x_shape, 2 * z_dim, chans, hidden, activation), ConvDiscriminator(x_shape, d_channels),
-                  likelihood, feature_weight, kl_weight, encoder_feature_weight, critic_input)
+                  likelihood, feature_weight, kl_weight, encoder_feature_weight, critic_input, pixel_weight)

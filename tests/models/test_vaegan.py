@@ -177,8 +177,28 @@ def test_draws_for_the_critic_are_binary_with_the_means_gradient():
     assert torch.equal(plain.judged_image(z), plain.mean_image(z))
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_the_pixel_term_is_the_stated_likelihoods_reconstruction_for_encoder_and_decoder(likelihood):
+    """pixel_weight w adds w * -log p(x | z_q), z_q ~ q(z | x): the ELBO's reconstruction term, reaching the encoder and
+    the decoder (and a Gaussian's scale), never the discriminator; the default adds nothing."""
+    model = small(likelihood=likelihood, pixel_weight=0.5)
+    real = (torch.rand(6, 1, 8, 8) < 0.5).float()
+    torch.manual_seed(3)
+    _, extra = model.adversarial_terms(real, True)
+    torch.manual_seed(3)
+    loc, scale = pprogen.nn.normal_head(model.encoder(real), model.z_dim)
+    z_q = loc + scale * torch.randn_like(loc)
+    want = -0.5 * model.likelihood_dist(z_q).log_prob(real).mean()
+    assert extra["pixel_nll"].item() == pytest.approx(want.item(), rel=1e-5)
+    for part, reached in ((model.encoder, True), (model.decoder, True), (model.discriminator, False)):
+        grads = torch.autograd.grad(extra["pixel_nll"], list(part.parameters()), retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == reached
+    assert "pixel_nll" not in small(likelihood=likelihood).adversarial_terms(real, True)[1]
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"critic_input": "noise"}, "unknown critic_input"),
+    ({"pixel_weight": -1.0}, "pixel_weight must be a non-negative number"),
     ({"critic_input": "draws"}, "use it with likelihood=bernoulli"),
     ({"x_shape": (64,)}, "makes images of shape"),
     ({"likelihood": "poisson"}, "unknown likelihood"),
