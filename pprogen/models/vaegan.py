@@ -201,7 +201,8 @@ def vaegan(
 ) -> VAEGAN:
     """conv_vae's encoder and decoder (same sizes, so it compares with ``conv_vae``; ``channels`` an int c means
     (c, 2c)) and dcgan's discriminator with ``d_channels``. On binary data (binarized MNIST) these defaults
-    collapsed (one image for every z); ``encoder_feature_weight=1`` with ``--r1-weight 1`` trained (README)."""
+    collapsed (one image for every z); ``encoder_feature_weight=1`` with ``--r1-weight 1`` trained, and adding
+    ``feature_weight=1, critic_input="draws"`` made samples more precise than the same-size VAE's (README)."""
     check_image_shape("vaegan", x_shape)
     if isinstance(channels, int):
         channels = (channels, 2 * channels)
