@@ -193,6 +193,8 @@ def test_the_pixel_term_is_the_stated_likelihoods_reconstruction_for_encoder_and
     for part, reached in ((model.encoder, True), (model.decoder, True), (model.discriminator, False)):
         grads = torch.autograd.grad(extra["pixel_nll"], list(part.parameters()), retain_graph=True, allow_unused=True)
         assert any(g is not None and g.abs().sum() > 0 for g in grads) == reached
+    if likelihood == "gaussian":
+        assert torch.autograd.grad(extra["pixel_nll"], model.log_scale, retain_graph=True)[0].abs().sum() > 0
     assert "pixel_nll" not in small(likelihood=likelihood).adversarial_terms(real, True)[1]
 
 
