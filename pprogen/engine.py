@@ -1165,6 +1165,8 @@ def _format_eval(split: str, result: dict[str, Any]) -> str:
         text += f"; {result['method']}"
     if "num_samples" in result:
         text += f", K = {result['num_samples']} importance samples (mean ESS {result['mean_ess']:.1f})"
+        if result.get("refine_steps"):
+            text += f", from the guide refined per example by {result['refine_steps']} Adam steps"
     if result.get("khat_bands"):
         bands = result["khat_bands"]
         text += "\nPareto k-hat: " + ", ".join(f"{n} {bands[n]}" for n in ("good", "ok", "bad", "very bad"))

@@ -236,7 +236,29 @@ def test_evaluate_by_ais_and_bdmc_writes_the_method_and_its_settings(trained, ca
     assert gap.shape == (6,) and np.isclose(gap.mean(), summary["valid_bdmc"]["gap"], atol=1e-5)
 
 
+def test_evaluate_refine_writes_its_own_key_and_equals_the_library(trained, capsys):
+    """``--refine N`` is log_marginal(..., refine=N) on the run's split (same seed, same figure), kept apart from
+    the guide's own estimate in summary.json."""
+    from pprogen.engine import load_run as _load_run
+    from pprogen.inference import log_marginal
+
+    argv = ["evaluate", str(trained), "--split", "valid", "--limit", "6", "--num-samples", "20", "--seed", "3"]
+    assert main(argv) == 0
+    assert main([*argv, "--refine", "15"]) == 0
+    assert "guide refined per example by 15 Adam steps" in capsys.readouterr().out
+    summary = json.loads((trained / "summary.json").read_text())
+    plain, refined = summary["valid_evaluation"], summary["valid_evaluation_refined"]
+    assert refined["refine_steps"] == 15 and "refine_steps" not in plain and refined["nll"] != plain["nll"]
+    _, _, dataset, model, guide, _ = _load_run(str(trained), torch.device("cpu"))
+    torch.manual_seed(3)
+    direct = log_marginal(model, guide, dataset.split("valid")[:6], num_samples=20, refine=15)
+    assert refined["nll"] == pytest.approx(-direct.log_prob.double().mean().item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--refine", "-1"], "--refine is a number of Adam steps"),
+    (["--method", "ais", "--refine", "5"], "--method ais anneals from the guide instead: drop --refine"),
+    (["--ood", "digits", "--refine", "5"], "--refine applies to the run's own data"),
     (["--steps", "10"], "--steps set the annealed chains of --method ais or bdmc"),
     (["--method", "ais", "--num-samples", "10"], "--num-samples sets importance sampling"),
     (["--method", "ais", "--chains", "0"], "--chains must be at least 1"),

@@ -55,6 +55,7 @@ def evaluate(
     plate_name: str | None = None,
     dim: int | None = None,
     world: World | None = None,
+    refine: int = 0,
     **annealing: Any,
 ) -> Evaluation:
     """Score ``model`` on ``data`` (rows along the first dimension).
@@ -65,6 +66,8 @@ def evaluate(
     :func:`~pprogen.inference.ais` (``num_steps``, ``num_chains``, ``leapfrog_steps``, ``schedule``, ...).
     ``dim`` (values per datum) adds bits/dim to the summary; models that declare ``reports_bits_per_dim``
     report it anyway. ``condition`` holds per-datum keyword arguments (a conditional model's labels ``y``).
+    ``refine`` (Adam steps) refines importance sampling's proposal per datum first
+    (:func:`~pprogen.inference.log_marginal`'s ``refine``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown evaluation method {method!r}; choose one of {', '.join(METHODS)}")
@@ -83,6 +86,10 @@ def evaluate(
                              f"by {method}; use method='auto' (the command line's default)")
         return _reconstruction(model, guide, data, world, condition)
     given = ", log p(x | y) given the labels" if caps.conditional else ""
+    if refine and (method in ("ais", "bdmc") or caps.scoring in ("exact", "predictive") or caps.reconstruction):
+        route = (f"method {method!r} anneals from the guide" if method in ("ais", "bdmc") else
+                 f"{name} is not scored by importance sampling over per-datum latents")
+        raise ValueError(f"refine refines importance sampling's proposal, and {route}; evaluate with refine=0")
     if method == "auto" and caps.scoring in ("exact", "predictive"):
         return _direct(model, guide, data, caps, num_samples, dim, world, condition)
     if caps.scoring in ("exact", "predictive"):
@@ -94,8 +101,9 @@ def evaluate(
     if annealing:
         raise ValueError(f"{', '.join(sorted(annealing))} set annealed chains; they apply to method='ais' or 'bdmc'")
     evidence = sharded_log_marginal(model, guide, data, world, condition, num_samples=num_samples,
-                                     plate_name=plate_name, dim=dim)
-    text = f"importance sampling (guide as proposal){given}"
+                                     plate_name=plate_name, dim=dim, refine=refine)
+    proposal = f"guide refined per example by {refine} Adam steps" if refine else "guide"
+    text = f"importance sampling ({proposal} as proposal){given}"
     return Evaluation("is", text, evidence.log_prob, {**evidence.summary(), "method": text}, evidence)
 
 
