@@ -369,8 +369,9 @@ def evaluate_split(model, guide, dataset: Dataset, split: str, num_samples: int,
               **annealing) -> dict[str, Any]:
     """The split's score by :func:`pprogen.inference.evaluate`, as the dict summary.json holds; the k-hat
     picture of an importance-sampled score is saved in the run folder."""
+    tag = "refined-" if annealing.get("refine") else ""  # its k-hat picture beside the guide's own
     return _summarize(_evaluation(model, guide, dataset, split, num_samples, device, run, limit, world, method,
-                                  **annealing), split, run, world, method)
+                                  **annealing), split, run, world, method, tag)
 
 
 def _evaluation(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,

@@ -249,6 +249,8 @@ def test_evaluate_refine_writes_its_own_key_and_equals_the_library(trained, caps
     summary = json.loads((trained / "summary.json").read_text())
     plain, refined = summary["valid_evaluation"], summary["valid_evaluation_refined"]
     assert refined["refine_steps"] == 15 and "refine_steps" not in plain and refined["nll"] != plain["nll"]
+    assert refined["khat_plot"] == "khat-refined-valid.png" and plain["khat_plot"] == "khat-valid.png"
+    assert (trained / "khat-refined-valid.png").is_file()
     _, _, dataset, model, guide, _ = _load_run(str(trained), torch.device("cpu"))
     torch.manual_seed(3)
     direct = log_marginal(model, guide, dataset.split("valid")[:6], num_samples=20, refine=15)

@@ -74,6 +74,34 @@ def test_the_trend_is_the_best_validation_nll_fallen_over_the_last_hour_and_the_
     assert lb.target("nade", record) == "≤ 89.83: missed by 0.50 (still falling 1.50 nats/h)"
     assert lb.target("nade", {**record, "best": {"nll": 89.0}}) == "≤ 89.83: met"
     assert lb.target("eonade", record) == "-"  # reported against the literature, without a target
+    refined = {**record, "refined": {"nll": 89.5}}  # the refined proposal's tighter estimate judges the target
+    assert lb.target("nade", refined) == "≤ 89.83: met (by the refined proposal's estimate)"
+    assert lb.target("nade", {**record, "refined": {"nll": 90.0}}) == \
+        "≤ 89.83: missed by 0.17 (by the refined proposal's estimate)"
+    assert lb.target("nade", {**record, "refined": {"nll": 91.0}}) == "≤ 89.83: missed by 0.50 (still falling 1.50 nats/h)"
+
+
+def test_a_shipped_latent_entry_is_scored_again_with_its_refined_guide_once(tmp_path, monkeypatch, capsys):
+    root, dest = tmp_path / "board", tmp_path / "shipped"
+    common = ["--root", str(root), "--data", "digits_binary", "--entries", "vae", "--k", "20", "--ship", str(dest)]
+    with pytest.raises(SystemExit, match="give it with --ship DIR"):
+        lb.main(["--root", str(root), "--entries", "vae", "--refine", "5"])
+    lb.main(common + ["--max-epochs", "1", "--refine", "5"])
+    shipped = json.loads((dest / "vae" / "summary.json").read_text())
+    refined = shipped["leaderboard"]["refined"]
+    assert refined["nll"] == shipped["valid_evaluation_refined"]["nll"] and refined["refine_steps"] == 5
+    assert refined["num_samples"] == 20 and shipped["valid_evaluation_refined"]["num_data"] == 270
+    assert refined["nll"] != shipped["leaderboard"]["best"]["nll"]  # another proposal, another estimate
+    table = (dest / "leaderboard.md").read_text()
+    assert f"; guide refined per image (5 steps): {refined['nll']:.2f} ± " in table
+    assert lb.shipped_table(dest) == table
+    calls = []  # shipped already, refined already at these settings: nothing is scored again
+    real = lb.pprogen
+    monkeypatch.setattr(lb, "pprogen", lambda *argv: calls.append(argv) or real(*argv))
+    lb.main(common + ["--refine", "5"])
+    assert calls == []
+    lb.main(common + ["--refine", "6"])  # other settings: scored again
+    assert [c[-1] for c in calls if c[0] == "evaluate"] == ["6"]
 
 
 def test_a_latent_entrys_chunks_end_with_a_cheap_estimate_and_the_table_uses_its_own(tmp_path, monkeypatch):
