@@ -333,15 +333,15 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
-def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
+def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> bool:
     """Ship a finished entry to ``dest/<name>`` (float16 where that keeps the NLL within 0.05 nats, int8 blocks where
     float16 would pass 2 MiB, else float32; at most 2 MiB of weights), score the shipped folder itself, and record
     the result in its summary.json: the shipped table is computed from those files alone. An earlier shipped result
-    is replaced only by a better one."""
+    is replaced only by a better one. Returns whether a new folder was shipped."""
     record = state["entries"].get(name)
     if not record or record.get("status") != "finished":
         print(f"{name}: not finished in {root}; not shipped", flush=True)
-        return
+        return False
     out = dest / name
     old = summary(out).get("leaderboard") if out.is_dir() else None
     if out.exists() and old is None:
@@ -352,8 +352,7 @@ def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
             data = summary(out)
             data["leaderboard"]["spot_check"] = spot_check(out, args.data_dir)
             write_json(out / "summary.json", data)
-        record_refined(name, out, args)
-        return
+        return False
     staging = dest / f".{name}.new"
     if staging.exists():
         shutil.rmtree(staging)
@@ -402,7 +401,7 @@ def ship_entry(name: str, root: Path, state: dict, dest: Path, args) -> None:
         shutil.rmtree(out)
     os.replace(staging, out)
     print(f"{name}: shipped to {out} ({dtype}, {size / 2**20:.2f} MiB): {result['nll']:.2f} nats", flush=True)
-    record_refined(name, out, args, force=True)
+    return True
 
 
 def refined_score(name: str, folder: Path, args, force: bool = False) -> dict | None:
@@ -484,7 +483,9 @@ def main(argv=None) -> None:
         dest = Path(args.ship)
         dest.mkdir(parents=True, exist_ok=True)
         for name in names:
-            ship_entry(name, root, state, dest, args)
+            new = ship_entry(name, root, state, dest, args)
+            if (dest / name / "summary.json").is_file() and "leaderboard" in summary(dest / name):
+                record_refined(name, dest / name, args, force=new)  # also a folder shipped from another root
         text = shipped_table(dest)
         (dest / "leaderboard.md").write_text(text)
     print(text)
