@@ -42,7 +42,6 @@ from torch.distributions.transforms import AffineTransform
 
 from pprogen.inference.tracing import site_is_subsample
 
-
 CENTRE_DRAWS = 32
 
 
@@ -103,9 +102,10 @@ class Refiner(Messenger):
 def refine(log_weights: Callable[[Refiner, int], torch.Tensor], refiner: Refiner, steps: int, particles: int,
            lr: float) -> list[float]:
     """Fit ``refiner``'s maps by ``steps`` Adam steps (the ELBO, then the importance-weighted bound with
-    ``particles`` draws; see the module docstring); ``log_weights(refiner, particles)`` returns the ``(particles, rows)`` log weights of the program run
-    under ``refiner``. Only the maps are updated (their gradients alone are taken). Returns the mean bound per
-    step (nats per datum), for diagnostics."""
+    ``particles`` draws; see the module docstring); ``log_weights(refiner, particles)`` returns the
+    ``(particles, rows)`` log weights of the program run under ``refiner``. Only the maps are updated (their
+    gradients alone are taken; a non-finite gradient entry counts as zero, and the estimate stays valid whatever
+    the maps end at). Returns the mean bound per step (nats per datum), for diagnostics."""
     bounds: list[float] = []
     optimizer = None
     with torch.enable_grad():
