@@ -292,16 +292,15 @@ def target(name: str, record: dict) -> str:
     refined = record.get("refined")
     tighter = refined is not None and refined["nll"] < record["best"]["nll"]
     gap = (refined if tighter else record["best"])["nll"] - goal
-    how = " (by the refined proposal's estimate)" if tighter else ""
+    how = "by the refined proposal's estimate" if tighter else ""
     if gap <= 0:
-        return f"≤ {goal:.2f}: met{how}"
-    if tighter:
-        return f"≤ {goal:.2f}: missed by {gap:.2f}{how}"
+        return f"≤ {goal:.2f}: met" + (f" ({how})" if how else "")
     if record.get("stop_reason") == "early_stopping":
-        return f"≤ {goal:.2f}: missed by {gap:.2f} (early stopping: the validation NLL had stopped falling)"
-    falls = record.get("falls_per_hour")
-    still = f"still falling {falls:.2f} nats/h" if falls is not None else "trend unknown"
-    return f"≤ {goal:.2f}: missed by {gap:.2f} ({still})"
+        why = "early stopping: the validation NLL had stopped falling"
+    else:
+        falls = record.get("falls_per_hour")
+        why = f"still falling {falls:.2f} nats/h" if falls is not None else "trend unknown"
+    return f"≤ {goal:.2f}: missed by {gap:.2f} ({how + '; ' if how else ''}{why})"
 
 
 HEADER = ["| entry | model, configuration | valid NLL (nats) | literature (test) | target (valid) | epochs | "

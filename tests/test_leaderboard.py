@@ -77,7 +77,7 @@ def test_the_trend_is_the_best_validation_nll_fallen_over_the_last_hour_and_the_
     refined = {**record, "refined": {"nll": 89.5}}  # the refined proposal's tighter estimate judges the target
     assert lb.target("nade", refined) == "≤ 89.83: met (by the refined proposal's estimate)"
     assert lb.target("nade", {**record, "refined": {"nll": 90.0}}) == \
-        "≤ 89.83: missed by 0.17 (by the refined proposal's estimate)"
+        "≤ 89.83: missed by 0.17 (by the refined proposal's estimate; still falling 1.50 nats/h)"
     assert lb.target("nade", {**record, "refined": {"nll": 91.0}}) == "≤ 89.83: missed by 0.50 (still falling 1.50 nats/h)"
 
 

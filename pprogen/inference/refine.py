@@ -16,8 +16,9 @@ starting at the identity (:math:`t = 0`, :math:`s = 0`), and :func:`refine` fits
 the first half of the steps (its gradients find the posterior even from a poor guide; the importance-weighted
 bound's gradients for a proposal fade as the particles grow, Rainforth et al. 2018, and on a linear-Gaussian
 program 300 steps of it alone left a scale 6 times too wide), then on the importance-weighted bound with
-``particles`` draws, which widens the proposal to cover the posterior (0.1 nats tighter estimates than the ELBO
-alone on a 784-200-200-50 VAE on binarized MNIST, 300 validation images).
+``particles`` draws, which widens the proposal to cover the posterior (on a 784-200-200-50 VAE, 300 binarized
+MNIST validation images, K = 2000: 90.21 nats with the switch, 90.89 unrefined; the ELBO alone 90.25, measured
+before the cosine decay).
 The later sites of the guide see the moved value, so hierarchical and flow guides refine too; sites outside
 the plate, discrete sites and constrained sites keep the guide's proposal.
 
