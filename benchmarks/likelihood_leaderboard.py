@@ -87,13 +87,16 @@ ENTRIES: dict[str, Entry] = {
                                    137.64, "Uria et al. 2014"),
     # Adam 1e-3 constant stopped early at 92.62; AdamW 0.1 with the plateau schedule bettered the validation ELBO by
     # 0.5 nats and worsened the NLL to 95.11 (K = 1000); plateau + average 92.04 (K = 5000); with Adam's L2 penalty 3.0
-    # 92.02 (K = 1000); with the KL weight ramped up over 100 epochs 91.49 (K = 1000)
-    "vae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "schedule": "plateau", "ema": 0.999,
-                                   "kl_warmup": 100}, 88.71,
+    # 92.02 (K = 1000); with the KL weight ramped up over 100 epochs 91.49 (K = 1000); in batches of 20 (the IWAE
+    # paper's) with the ramp over 20 epochs (the same number of steps) 91.04 (K = 1000)
+    "vae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 20, "schedule": "plateau", "ema": 0.999,
+                                   "kl_warmup": 20}, 88.71,
                  "Burda et al. 2016 (VAE, one layer)"),
-    # Adam 1e-3 constant stopped early at 90.81; with the plateau schedule and the weights' average at 90.19 (K = 1000)
+    # Adam 1e-3 constant stopped early at 90.81; with the plateau schedule and the weights' average at 90.19 (K = 1000).
+    # The literature: the IWAE paper's appendix D (this fixed binarization, 50 000 training images) gives one-layer
+    # IWAE k = 5 87.63 and k = 50 87.10; the issue named 87.10, but this entry trains with k = 5
     "iwae": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae", "particles": 5, "schedule": "plateau",
-                                    "ema": 0.999}, 87.10, "Burda et al. 2016 (IWAE, one layer)"),
+                                    "ema": 0.999}, 87.63, "Burda et al. 2016, appendix D (IWAE k = 5, one layer; k = 50: 87.10)"),
     "iwae_dreg": Entry("vae", IWAE_VAE, {"lr": 1e-3, "batch_size": 100, "elbo": "iwae_dreg", "particles": 5}, 87.10,
                        "Tucker et al. 2019 (one layer)"),
     # Adam 1e-3 constant: 92.83 after 0.3 h
