@@ -72,6 +72,8 @@ TRAIN_OPTIONS = (
                 "adamw)"),
     TrainOption("schedule", str, "constant", "constant", "constant, cosine, exponential or plateau (GANs: constant "
                 "or linear)"),
+    TrainOption("lr_gamma", float, 0.5, NO, "the schedule's factor: exponential multiplies the learning rate by it "
+                "every epoch, plateau when the validation loss stops falling"),
     TrainOption("clip_norm", float, None, NO, "clip the gradient norm", resumable=True),
     TrainOption("patience", int, 20, NO, "early-stopping patience in epochs", resumable=True),
     TrainOption("elbo", str, "analytic", NO, "ELBO estimator: analytic (closed-form KL terms where exact), trace, stl, meanfield, graph, enum, renyi, iwae, iwae_dreg",
@@ -257,9 +259,9 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
     return config
 
 
-TARGET_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "clip_norm")
+TARGET_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "lr_gamma", "clip_norm")
 TARGET_DEFAULTS = {"epochs": 500, "batch_size": 256, "lr": 1e-2, "optimizer": "adam", "weight_decay": 0.0,
-                   "schedule": "constant", "clip_norm": 10.0}
+                   "schedule": "constant", "lr_gamma": 0.5, "clip_norm": 10.0}
 
 
 def _target_config(args, card) -> dict[str, Any]:
@@ -279,7 +281,7 @@ def _target_config(args, card) -> dict[str, Any]:
     if stray:
         raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to a reverse-KL fit (it "
                          "reads --epochs (optimizer steps), --batch-size (draws a step), --lr, --optimizer, "
-                         "--weight-decay, --schedule, --clip-norm)")
+                         "--weight-decay, --schedule, --lr-gamma, --clip-norm)")
     model_args = _model_args(args.set)
     model_args.setdefault("x_dim", 2)
     spec = args.target or card.default_target
@@ -608,7 +610,7 @@ class _SVISession:
             self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
             batch_size=train["batch_size"],
             optim=Optim(train["optimizer"], train["lr"], train.get("weight_decay", 0.0), train["schedule"],
-                        clip_norm=train["clip_norm"], ema=train.get("ema", 0.0)),
+                        train.get("lr_gamma", 0.5), clip_norm=train["clip_norm"], ema=train.get("ema", 0.0)),
             objective=Objective(self.estimator, train["particles"], train["beta"], train.get("kl_warmup", 0),
                                 train.get("alpha")),
             stopping=Stopping(patience=train["patience"] if dataset.valid is not None else None),
@@ -873,8 +875,8 @@ class _TargetSession:
         t = self.train_settings
         draws = torch.zeros(t["batch_size"], self.model.x_shape[0])
         return fit(self.target, self.guide, draws, epochs=t["epochs"], batch_size=t["batch_size"],
-                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], clip_norm=t["clip_norm"],
-                               ema=t.get("ema", 0.0)),
+                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], t.get("lr_gamma", 0.5),
+                               clip_norm=t["clip_norm"], ema=t.get("ema", 0.0)),
                    stopping=Stopping(patience=None), device=self.device, seed=self.config["seed"],
                    progress=self.progress, run=run, resume=resume, world=self.world)
 

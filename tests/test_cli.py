@@ -484,3 +484,19 @@ def test_weight_decay_reaches_the_optimizer_and_pulls_the_weights_in(tmp_path):
         assert json.loads((out / "config.json").read_text())["train"]["weight_decay"] == float(decay)
         norms[decay] = sum(p.norm() ** 2 for p in checkpoint["params"].values() if p.is_floating_point())
     assert norms["0.5"] < norms["0"]
+
+
+def test_lr_gamma_sets_the_exponential_decay_per_epoch_and_survives_a_resume(tmp_path, capsys):
+    out = tmp_path / "decay"
+    common = ["--no-progress", "--eval-samples", "2"]
+    assert main(["train", "fvsbn", "--data", "digits_binary", "--epochs", "2", "--schedule", "exponential",
+                 "--lr", "0.01", "--lr-gamma", "0.8", "--out", str(out), *common]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "4", *common]) == 0
+    rates = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rates == pytest.approx([0.01 * 0.8 ** epoch for epoch in range(4)], rel=1e-9)
+    assert json.loads((out / "config.json").read_text())["train"]["lr_gamma"] == 0.8
+    capsys.readouterr()
+    assert main(["train", "fvsbn", "--data", "digits_binary", "--epochs", "1", "--lr-gamma", "0",
+                 "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "lr_gamma is the schedule's factor on the learning rate, in (0, 1], got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -520,7 +520,7 @@ def fit(
         data = data.train
     check_hyperparameters(
         epochs=epochs, batch_size=batch_size, num_particles=num_particles, lr=lr, weight_decay=weight_decay,
-        clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule, ema=ema,
+        clip_norm=clip_norm, patience=patience, optimizer=optimizer, schedule=schedule, lr_gamma=lr_gamma, ema=ema,
     )
     missing_ok = capabilities(model).accepts_missing
     check_data(data, "training data", missing_ok)
