@@ -72,7 +72,7 @@ TRAIN_OPTIONS = (
                 "adamw)"),
     TrainOption("schedule", str, "constant", "constant", "constant, cosine, exponential or plateau (GANs: constant "
                 "or linear)"),
-    TrainOption("lr_gamma", float, 0.5, NO, "the schedule's factor: exponential multiplies the learning rate by it "
+    TrainOption("lr_gamma", float, Optim.lr_gamma, NO, "the schedule's factor: exponential multiplies the learning rate by it "
                 "every epoch, plateau when the validation loss stops falling"),
     TrainOption("clip_norm", float, None, NO, "clip the gradient norm", resumable=True),
     TrainOption("patience", int, 20, NO, "early-stopping patience in epochs", resumable=True),
@@ -204,6 +204,13 @@ def _refuse_options_of_other_kinds(options, name: str, kind: str) -> None:
                          f"({article} {kind} model, trained by {how}); drop {'it' if len(stray) == 1 else 'them'}")
 
 
+def _refuse_a_factor_no_schedule_reads(args, train: dict[str, Any]) -> None:
+    """``--lr-gamma`` is read by the exponential and plateau schedules only: with another it would change nothing."""
+    if _given(args, "lr_gamma") is not None and train["schedule"] not in ("exponential", "plateau"):
+        raise ValueError(f"--lr-gamma is the exponential or plateau schedule's factor and the {train['schedule']} "
+                         "schedule ignores it; add --schedule exponential (or plateau), or drop --lr-gamma")
+
+
 def _is_given(value: Any) -> bool:
     """An option given on the command line: not left at None / False (a flag) / "default" (--guide)."""
     return not (value is None or value is False or value == "default")
@@ -261,7 +268,7 @@ def _resume_config(args, run: Run, epoch: int) -> dict[str, Any]:
 
 TARGET_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "lr_gamma", "clip_norm")
 TARGET_DEFAULTS = {"epochs": 500, "batch_size": 256, "lr": 1e-2, "optimizer": "adam", "weight_decay": 0.0,
-                   "schedule": "constant", "lr_gamma": 0.5, "clip_norm": 10.0}
+                   "schedule": "constant", "lr_gamma": Optim.lr_gamma, "clip_norm": 10.0}
 
 
 def _target_config(args, card) -> dict[str, Any]:
@@ -292,6 +299,7 @@ def _target_config(args, card) -> dict[str, Any]:
     train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in TARGET_DEFAULTS.items()}
     if train["epochs"] < 1 or train["batch_size"] < 1:
         raise ValueError("--epochs (optimizer steps) and --batch-size (draws a step) must be at least 1")
+    _refuse_a_factor_no_schedule_reads(args, train)
     return {"pprogen_version": __version__, "model": args.model, "kind": "flow", "model_args": model_args,
             "data": None, "target": spec, "trainer": "reverse_kl", "guide": "default", "train": train,
             "seed": 0 if args.seed is None else args.seed, "device": args.device or "auto",
@@ -335,6 +343,8 @@ def _config_from_args(args) -> tuple[dict[str, Any], Dataset]:
         defaults = {**(GAN_TRAIN_DEFAULTS if card.kind == "gan" else TRAIN_DEFAULTS), **card.train_defaults}
         _refuse_options_of_other_kinds(args, args.model, card.kind)
         train = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
+        if "lr_gamma" in train:
+            _refuse_a_factor_no_schedule_reads(args, train)
     config = {
         "pprogen_version": __version__,
         "model": args.model,
@@ -610,7 +620,7 @@ class _SVISession:
             self.model, self.guide, dataset.train, valid_data=dataset.valid, epochs=train["epochs"],
             batch_size=train["batch_size"],
             optim=Optim(train["optimizer"], train["lr"], train.get("weight_decay", 0.0), train["schedule"],
-                        train.get("lr_gamma", 0.5), clip_norm=train["clip_norm"], ema=train.get("ema", 0.0)),
+                        train.get("lr_gamma", Optim.lr_gamma), clip_norm=train["clip_norm"], ema=train.get("ema", 0.0)),
             objective=Objective(self.estimator, train["particles"], train["beta"], train.get("kl_warmup", 0),
                                 train.get("alpha")),
             stopping=Stopping(patience=train["patience"] if dataset.valid is not None else None),
@@ -875,7 +885,7 @@ class _TargetSession:
         t = self.train_settings
         draws = torch.zeros(t["batch_size"], self.model.x_shape[0])
         return fit(self.target, self.guide, draws, epochs=t["epochs"], batch_size=t["batch_size"],
-                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], t.get("lr_gamma", 0.5),
+                   optim=Optim(t["optimizer"], t["lr"], t["weight_decay"], t["schedule"], t.get("lr_gamma", Optim.lr_gamma),
                                clip_norm=t["clip_norm"], ema=t.get("ema", 0.0)),
                    stopping=Stopping(patience=None), device=self.device, seed=self.config["seed"],
                    progress=self.progress, run=run, resume=resume, world=self.world)

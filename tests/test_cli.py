@@ -496,7 +496,14 @@ def test_lr_gamma_sets_the_exponential_decay_per_epoch_and_survives_a_resume(tmp
     assert rates == pytest.approx([0.01 * 0.8 ** epoch for epoch in range(4)], rel=1e-9)
     assert json.loads((out / "config.json").read_text())["train"]["lr_gamma"] == 0.8
     capsys.readouterr()
-    assert main(["train", "fvsbn", "--data", "digits_binary", "--epochs", "1", "--lr-gamma", "0",
-                 "--out", str(tmp_path / "bad"), *common]) == 2
+    assert main(["train", "fvsbn", "--data", "digits_binary", "--epochs", "1", "--schedule", "exponential",
+                 "--lr-gamma", "0", "--out", str(tmp_path / "bad"), *common]) == 2
     assert "lr_gamma is the schedule's factor on the learning rate, in (0, 1], got 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    assert main(["train", "fvsbn", "--data", "digits_binary", "--epochs", "1", "--lr-gamma", "0.9",
+                 "--out", str(tmp_path / "ignored"), *common]) == 2
+    assert "the constant schedule ignores it; add --schedule exponential" in capsys.readouterr().err
+    assert not (tmp_path / "ignored").exists()
+    assert main(["train", "planar", "--target", "u1", "--epochs", "1", "--schedule", "cosine",
+                 "--lr-gamma", "0.9", "--out", str(tmp_path / "target"), "--no-progress"]) == 2
+    assert "the cosine schedule ignores it" in capsys.readouterr().err
