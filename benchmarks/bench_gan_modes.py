@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -91,8 +92,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("seed", "modes", "high_quality", "reverse_kl", "seconds")}), flush=True)
 
-    def stat(key):
-        values = [r[key] for r in rows]
+    def stat(key):  # a seed with no high-quality sample has no reverse KL (None): counted as inf
+        values = [math.inf if r[key] is None else r[key] for r in rows]
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     (m, ms), (h, hs), (k, ks) = stat("modes"), stat("high_quality"), stat("reverse_kl")

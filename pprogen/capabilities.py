@@ -1,7 +1,8 @@
 """What pprogen's trainers, evaluators and command line may ask of a model, declared in one place.
 
 A model declares a capability with an attribute (or property) of the name in the table; :func:`capabilities`
-reads them all, with their defaults, and nothing else in pprogen reads these attributes. A user's Pyro program
+reads them all, with their defaults, and nothing else in pprogen reads these attributes (``tests/test_layers.py``
+holds that rule for every name in the table). A user's Pyro program
 that declares none is a latent-variable model: trained by SVI with its guide, scored by importance sampling.
 
 ========================  ==========  ======================================================================
@@ -31,6 +32,10 @@ attribute                 default     meaning
 ``posterior(x, ...)``     absent      NUTS over the global latents, ``(InferenceData, MCMC)`` (``--trainer nuts``)
 ``reconstruction_error``  absent      ``(x, guide)``: an autoencoder with no likelihood, scored by reconstruction
                                       error per row (``squared_error``, ``loss``), never by log p(x)
+``translator``, ``split`` absent      an image-to-image translation model (CycleGAN, pix2pix): its data are
+                                      (A, B) pairs stacked in the channels, ``split`` cuts them apart
+``init_from_data(x)``     absent      starts its parameters at data (mixtures' components at data points) before
+                                      a new run trains
 ========================  ==========  ======================================================================
 """
 
@@ -60,6 +65,9 @@ class Capabilities:
     reconstruction: bool = False
     stated_likelihood: bool = False
     style_mixing: bool = False
+    latent_site: str | None = None
+    translates: bool = False
+    init_from_data: bool = False
 
     @property
     def scoring(self) -> str:
@@ -95,4 +103,7 @@ def capabilities(model: Any) -> Capabilities:
         reconstruction=callable(getattr(model, "reconstruction_error", None)),
         stated_likelihood=bool(getattr(model, "states_likelihood", False)),
         style_mixing=callable(getattr(model, "mix", None)),
+        latent_site=getattr(model, "latent_site", None),
+        translates=hasattr(model, "split") and hasattr(model, "translator"),
+        init_from_data=callable(getattr(model, "init_from_data", None)),
     )

@@ -190,7 +190,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` (a GPU when there is one, else the CPU), ``cpu`` or ``cuda``, checked."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return device

@@ -32,7 +32,7 @@ def check_latent(model, mean: bool | None = None, from_data: bool = False, guide
     if mean and not caps.latent_mean:
         raise ValueError(f"{_name(model)} makes x as a function of its latent (x = f(z)): there is no likelihood "
                          "mean to show; drop --mean")
-    if from_data and (guide is None or getattr(model, "latent_site", None) is None):
+    if from_data and (guide is None or capabilities(model).latent_site is None):
         raise ValueError(f"{_name(model)} has no guide to encode data points with; start from prior draws "
                          "(drop --from-data)")
 
@@ -65,7 +65,8 @@ def posterior_moments(model, guide, x: torch.Tensor, condition: dict[str, torch.
     if callable(getattr(guide, "encode", None)) and not condition:
         loc, scale = guide.encode(x)
         return loc, scale
-    zs = guide_draws(guide, [model.latent_site], x, condition, draws)[model.latent_site]
+    site = capabilities(model).latent_site
+    zs = guide_draws(guide, [site], x, condition, draws)[site]
     return zs.mean(0), zs.std(0)
 
 

@@ -216,7 +216,7 @@ def evaluate_rows(world, out: Path, n: int = 13) -> dict:
 def evaluate_exact(world, out: Path, limit: int) -> dict:
     """The CLI's evaluation of a model with an exact log p(x), sharded: each rank scores its rows."""
     import pprogen
-    from pprogen.cli import _evaluate
+    from pprogen.engine import evaluate_split
     from pprogen.data import load_dataset
 
     torch.manual_seed(0)
@@ -228,7 +228,7 @@ def evaluate_exact(world, out: Path, limit: int) -> dict:
     original = model.log_prob
     model.log_prob = lambda rows: (scored.append(rows.shape[0]), original(rows))[1]
     try:
-        result = _evaluate(model, model.default_guide(), dataset, "test", 10, torch.device("cpu"), limit=limit,
+        result = evaluate_split(model, model.default_guide(), dataset, "test", 10, torch.device("cpu"), limit=limit,
                            world=world)
     except ValueError as err:
         return {"error": str(err)}

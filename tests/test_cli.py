@@ -430,9 +430,9 @@ def test_gan_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, c
 
 
 def test_ctrl_c_is_one_line_naming_the_saved_epoch_and_the_resume_command(tmp_path, capsys, monkeypatch):
-    import pprogen.engine as engine
+    import pprogen.engine.trainers.svi as svi_trainer
 
-    real_fit = engine.fit
+    real_fit = svi_trainer.fit
 
     def interrupted_fit(*args, **kwargs):
         def stop(epoch, record):
@@ -441,12 +441,12 @@ def test_ctrl_c_is_one_line_naming_the_saved_epoch_and_the_resume_command(tmp_pa
 
         return real_fit(*args, callback=stop, **kwargs)
 
-    monkeypatch.setattr(engine, "fit", interrupted_fit)
+    monkeypatch.setattr(svi_trainer, "fit", interrupted_fit)
     out = tmp_path / "run"
     assert main(["train", "vae", "--out", str(out), *TINY, "--epochs", "4"]) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"pprogen: interrupted; epoch 2 is saved in {out}: continue with `pprogen train --resume {out}`"
-    monkeypatch.setattr(engine, "fit", real_fit)
+    monkeypatch.setattr(svi_trainer, "fit", real_fit)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 

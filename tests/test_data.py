@@ -4,12 +4,22 @@ import torch
 
 from pprogen.data import (
     GRID25_CENTERS,
+    NAMES,
     RING8_CENTERS,
     TOYS,
     DataError,
+    Dataset,
+    dataset_info,
+    list_datasets,
     load_binarized_mnist,
     load_dataset,
+    register_dataset,
+    unregister_dataset,
 )
+
+BUILT_IN = ("digits", "digits_binary", "digits28", "digits28_binary", "sprites", "edges2digits", "digits2inverted",
+            "digits2thick", "binarized_mnist", "mnist", "fashion_mnist", "cifar10", "moons", "circles", "ring8",
+            "grid25", "pinwheel", "checkerboard", "swiss_roll", "sprinkler", "sprinkler_missing")
 
 
 def test_digits_grayscale_and_binary_views():
@@ -196,3 +206,104 @@ def test_the_shipped_binarized_mnist_hand_labels_match_the_data_beside_the_proje
         assert torch.bincount(labels, minlength=10).min() >= 10 and labels.max() == 9
         assert len(set(rows.tolist())) == len(rows)
     assert data.subset(1000).labelled_rows["train"][0].max() < 1000
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_the_registry_lists_every_built_in_data_set_in_order():
+    assert list_datasets() == sorted(BUILT_IN)
+    assert NAMES == BUILT_IN and tuple(NAMES) == BUILT_IN and "moons" in NAMES and "vae" not in NAMES
+    assert list_datasets("digits28*") == ["digits28", "digits28_binary"]
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_each_card_says_what_its_data_set_loads_as(name, tmp_path, monkeypatch):
+    card = dataset_info(name)
+    assert card.name == name and card.description and card.kind in ("image", "translation", "points", "discrete")
+    if not card.offline:  # needs files or a download: offline and without files, a one-line error naming the fix
+        monkeypatch.delenv("PPROGEN_DATA", raising=False)
+        with pytest.raises(DataError, match="--data-dir") as err:
+            load_dataset(name, data_dir=tmp_path, download=False)
+        assert "\n" not in str(err.value)
+        return
+    data = load_dataset(name)
+    assert (data.name, data.shape, data.binary, data.num_classes) == (name, card.shape, card.binary, card.num_classes)
+    assert data.is_image == (card.kind in ("image", "translation"))
+    assert (data.pairing is not None) == (card.kind == "translation")
+
+
+@pytest.fixture
+def tiny_registered(tmp_path):
+    """A data set registered for one test (read from its ``data_dir``) and removed after it."""
+    np.save(tmp_path / "tiny.npy", np.arange(12, dtype=np.float32).reshape(6, 2))
+
+    @register_dataset("test_tiny", kind="points", shape=(2,), binary=False, offline=False)
+    def test_tiny(data_dir=None):
+        """Six rows read from ``tiny.npy``."""
+        x = torch.from_numpy(np.load(f"{data_dir}/tiny.npy"))
+        return Dataset("test_tiny", x[:4], x[4:], None, shape=(2,), binary=False)
+
+    try:
+        yield tmp_path
+    finally:
+        if "test_tiny" in NAMES:
+            unregister_dataset("test_tiny")
+
+
+def test_a_registered_data_set_loads_through_load_dataset(tiny_registered):
+    data = load_dataset("test_tiny", data_dir=tiny_registered)
+    assert data.train.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]] and data.valid.shape == (2, 2) and data.test is None
+    assert "test_tiny" in NAMES and NAMES[-1] == "test_tiny" and list_datasets("test_*") == ["test_tiny"]
+    card = dataset_info("test_tiny")
+    assert card.description == "Six rows read from ``tiny.npy``." and card.options == ("data_dir",)
+    assert "test_tiny  (points)" in card.describe()
+
+
+def test_unregistering_removes_the_name(tiny_registered):
+    unregister_dataset("test_tiny")
+    assert "test_tiny" not in NAMES and tuple(NAMES) == BUILT_IN
+    with pytest.raises(ValueError, match="unknown data set 'test_tiny'"):
+        load_dataset("test_tiny")
+
+
+def test_a_duplicate_registration_raises_and_keeps_the_first():
+    first = dataset_info("digits").loader
+    with pytest.raises(ValueError, match="a data set named 'digits' is already registered"):
+        register_dataset("digits")(lambda: None)
+    assert dataset_info("digits").loader is first and tuple(NAMES) == BUILT_IN
+
+
+def test_registration_refuses_what_load_dataset_could_not_serve():
+    with pytest.raises(ValueError, match="reads as a file path"):
+        register_dataset("mine.npy")(lambda: None)
+    with pytest.raises(ValueError, match="unknown data set kind 'pictures'"):
+        register_dataset("mine", kind="pictures")(lambda: None)
+    with pytest.raises(TypeError, match="needs 'size'"):
+        register_dataset("mine")(lambda size: None)
+    assert "mine" not in NAMES
+
+
+def test_a_loader_that_returns_no_dataset_is_a_clear_error():
+    register_dataset("test_broken")(lambda: {"x": torch.zeros(3)})
+    try:
+        with pytest.raises(TypeError, match="returned a dict, not a pprogen.data.Dataset"):
+            load_dataset("test_broken")
+    finally:
+        unregister_dataset("test_broken")
+
+
+def test_unknown_data_name_with_nothing_close_lists_every_name_in_one_line():
+    with pytest.raises(ValueError) as err:
+        load_dataset("zzzqqq")
+    assert str(err.value) == "unknown data set 'zzzqqq'; choose one of " + ", ".join(sorted(BUILT_IN))
+
+
+def test_dataset_fields_after_the_splits_are_keyword_only():
+    x = torch.zeros(3, 2)
+    with pytest.raises(TypeError):
+        Dataset("d", x, None, None, (2,), False)
+    data = Dataset("d", x, None, None, shape=(2,), binary=True, labels={"train": torch.arange(3)}, num_classes=3)
+    assert data.subset(2).labels["train"].tolist() == [0, 1] and data.subset(2).num_classes == 3
+    image = Dataset(name="i", train=torch.zeros(2, 1, 2, 2), valid=None, test=None, shape=(1, 2, 2), binary=True)
+    assert image.flat().shape == (4,) and image.flat().image_shape == (1, 2, 2) and image.flat().binary

@@ -154,7 +154,7 @@ def test_the_training_picture_of_a_conditional_model_has_a_class_per_column(runs
     monkeypatch.setattr(plots, "save_samples", lambda samples, shape, path, title="", columns=None:
                         calls.append((samples.shape[0], columns, title)))
     run, config, dataset, model, guide, device = engine.load_run(str(runs / "cvae"))
-    engine._pictures(Run.open(str(runs / "cvae")), model, guide, dataset, device)
+    engine.likelihood_pictures(Run.open(str(runs / "cvae")), model, guide, dataset, device)
     n, columns, title = calls[0]
     assert columns == 10 and n % 10 == 0 and "column j shows class j" in title and "likelihood means" in title
     labels = []

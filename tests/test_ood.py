@@ -78,11 +78,11 @@ def fvsbn_run(tmp_path_factory):
 
 def _thinned(tmp_path):
     """A 'simpler' set shaped like digits_binary: the test digits with their strokes eroded (mostly blank)."""
-    from pprogen.data import _erode
+    from pprogen.data import erode
 
     x = load_dataset("digits_binary").test
     path = tmp_path / "thin.npz"
-    np.savez(path, train=x[:100].numpy(), test=_erode(x).numpy())
+    np.savez(path, train=x[:100].numpy(), test=erode(x).numpy())
     return path
 
 

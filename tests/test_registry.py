@@ -78,14 +78,14 @@ def test_an_argument_of_the_wrong_kind_is_refused(kw, message):
     ("(16, 16)", (16, 16)), ("0.1", 0.1), ("relu", "relu"), ("1e-3", 1e-3), ("a=b", "a=b"),
 ])
 def test_set_values_are_json_then_python_literals_then_text(text, value):
-    from pprogen.engine import _model_args
+    from pprogen.engine import parse_pairs
 
-    assert _model_args([f"key={text}"]) == {"key": value}
+    assert parse_pairs([f"key={text}"]) == {"key": value}
 
 
 def test_set_false_reaches_the_model_as_false():
-    from pprogen.engine import _model_args
+    from pprogen.engine import parse_pairs
 
     model = pprogen.create_model("made", x_dim=6, hidden_dims=(8,), seed=1,
-                                 **_model_args(["natural_order=False", "direct=True"]))
+                                 **parse_pairs(["natural_order=False", "direct=True"]))
     assert not torch.equal(model.order[0], torch.arange(6)) and model.direct is not None

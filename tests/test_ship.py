@@ -177,3 +177,27 @@ def test_int8_blocks_ship_at_about_half_float16s_size_and_score_as_the_run_did(m
     assert main(["ship", str(made_run), str(tmp_path / "both"), "--int8", "--float32"]) == 2
     assert "--float32 and --int8 ask for two encodings" in capsys.readouterr().err
     assert not (tmp_path / "both").exists()
+
+
+def test_a_shipped_folder_with_absurd_metadata_or_int8_scales_is_refused_in_one_line(made_run, tmp_path):
+    from pprogen.engine import load
+    from pprogen.runs import QUANTIZED, SCALE
+
+    shipped = tmp_path / "int8"
+    ship_run(str(made_run), str(shipped), int8=True)
+    config = json.loads((shipped / "config.json").read_text())
+    original = json.dumps(config)
+    config["shipped"]["data"]["shape"] = [10**6, 10**6]  # 10^12 entries a row: refused before anything is allocated
+    (shipped / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"config.json: 'shipped' data shape must be a list of 1 to 4 positive") as err:
+        load(str(shipped), torch.device("cpu"), need_data=False)
+    assert "\n" not in str(err.value)
+    (shipped / "config.json").write_text(original)
+    path = shipped / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    name = json.loads(metadata[QUANTIZED])[0]
+    tensors[name + SCALE][0] = float("inf")
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(RunError, match=f"holds block scales of '{name}' that include a value that is not finite"):
+        load(str(shipped), torch.device("cpu"), need_data=False)

@@ -38,9 +38,33 @@ def test_planar_fits_a_users_gaussian_energy_and_reports_the_exact_log_z(tmp_pat
     assert 0 <= result["kl"] < 0.05  # a shifted, scaled Gaussian is within a planar flow's reach
     for name in ("density.png", "curves.png", "guide.safetensors"):
         assert (out / name).is_file()
-    assert main(["evaluate", str(out), "--num-samples", "5000"]) == 0
+    target = f"{tmp_path / 'energy.py'}:shifted"
+    assert main(["evaluate", str(out), "--num-samples", "5000", "--target", target]) == 0
     assert "ELBO" in capsys.readouterr().out
     assert main(["sample", str(out), "-n", "500", "--out", str(tmp_path / "s.npy")]) == 0
+
+
+def test_code_a_run_folder_names_is_never_run(tmp_path, capsys, monkeypatch):
+    """A run fitted to a user's energy records the file; evaluating or resuming it needs the file given again, the
+    same file unchanged: a folder (downloaded, say) whose config names a file never makes pprogen import it."""
+    (tmp_path / "energy.py").write_text(GAUSSIAN)
+    out, target = tmp_path / "run", f"{tmp_path / 'energy.py'}:shifted"
+    assert main(["train", "planar", "--target", target, "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    marker = tmp_path / "ran"
+    (tmp_path / "energy.py").write_text(GAUSSIAN + f"\nopen({str(marker)!r}, 'w').close()\n")  # now it acts
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    for argv in (["evaluate", str(out)], ["train", "--resume", str(out), "--epochs", "5", "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "never runs code that a run folder names" in err and f"--target {target}" in err
+        assert len(err.strip().splitlines()) == 1 and not marker.exists()
+    for argv in (["evaluate", str(out), "--target", target],
+                 ["train", "--resume", str(out), "--epochs", "5", "--no-progress", "--target", target]):
+        assert main(argv) == 2
+        assert "has changed since" in capsys.readouterr().err and not marker.exists()
+    assert main(["evaluate", str(out), "--target", f"{tmp_path / 'other.py'}:shifted"]) == 2
+    assert "is not the energy" in capsys.readouterr().err and not marker.exists()
 
 
 def test_every_rezende_mohamed_target_and_the_default(tmp_path):

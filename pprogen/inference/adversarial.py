@@ -14,22 +14,12 @@ What the trainer needs from a model (the zoo's GANs offer all of it; a user's pr
   ``model.schedule(progress)`` when the architecture changes during training (progressive growing:
   ``progress`` runs from 0 to 1 over the run).
 
-Losses on critic outputs ``D(x)`` (logits or scores; patch critics are averaged over their patches):
+The losses and penalties on the critic's outputs are in :mod:`pprogen.inference.gan_losses`.
 
-====================  ===========================================  ==========================
-loss                  discriminator                                 generator
-====================  ===========================================  ==========================
-``minimax``           ``softplus(-D(r)) + softplus(D(f))``         ``-softplus(D(f))``
-``nonsaturating``     same                                         ``softplus(-D(f))``
-``wgan_gp``           ``D(f) - D(r)`` (+ gradient penalty)          ``-D(f)``
-``hinge``             ``relu(1 - D(r)) + relu(1 + D(f))``          ``-D(f)``
-``lsgan``             ``(D(r) - 1)^2 / 2 + D(f)^2 / 2``            ``(D(f) - 1)^2 / 2``
-====================  ===========================================  ==========================
-
-``softplus(-D) = -log sigmoid(D)`` and ``softplus(D) = -log(1 - sigmoid(D))``, so the first two are the
-original GAN's cross-entropies written without overflow. The gradient penalty (Gulrajani et al. 2017) is
-``gp_weight * E (|grad_x D(x_hat)| - 1)^2`` on ``x_hat = e r + (1 - e) f`` with one ``e ~ U(0, 1)`` per example;
-R1 (Mescheder et al. 2018) is ``r1_weight / 2 * E |grad_x D(r)|^2`` on real data.
+``AdversarialTrainer.fit`` runs on the epoch loop SVI and EM share (:mod:`pprogen.inference.loop`: resume,
+shuffling, progress, the checkpoint, metrics and weights each epoch, the non-finite guard); what is its own is the
+step (``critic_steps`` discriminator updates, then one generator update), the two optimizers, the linear schedule
+and progressive growing's plan, and the generator's moving average.
 """
 
 from __future__ import annotations
@@ -39,93 +29,29 @@ import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pprogen.capabilities import capabilities
 from pprogen.distributed import World, check_enough_data, collective, current, shard
 from pprogen.errors import unknown_name_error
 from pprogen.inference.checks import check_condition, check_data, resolve_device
-from pprogen.inference.train import History, NonFiniteLossError, make_optimizer, warmed_up_decay
+from pprogen.inference.gan_losses import (  # noqa: F401  (importable from here too)
+    LOSSES,
+    discriminator_loss,
+    ema_update,
+    generator_loss,
+    gradient_penalty,
+    r1_from_output,
+    r1_penalty,
+)
 from pprogen.inference.accel import autocast as autocast_context, check_autocast, compile_networks
-from pprogen.inference.loop import EpochLoop
+from pprogen.inference.averaging import warmed_up_decay
+from pprogen.inference.loop import EpochLoop, History
+from pprogen.inference.step import make_optimizer
 from pprogen.nn import CriticPair, apply_spectral_norm
 from pprogen.runs import seed_everything
 
-LOSSES = ("minimax", "nonsaturating", "wgan_gp", "hinge", "lsgan")
 SCHEDULES = ("constant", "linear")
-
-
-def discriminator_loss(loss: str, real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
-    """The discriminator's loss for critic outputs on real and fake inputs (mean over all elements), in float32
-    even when the critic ran under bf16 autocast."""
-    real_out, fake_out = real_out.float(), fake_out.float()
-    if loss in ("minimax", "nonsaturating"):
-        return F.softplus(-real_out).mean() + F.softplus(fake_out).mean()
-    if loss == "wgan_gp":
-        return fake_out.mean() - real_out.mean()
-    if loss == "hinge":
-        return F.relu(1 - real_out).mean() + F.relu(1 + fake_out).mean()
-    if loss == "lsgan":
-        return 0.5 * (real_out - 1).pow(2).mean() + 0.5 * fake_out.pow(2).mean()
-    raise unknown_name_error("GAN loss", loss, LOSSES)
-
-
-def generator_loss(loss: str, fake_out: torch.Tensor) -> torch.Tensor:
-    """The generator's loss for critic outputs on fake inputs (in float32)."""
-    fake_out = fake_out.float()
-    if loss == "minimax":
-        return -F.softplus(fake_out).mean()
-    if loss == "nonsaturating":
-        return F.softplus(-fake_out).mean()
-    if loss in ("wgan_gp", "hinge"):
-        return -fake_out.mean()
-    if loss == "lsgan":
-        return 0.5 * (fake_out - 1).pow(2).mean()
-    raise unknown_name_error("GAN loss", loss, LOSSES)
-
-
-def _gradient(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """d(sum out)/dx per example, flattened, kept in the graph (the penalties train the critic through it)."""
-    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    return grad.reshape(grad.shape[0], -1)
-
-
-def _input_gradient(critic: Callable, x: torch.Tensor, condition: dict) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    return _gradient(critic(x, **condition), x)
-
-
-def gradient_penalty(critic: Callable, real: torch.Tensor, fake: torch.Tensor, condition: dict | None = None,
-                     eps: torch.Tensor | None = None) -> torch.Tensor:
-    """``E (|grad D(x_hat)|_2 - 1)^2`` at ``x_hat = eps * real + (1 - eps) * fake``, one ``eps`` per example
-    (drawn from U(0, 1) unless given, shape ``(B,)``); the norm runs over every non-batch dimension."""
-    if eps is None:
-        eps = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
-    eps = eps.reshape((-1,) + (1,) * (real.dim() - 1))
-    x_hat = eps * real.detach() + (1 - eps) * fake.detach()
-    grad = _input_gradient(critic, x_hat, condition or {})
-    return (grad.norm(dim=1) - 1).pow(2).mean()
-
-
-def r1_penalty(critic: Callable, real: torch.Tensor, condition: dict | None = None) -> torch.Tensor:
-    """``E |grad D(real)|_2^2`` (multiply by gamma / 2)."""
-    real = real.detach().requires_grad_(True)
-    return r1_from_output(critic(real, **(condition or {})), real)
-
-
-def r1_from_output(real_out: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """R1 from the critic's output on ``real`` (which requires grad), so the critic's loss and R1 share one pass."""
-    return _gradient(real_out, real).pow(2).sum(1).mean()
-
-
-@torch.no_grad()
-def ema_update(average: nn.Module, current: nn.Module, decay: float) -> None:
-    """``average <- decay * average + (1 - decay) * current`` for every parameter; buffers (batch-norm
-    statistics) are copied."""
-    for a, c in zip(average.parameters(), current.parameters()):
-        a.mul_(decay).add_(c.detach(), alpha=1 - decay)
-    for a, c in zip(average.buffers(), current.buffers()):
-        a.copy_(c)
 
 
 def default_terms(model: Callable, real: torch.Tensor, generator_step: bool, **condition):
@@ -137,6 +63,38 @@ def default_terms(model: Callable, real: torch.Tensor, generator_step: bool, **c
 def _check_loss(loss: str) -> None:
     if loss not in LOSSES:
         raise unknown_name_error("GAN loss", loss, LOSSES)
+
+
+def _checked_settings(model: nn.Module, loss: str, schedule: str, critic_steps: int, batch_size: int, lr_g: float,
+                      lr_d: float, gp_weight: float | None, r1_weight: float, ema: float | str | None
+                      ) -> tuple[float, float | None]:
+    """The trainer's settings refused in one line when they make no sense for ``model``; returns the gradient
+    penalty's weight and the moving average's decay with their defaults filled in."""
+    _check_loss(loss)
+    if schedule not in SCHEDULES:
+        raise unknown_name_error("GAN learning-rate schedule", schedule, SCHEDULES)
+    for key, value in (("critic_steps", critic_steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    for key, value in (("lr_g", lr_g), ("lr_d", lr_d)):
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    gp_weight = (10.0 if loss == "wgan_gp" else 0.0) if gp_weight is None else gp_weight
+    if gp_weight < 0 or r1_weight < 0:
+        raise ValueError(f"penalty weights must be >= 0, got gp_weight={gp_weight}, r1_weight={r1_weight}")
+    has_average = (isinstance(getattr(model, "generator_ema", None), nn.Module)
+                   and isinstance(getattr(model, "generator", None), nn.Module))
+    if ema == "auto":  # the average where the model has somewhere to keep it
+        ema = 0.999 if has_average else None
+    if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
+        raise ValueError(f"ema is the moving average's decay, in [0, 1) (or None for off), got {ema!r}")
+    if not (capabilities(model).adversarial and isinstance(model.discriminator, nn.Module)):
+        raise TypeError(f"{type(model).__name__} has no discriminator module; the adversarial trainer needs "
+                        "model.discriminator (see pprogen.inference.adversarial)")
+    if ema is not None and not has_average:
+        raise TypeError(f"{type(model).__name__} has no generator_ema module to average into; pass ema=None "
+                        "or give the model generator and generator_ema modules")
+    return gp_weight, ema
 
 
 class _Side(nn.Module):
@@ -162,7 +120,7 @@ class AdversarialTrainer:
     off; by default 0.999 when the model has ``generator`` and ``generator_ema`` modules, else off), warmed up as ``min(ema, (1 + t) / (10 + t))`` after ``t`` updates unless ``ema_warmup=False`` (an
     average with a 1000-step memory would otherwise still be mostly the initial weights after a short run);
     ``schedule="linear"`` decays both learning rates to 0 over the run. ``fit`` returns a
-    :class:`~pprogen.inference.train.History` whose records hold the epoch means of ``d_loss``, ``g_loss``
+    :class:`~pprogen.inference.loop.History` whose records hold the epoch means of ``d_loss``, ``g_loss``
     and each extra term. ``autocast="bf16"`` computes both sides' losses under bfloat16 autocast (the losses
     themselves, the penalties' norms and the moving average stay float32) and ``compile=True`` compiles
     generator and discriminator with ``torch.compile`` (:mod:`pprogen.inference.accel`).
@@ -174,30 +132,8 @@ class AdversarialTrainer:
                  ema: float | str | None = "auto", ema_warmup: bool = True, schedule: str = "constant", batch_size: int = 64,
                  device: str | torch.device = "auto", seed: int | None = 0, progress: bool = True,
                  world: World | None = None, autocast: str | None = None, compile: bool = False) -> None:
-        _check_loss(loss)
-        if schedule not in SCHEDULES:
-            raise unknown_name_error("GAN learning-rate schedule", schedule, SCHEDULES)
-        for key, value in (("critic_steps", critic_steps), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        for key, value in (("lr_g", lr_g), ("lr_d", lr_d)):
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{key} must be a positive number, got {value!r}")
-        gp_weight = (10.0 if loss == "wgan_gp" else 0.0) if gp_weight is None else gp_weight
-        if gp_weight < 0 or r1_weight < 0:
-            raise ValueError(f"penalty weights must be >= 0, got gp_weight={gp_weight}, r1_weight={r1_weight}")
-        has_average = (isinstance(getattr(model, "generator_ema", None), nn.Module)
-                       and isinstance(getattr(model, "generator", None), nn.Module))
-        if ema == "auto":  # the average where the model has somewhere to keep it
-            ema = 0.999 if has_average else None
-        if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
-            raise ValueError(f"ema is the moving average's decay, in [0, 1) (or None for off), got {ema!r}")
-        if not isinstance(getattr(model, "discriminator", None), nn.Module):
-            raise TypeError(f"{type(model).__name__} has no discriminator module; the adversarial trainer needs "
-                            "model.discriminator (see pprogen.inference.adversarial)")
-        if ema is not None and not has_average:
-            raise TypeError(f"{type(model).__name__} has no generator_ema module to average into; pass ema=None "
-                            "or give the model generator and generator_ema modules")
+        gp_weight, ema = _checked_settings(model, loss, schedule, critic_steps, batch_size, lr_g, lr_d, gp_weight,
+                                           r1_weight, ema)
         self.model = model
         self.loss = loss
         self.critic_steps = critic_steps
@@ -390,16 +326,47 @@ class AdversarialTrainer:
             run: Any = None, resume: bool | dict[str, Any] = False, callback: Callable[[int, dict], None] | None = None) -> History:
         """Train on ``data`` ``(N, ...)`` (or a data set's ``train`` split) for ``epochs`` (each epoch: ``N / (batch_size * critic_steps)``
         generator updates). ``condition`` holds per-datum keyword arguments (``{"y": labels}`` for a
-        conditional GAN). With a ``run``, every epoch writes metrics and an atomic checkpoint, and
-        ``resume`` continues from it exactly. Under ``torchrun`` ``batch_size`` is per rank, each rank takes its
-        share of every global batch, both sides train in DistributedDataParallel, and only rank 0 keeps the
-        moving average and writes (see :mod:`pprogen.distributed`). ``callback(epoch, record)`` runs after each epoch (the CLI
-        draws the epoch's sample grid there) and may add entries to ``record``.
+        conditional GAN). With a ``run``, every epoch writes metrics, an atomic checkpoint and the model's weights,
+        and ``resume`` continues from it exactly (``resume`` may be the checkpoint already read). Under ``torchrun``
+        ``batch_size`` is per rank, each rank takes its share of every global batch, both sides train in
+        DistributedDataParallel, and only rank 0 keeps the moving average and writes (see
+        :mod:`pprogen.distributed`). ``callback(epoch, record)`` runs after each epoch (the CLI draws the epoch's
+        sample grid there) and may add entries to ``record``.
 
         A non-finite loss or gradient in either network stops training with
-        :class:`~pprogen.inference.train.NonFiniteLossError` before the update is applied; the checkpoint
+        :class:`~pprogen.inference.loop.NonFiniteLossError` before the update is applied; the checkpoint
         on disk stays the last complete epoch's.
         """
+        data, condition = self._prepare(data, epochs, condition)
+        world, num_data = self.world, data.shape[0]
+        if world.active and self._sides is None:
+            self._data_parallel()
+        feed = _Feed(data, condition, min(self.batch_size, num_data // world.size) * world.size, self.critic_steps,
+                     world)
+        loop = EpochLoop(epochs, self.seed, world, run)
+        state = loop.checkpoint(resume) if resume else None
+        growth_steps, decay = self._plan(state, epochs, feed.steps_per_epoch, callable(getattr(self.model, "schedule",
+                                                                                                None)))
+        schedulers = []
+        if self.schedule == "linear":
+            schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.opt_d, self.opt_g)]
+        if state is not None:
+            self._resume(state, loop, schedulers, feed.steps_per_epoch)
+        with loop.running(feed.steps_per_epoch, self.progress):
+            for epoch, order in loop.epochs(num_data, self.device):
+                record = self._train_epoch(loop, epoch, order, feed, schedulers, growth_steps)
+                self.model.eval()
+                if callback is not None:
+                    with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                        callback(epoch + 1, record)
+                loop.add_record(record, d="d_loss", g="g_loss")
+                # the weights by name each epoch: a GAN has no best epoch to wait for
+                loop.save(lambda: self._state(epoch + 1, loop, schedulers), self.model)
+        self.model.eval()
+        return loop.history
+
+    def _prepare(self, data: torch.Tensor, epochs: int, condition: dict | None) -> tuple[torch.Tensor, dict]:
+        """The training rows and their conditions checked and on the device, the model there too, the seed set."""
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         pairing = getattr(data, "pairing", None)  # a Dataset: its training split, and whether its domains pair up
@@ -409,87 +376,75 @@ class AdversarialTrainer:
         check_shapes = getattr(self.model, "check_data", None)
         if callable(check_shapes):
             check_shapes(data, pairing=pairing, **condition)
-        world = self.world
-        check_enough_data(data.shape[0], world)
-        device = self.device
+        check_enough_data(data.shape[0], self.world)
         if self.seed is not None:
             seed_everything(self.seed)
-        self.model.to(device)
-        data = data.to(device)
-        condition = {k: v.to(device) for k, v in condition.items()}
-        num_data = data.shape[0]
-        batch_size = min(self.batch_size, num_data // world.size)
-        if world.active and self._sides is None:
-            self._data_parallel()
-        global_batch = batch_size * world.size
-        per_step = global_batch * self.critic_steps
-        steps_per_epoch = max(1, num_data // per_step)
-        state = None
-        if resume:
-            state = resume if isinstance(resume, dict) else world.load_checkpoint(run)  # a checkpoint already read
+        self.model.to(self.device)
+        return data.to(self.device), {k: v.to(self.device) for k, v in condition.items()}
+
+    def _resume(self, state: dict[str, Any], loop: EpochLoop, schedulers: list, steps_per_epoch: int) -> None:
+        """The checkpoint's model, optimizers, schedules, loop state and moving-average count back in place."""
+        self.model.load_state_dict(state["model"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        for s, s_state in zip(schedulers, state["schedulers"]):
+            s.load_state_dict(s_state)
+            s.last_epoch = state["epoch"] * steps_per_epoch  # counted in this run's steps (ranks may differ)
+        loop.resume(state)
+        self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
+
+    def _train_epoch(self, loop: EpochLoop, epoch: int, order: torch.Tensor, feed: "_Feed", schedulers: list,
+                     growth_steps: int) -> dict[str, Any]:
+        """The epoch's steps; returns its record: the means of the step's numbers, the learning rates, the seconds."""
+        self.model.train()
+        started = time.perf_counter()
         schedule = getattr(self.model, "schedule", None)
-        growth_steps, decay = self._plan(state, epochs, steps_per_epoch, callable(schedule))
-        schedulers = []
-        if self.schedule == "linear":
-            schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.opt_d, self.opt_g)]
-        loop = EpochLoop(epochs, self.seed, world, run)
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.opt_d.load_state_dict(state["opt_d"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            for s, s_state in zip(schedulers, state["schedulers"]):
-                s.load_state_dict(s_state)
-                s.last_epoch = state["epoch"] * steps_per_epoch  # counted in this run's steps (ranks may differ)
-            loop.resume(state)
-            self.ema_updates = state.get("ema_updates", 10**9)  # older checkpoints: past the warm-up
-        history = loop.history
+        sums: dict[str, float] = {}
+        for i in range(feed.steps_per_epoch):
+            if callable(schedule):
+                schedule((epoch * feed.steps_per_epoch + i) / growth_steps)
+            batches = feed.batches(order, i)
+            with collective("the gradient all-reduce", self.world):
+                out = self.step(batches)
+            self._guard(loop, out, epoch, i, feed.steps_per_epoch)
+            for s in schedulers:
+                s.step()
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + value
+            loop.step_done(i, epoch + 1, d=out["d_loss"], g=out["g_loss"])
+        return {"epoch": epoch + 1, **{k: v / feed.steps_per_epoch for k, v in sums.items()},
+                "lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started}
 
-        with loop.running(steps_per_epoch, self.progress) as bar:
-            for epoch, order in loop.epochs(num_data, device):
-                self.model.train()
-                started = time.perf_counter()
-                sums: dict[str, float] = {}
-                for i in range(steps_per_epoch):
-                    if callable(schedule):
-                        schedule((epoch * steps_per_epoch + i) / growth_steps)
-                    batches = []
-                    for k in range(self.critic_steps):
-                        index = shard(order[(i * self.critic_steps + k) * global_batch:][:global_batch], world)
-                        batches.append((data[index], {key: v[index] for key, v in condition.items()}))
-                    with collective("the gradient all-reduce", world):
-                        out = self.step(batches)
-                    bad = [k for k in ("fake", "d_loss", "d_grad_norm", "g_loss", "g_grad_norm")
-                           if k in out and not math.isfinite(out[k])]
-                    if bad:
-                        what = {"fake": "generator output", "d_loss": "discriminator loss", "g_loss": "generator loss",
-                                "d_grad_norm": "discriminator gradient", "g_grad_norm": "generator gradient"}[bad[0]]
-                        history.stop_reason = "non_finite"
-                        raise NonFiniteLossError(
-                            f"non-finite {what} at epoch {epoch + 1}, step {i + 1} (global step "
-                            f"{epoch * steps_per_epoch + i + 1}); the update was not applied and the last "
-                            "checkpoint is the last complete epoch. Lower lr_g / lr_d, use a regularized loss "
-                            "(wgan_gp, hinge with spectral_norm, r1_weight), "
-                            + ("train without bf16 autocast, " if self.autocast else "") + "or check the data", history)
-                    for s in schedulers:
-                        s.step()
-                    for key, value in out.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    bar.update()
-                    if i % 10 == 0:
-                        bar.step_info(epoch=epoch + 1, d=f"{out['d_loss']:.3f}", g=f"{out['g_loss']:.3f}")
-                record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
-                          "lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"],
-                          "seconds": time.perf_counter() - started}
-                self.model.eval()
-                if callback is not None:
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        callback(epoch + 1, record)
-                history.records.append(record)
-                bar.epoch(epoch + 1, d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
-                          seconds=f"{record['seconds']:.1f}")
-                loop.save(lambda: self._state(epoch + 1, loop, schedulers))
-                if loop.writes:  # the weights by name each epoch: a GAN has no best epoch to wait for
-                    run.save_weights("model", self.model)
-        self.model.eval()
-        return history
+    def _guard(self, loop: EpochLoop, out: dict[str, float], epoch: int, i: int, steps_per_epoch: int) -> None:
+        """The non-finite guard: a step that reported a non-finite number (and applied nothing) stops the run,
+        naming the culprit; the checkpoint on disk stays the last complete epoch's."""
+        bad = [k for k in ("fake", "d_loss", "d_grad_norm", "g_loss", "g_grad_norm") if k in out and not math.isfinite(out[k])]
+        if not bad:
+            return
+        what = {"fake": "generator output", "d_loss": "discriminator loss", "g_loss": "generator loss",
+                "d_grad_norm": "discriminator gradient", "g_grad_norm": "generator gradient"}[bad[0]]
+        loop.non_finite(
+            f"non-finite {what} at epoch {epoch + 1}, step {i + 1} (global step "
+            f"{epoch * steps_per_epoch + i + 1}); the update was not applied and the last "
+            "checkpoint is the last complete epoch. Lower lr_g / lr_d, use a regularized loss "
+            "(wgan_gp, hinge with spectral_norm, r1_weight), "
+            + ("train without bf16 autocast, " if self.autocast else "") + "or check the data")
 
+
+class _Feed:
+    """How an epoch's rows reach the steps: each step takes ``critic_steps`` consecutive global batches of the
+    epoch's permutation (one per discriminator update), this rank's share of each."""
+
+    def __init__(self, data: torch.Tensor, condition: dict[str, torch.Tensor], global_batch: int, critic_steps: int,
+                 world: World) -> None:
+        self.data, self.condition, self.global_batch, self.critic_steps, self.world = (
+            data, condition, global_batch, critic_steps, world)
+        self.steps_per_epoch = max(1, data.shape[0] // (global_batch * critic_steps))
+
+    def batches(self, order: torch.Tensor, i: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        out = []
+        for k in range(self.critic_steps):
+            index = shard(order[(i * self.critic_steps + k) * self.global_batch:][:self.global_batch], self.world)
+            out.append((self.data[index], {key: v[index] for key, v in self.condition.items()}))
+        return out

@@ -56,9 +56,6 @@ def check_hyperparameters(**hp: Any) -> None:
         raise unknown_name_error("optimizer", hp["optimizer"], OPTIMIZERS)
     if hp["schedule"] not in SCHEDULES:
         raise unknown_name_error("learning-rate schedule", hp["schedule"], SCHEDULES)
-    gamma = hp["lr_gamma"]
-    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-        raise ValueError(f"lr_gamma is the schedule's factor on the learning rate, in (0, 1], got {gamma!r}")
 
 
 def check_data(data: torch.Tensor, what: str = "data", missing_ok: bool = False) -> None:

@@ -23,13 +23,17 @@ then no longer splits per datum, and ``log_marginal`` warns and returns the join
 
 as one row (``Evidence.joint``), each particle a draw of everything, each global term counted once.
 
+This file holds :class:`Evidence`, :func:`log_marginal` (its checks, its chunks of rows and particles sized to a
+memory budget, the per-datum refinement of the proposal) and :func:`splits_per_datum`; the program's plan, its
+log weights and their streaming statistics come from :mod:`pprogen.inference.weighting`, which
+:func:`~pprogen.inference.ais` shares.
+
 References: Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519;
 Vehtari, Simpson, Gelman, Yao & Gabry, Pareto Smoothed Importance Sampling, 2024, arXiv:1507.02646.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -37,28 +41,14 @@ from typing import Callable
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 
 from pprogen.inference.checks import check_condition
 from pprogen.inference.memory import PeakBytes
 from pprogen.inference.refine import Refiner
 from pprogen.inference.refine import refine as fit_refiner
-from pprogen.inference.tracing import (
-    PARTICLES,
-    SiteCollector,
-    check_param_shapes,
-    direct_call,
-    find_data_plate,
-    fix_subsample,
-    in_plate,
-    masked_log_prob,
-    per_datum,
-    plate_nesting,
-    probe_pair,
-    probe_sites,
-    sandbox,
-)
+from pprogen.inference.tracing import direct_call
+from pprogen.inference.weighting import Plan, log_weights, make_plan, streaming_stats, take_rows
 
 KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
 
@@ -120,86 +110,6 @@ class Evidence:
         return data
 
 
-def _log_weights(model, guide, x, num_particles: int, nesting: int, plate_name: str, joint: bool,
-                 condition: dict | None = None, indices: torch.Tensor | None = None) -> torch.Tensor:
-    """Log importance weights ``(K, B)`` (``(K, 1)`` for the joint), enumerated sites summed out.
-
-    ``indices``: the rows a subsampling program is made to visit (it is handed the whole data set)."""
-    particle_dim = -1 - nesting
-    kw = condition or {}
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(pyro.plate(PARTICLES, num_particles, dim=particle_dim))
-        stack.enter_context(check_param_shapes())
-        if indices is not None:
-            stack.enter_context(fix_subsample(plate_name, indices))
-        replay, guide_sites = None, []
-        if guide is not None:
-            with SiteCollector() as guide_run:
-                direct_call(guide)(x, **kw)
-            guide_sites = guide_run.sites
-            replay = guide_run.values()
-        with pyro.poutine.enum(first_available_dim=particle_dim - 1), SiteCollector(replay) as model_run:
-            direct_call(model)(x, **kw)
-    model_sites = model_run.sites if guide is not None else [s for s in model_run.sites if s["is_observed"] or _enumerated(s)]
-    log_w = _contract(model_sites, particle_dim, nesting, plate_name, joint)
-    for site in guide_sites:  # auxiliary sites too: an autoguide's log q is its auxiliary density plus its Deltas'
-        log_w = log_w - _reduce(masked_log_prob(site), site, particle_dim, nesting, plate_name, joint)
-    return log_w.expand(num_particles, -1)
-
-
-def _enumerated(site: dict) -> bool:
-    return site["infer"].get("enumerate") == "parallel"
-
-
-def _per_particle(log_prob: torch.Tensor, particle_dim: int, nesting: int) -> torch.Tensor:
-    """Sum over every dim but the particle dim -> ``(K|1, 1)`` (the joint over all data points)."""
-    padded = log_prob.reshape((1,) * max(0, nesting + 1 - log_prob.dim()) + log_prob.shape)
-    axis = padded.dim() + particle_dim
-    return padded.movedim(axis, 0).reshape(padded.shape[axis], -1).sum(1, keepdim=True)
-
-
-def _reduce(log_prob, site, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
-    if joint:
-        return _per_particle(log_prob, particle_dim, nesting)
-    frame = next(f for f in site["cond_indep_stack"] if f.name == plate_name)
-    return per_datum(log_prob, particle_dim, frame.dim, nesting + 1)
-
-
-def _contract(sites, particle_dim, nesting, plate_name, joint) -> torch.Tensor:
-    """Sum the model's site log-densities, each reduced on its own (a site outside a plate counts once, not
-    once per entry of the plate), except the sites that carry enumerated dims (left of the plates): those
-    are added together and their enumerated dims summed out by log-sum-exp first."""
-    total = 0.0
-    enumerated = 0.0
-    for site in sites:
-        inside = in_plate(site, plate_name)
-        if _enumerated(site) and (not inside or any(
-                f.vectorized and f.name not in (plate_name, PARTICLES) for f in site["cond_indep_stack"])):
-            where = f"in a plate nested inside {plate_name!r}" if inside else f"outside the {plate_name!r} plate"
-            raise ValueError(
-                f"enumerated site {site['name']!r} sits {where}; log_marginal sums enumerated latents per data "
-                "point only: sample it in the guide instead"
-            )
-        log_prob = masked_log_prob(site)
-        if log_prob.dim() > nesting + 1:
-            enumerated = enumerated + log_prob
-        elif joint or not inside:
-            total = total + _per_particle(log_prob, particle_dim, nesting)
-        else:
-            total = total + _reduce(log_prob, site, particle_dim, nesting, plate_name, joint)
-    if torch.is_tensor(enumerated):
-        enum_dims = enumerated.dim() - (nesting + 1)
-        summed = torch.logsumexp(enumerated.reshape((-1,) + enumerated.shape[enum_dims:]), 0)
-        if joint:
-            total = total + _per_particle(summed, particle_dim, nesting)
-        else:
-            data_dim = next(f.dim for s in sites for f in s["cond_indep_stack"] if f.name == plate_name)
-            total = total + per_datum(summed, particle_dim, data_dim, nesting + 1)
-    if not torch.is_tensor(total):
-        raise ValueError("the model has no sample site to evaluate")
-    return total
-
-
 def _khat(log_weights: np.ndarray) -> np.ndarray:
     import arviz as az
 
@@ -250,36 +160,10 @@ def log_marginal(
     estimate stays a stochastic lower bound on log p(x), tighter where the guide proposes poorly on these
     data. The refinement's own tensors are not counted in ``max_memory``.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
-        raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
+    _check_request(num_samples, data)
     condition = check_condition(condition, data, "data")
-    if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
-        raise ValueError(f"refine is a number of Adam steps (0 to propose from the guide itself), got {refine!r}")
-    if refine and (not isinstance(refine_particles, int) or refine_particles < 1 or not refine_lr > 0):
-        raise ValueError(f"refine_particles must be a positive integer and refine_lr positive, got "
-                         f"{refine_particles!r} and {refine_lr!r}")
-    if refine and guide is None:
-        raise ValueError("refine moves the guide's proposal, and there is no guide (the prior proposes); pass a "
-                         "guide or evaluate with refine=0")
-    try:
-        plan = _structure(model, guide, data, condition, plate_name, batch_size)
-    except NotImplementedError as err:  # a draw from a distribution with no sampler (an improper prior)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        fix = ("with no guide the model's priors propose, so every latent needs a proper prior, or pass a guide"
-               if guide is None else "an improper prior has no normalized density, so log p(x) is not defined (and "
-               "an autoguide cannot start from it); give every latent a proper prior")
-        raise ValueError(f"the program draws from a distribution that cannot be sampled ({reason}); {fix}") from err
-    if plan.joint:
-        warnings.warn(
-            f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
-            "split per data point; returning the joint estimate of log p(x_1..N) as one row",
-            stacklevel=2,
-        )
-    if refine and plan.joint:
-        raise ValueError(f"refine fits a proposal per data point, and site {plan.global_sites[0]!r} outside the "
-                         f"{plan.plate_name!r} plate makes the estimate joint; evaluate with refine=0")
+    _check_refine(refine, refine_particles, refine_lr, guide)
+    plan = _plan(model, guide, data, condition, plate_name, batch_size, refine)
     validation_off = pyro.validation_enabled(False)  # argument checks cost time in the hot loop, as in fit
     with validation_off:
         rows = _estimate(model, guide, data, condition, plan, num_samples, max_memory, max_elements,
@@ -290,7 +174,49 @@ def log_marginal(
                     weights.float() if keep_weights else None, refine)
 
 
-def _estimate(model, guide, data, condition, plan: "_Plan", num_samples: int, max_memory: int,
+def _check_request(num_samples, data) -> None:
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.shape[0] == 0:
+        raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
+
+
+def _check_refine(refine, refine_particles, refine_lr, guide) -> None:
+    if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
+        raise ValueError(f"refine is a number of Adam steps (0 to propose from the guide itself), got {refine!r}")
+    if refine and (not isinstance(refine_particles, int) or refine_particles < 1 or not refine_lr > 0):
+        raise ValueError(f"refine_particles must be a positive integer and refine_lr positive, got "
+                         f"{refine_particles!r} and {refine_lr!r}")
+    if refine and guide is None:
+        raise ValueError("refine moves the guide's proposal, and there is no guide (the prior proposes); pass a "
+                         "guide or evaluate with refine=0")
+
+
+def _plan(model, guide, data, condition, plate_name, batch_size, refine: int) -> Plan:
+    """:func:`~pprogen.inference.weighting.make_plan` for :func:`log_marginal`: a draw from a distribution with
+    no sampler (an improper prior) refused in one line, a joint estimate announced (a warning at the caller of
+    ``log_marginal``) and refused when a refined proposal is asked for."""
+    try:
+        plan = make_plan(model, guide, data, condition, plate_name, batch_size)
+    except NotImplementedError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        fix = ("with no guide the model's priors propose, so every latent needs a proper prior, or pass a guide"
+               if guide is None else "an improper prior has no normalized density, so log p(x) is not defined (and "
+               "an autoguide cannot start from it); give every latent a proper prior")
+        raise ValueError(f"the program draws from a distribution that cannot be sampled ({reason}); {fix}") from err
+    if plan.joint:
+        warnings.warn(
+            f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
+            "split per data point; returning the joint estimate of log p(x_1..N) as one row",
+            stacklevel=3,
+        )
+    if refine and plan.joint:
+        raise ValueError(f"refine fits a proposal per data point, and site {plan.global_sites[0]!r} outside the "
+                         f"{plan.plate_name!r} plate makes the estimate joint; evaluate with refine=0")
+    return plan
+
+
+def _estimate(model, guide, data, condition, plan: Plan, num_samples: int, max_memory: int,
               max_elements: int | None, keep: bool, refine: tuple[int, int, float] = (0, 0, 0.0)) -> list:
     """Each chunk of rows' streaming statistics, the particles drawn chunk by chunk; with ``refine`` steps, each
     chunk is ``plan.batch_size`` rows and proposes from its own refined guide."""
@@ -300,21 +226,21 @@ def _estimate(model, guide, data, condition, plan: "_Plan", num_samples: int, ma
     rows = []
     for start in range(0, data.shape[0], chunk_rows):
         stop = min(start + chunk_rows, data.shape[0])
-        x, kw, indices = _chunk(data, condition, plan, start, stop)
+        x, kw, indices = take_rows(data, condition, plan, start, stop)
         proposal = guide
         if steps:
             refiner = Refiner(plan.plate_name, -1 - plan.nesting, data)
-            fit_refiner(lambda r, k: _log_weights(model, _moved(guide, r), x, k, plan.nesting, plan.plate_name,
-                                                  plan.joint, kw, indices), refiner, steps, particles, lr)
+            fit_refiner(lambda r, k: log_weights(model, _moved(guide, r), x, k, plan, kw, indices),
+                        refiner, steps, particles, lr)
             proposal = _moved(guide, refiner)
         parts = []
         done = 0
         while done < num_samples:
             k = min(chunk_particles, num_samples - done)
-            log_w = _log_weights(model, proposal, x, k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
+            log_w = log_weights(model, proposal, x, k, plan, kw, indices)
             parts.append(log_w[:, : 1 if plan.joint else stop - start].double().T.cpu())
             done += k
-        rows.append(_streaming_stats(parts, num_samples, keep=keep))
+        rows.append(streaming_stats(parts, num_samples, keep=keep))
     return rows
 
 
@@ -331,7 +257,7 @@ def _moved(guide: Callable, refiner: Refiner) -> Callable:
 CPU_CHUNK_BYTES = 16 * 2**20  # a chunk's working set on a CPU: cache-sized chunks ran fastest (see _chunks)
 
 
-def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_memory: int,
+def _chunks(model, guide, data, condition, plan: Plan, num_samples: int, max_memory: int,
             max_elements: int | None, whole_batch: bool = False) -> tuple[int, int]:
     """``(rows, particles)`` per chunk: as many (particle, row) pairs as fit in ``max_memory`` bytes at the
     footprint measured on a probe chunk, rows first up to the plan's batch, then particles. On a CPU the
@@ -344,10 +270,10 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     rows = plan.batch_size if plan.fixed_rows else min(plan.batch_size, 8)
     probe_k = max(1, min(num_samples, 64, 512 // rows))  # a small probe, also when it must take every row
-    x, kw, indices = _chunk(data, condition, plan, 0, rows)
+    x, kw, indices = take_rows(data, condition, plan, 0, rows)
     devices = [data.device.index or 0] if data.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), PeakBytes() as meter:
-        _log_weights(model, guide, x, probe_k, plan.nesting, plan.plate_name, plan.joint, kw, indices)
+        log_weights(model, guide, x, probe_k, plan, kw, indices)
     per_pair = max(1.0, meter.peak / (probe_k * rows))
     budget = max_memory if data.device.type == "cuda" else min(max_memory, CPU_CHUNK_BYTES)
     pairs = max(1, int(budget / per_pair))
@@ -359,123 +285,15 @@ def _chunks(model, guide, data, condition, plan: "_Plan", num_samples: int, max_
     return chunk_rows, max(1, min(num_samples, pairs // chunk_rows))
 
 
-def _chunk(data, condition, plan: "_Plan", start: int, stop: int):
-    """``(x, condition, indices)`` for rows ``start:stop``. A program that picks its own rows is handed all of
-    them and made to pick these: exactly its subsample size of them, the last chunk padded by wrapping round
-    (the padding's estimates are dropped)."""
-    if plan.subsampled:
-        indices = torch.arange(start, start + plan.batch_size, device=data.device) % data.shape[0]
-        return data, condition, indices
-    return data[start:stop], {k: v[start:stop] for k, v in condition.items()}, None
-
-
-@dataclass
-class _Plan:
-    """How :func:`log_marginal` visits a program: its per-datum plate, whether it subsamples that plate
-    itself, its plate nesting, the sites that make the estimate joint and the rows per chunk."""
-
-    plate_name: str
-    subsampled: bool
-    nesting: int
-    global_sites: list[str]
-    batch_size: int
-    fixed_rows: bool = False  # every chunk exactly ``batch_size`` rows: all of them, or a subsample's size
-
-    @property
-    def joint(self) -> bool:
-        return bool(self.global_sites)
-
-
-def _structure(model: Callable, guide: Callable | None, data: torch.Tensor, condition: dict,
-               plate_name: str | None, batch_size: int) -> _Plan:
-    """The :class:`_Plan`, from sandboxed runs on the first chunk of rows (all rows when the program only
-    runs on all of them)."""
-    n = data.shape[0]
-    rows = min(n, max(2, batch_size))
-    fixed = False
-    with sandbox(model, guide) as (model_copy, guide_copy):
-        try:
-            guide_sites, model_sites = probe_pair(model_copy, guide_copy, (data[:rows],),
-                                                  {k: v[:rows] for k, v in condition.items()})
-        except Exception:
-            if rows == n:
-                raise
-            fixed = True  # it may run on all rows only: a guide sized by the rows it was fitted to
-        if not fixed and rows > 1:  # one row fewer: does the guide follow the rows it is handed?
-            try:
-                probe_pair(model_copy, guide_copy, (data[: rows - 1],), {k: v[: rows - 1] for k, v in condition.items()})
-            except Exception:
-                fixed = True
-    if fixed:
-        guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
-        rows = batch_size = n
-    improper = [s["name"] for s in model_sites if not s["is_observed"] and _is_improper(s["fn"])]
-    if improper:
-        raise ValueError(
-            f"site {improper[0]!r} has an improper prior (ImproperUniform: no normalized density), so log p(x) is "
-            "not defined and importance sampling would return the reconstruction term alone; give it a proper "
-            "prior (an autoencoder is scored by its reconstruction error instead)"
-        )
-    sites = guide_sites + model_sites
-    frame = find_data_plate(sites, rows, plate_name)
-    if frame is None:
-        raise ValueError(
-            "the model has no plate, so log p(x) has no per-datum split; put the per-datum sites inside "
-            "pyro.plate('data', len(x))"
-        )
-    subsampled = frame.full_size is not None and frame.full_size == rows and frame.size < frame.full_size
-    if subsampled and rows < n:  # it subsamples whatever it is handed: hand it everything
-        guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
-        sites = guide_sites + model_sites
-        frame = find_data_plate(sites, n, frame.name)
-    proposal_sites = guide_sites if guide is not None else model_sites
-    outside = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, frame.name)]
-    outside += [s["name"] for s in model_sites if s["is_observed"] and not in_plate(s, frame.name)]
-    if outside and subsampled:
-        raise ValueError(
-            f"site {outside[0]!r} sits outside plate {frame.name!r}, which subsamples itself: the joint evidence "
-            "needs every row in one draw, and Pyro's plate takes only its subsample size of them; evaluate the "
-            f"program with pyro.plate({frame.name!r}, len(x)) (no subsample_size)"
-        )
-    if outside:
-        batch_size, fixed = n, True  # a particle is a draw of everything: all rows at once
-    if subsampled:
-        batch_size, fixed = frame.size, True  # Pyro insists on the program's own subsample size
-    return _Plan(frame.name, subsampled, max(1, plate_nesting(sites)), outside, min(batch_size, n), fixed)
-
-
-def _is_improper(fn) -> bool:
-    """Whether a site's distribution is (a wrapper of) Pyro's ``ImproperUniform``."""
-    while fn is not None:
-        if isinstance(fn, dist.ImproperUniform):
-            return True
-        fn = getattr(fn, "base_dist", None)
-    return False
-
-
 def splits_per_datum(model: Callable, guide: Callable | None, data: torch.Tensor,
                      condition: dict[str, torch.Tensor] | None = None, plate_name: str | None = None,
                      batch_size: int = 100) -> bool:
     """Whether :func:`log_marginal` gives one estimate per row from chunks of rows (no latent outside the data
     plate, no program that picks its own rows, no guide sized by all rows), so the rows can be split among
     workers."""
-    plan = _structure(model, guide, data, check_condition(condition, data, "data"), plate_name, batch_size)
+    plan = make_plan(model, guide, data, check_condition(condition, data, "data"), plate_name, batch_size)
     return not plan.fixed_rows
 
 
-def _streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):
-    """log-mean-exp, delta-method stderr and ESS from chunks ``(B, k)`` combined one at a time."""
-    running_max = torch.full((parts[0].shape[0],), -math.inf, dtype=torch.float64)
-    s1 = torch.zeros_like(running_max)
-    s2 = torch.zeros_like(running_max)
-    for log_w in parts:
-        new_max = torch.maximum(running_max, log_w.max(1).values)
-        shift = torch.where(torch.isfinite(running_max), running_max - new_max, torch.zeros_like(new_max))
-        s1 = s1 * shift.exp() + (log_w - new_max[:, None]).exp().sum(1)
-        s2 = s2 * (2 * shift).exp() + (2 * (log_w - new_max[:, None])).exp().sum(1)
-        running_max = new_max
-    ess = s1**2 / s2
-    log_prob = running_max + s1.log() - math.log(num_samples)
-    stderr = (1.0 / ess - 1.0 / num_samples).clamp(min=0).sqrt()
-    weights = torch.cat(parts, 1).float() if keep else None
-    return log_prob, stderr, ess, weights
+_structure = make_plan  # the name tests/inference/test_marginal.py imports the planner by
+

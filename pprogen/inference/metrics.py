@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pprogen.capabilities import capabilities
 from pprogen.runs import atomic_write, write_json
 
 CACHE_ENV = "PPROGEN_CACHE"
@@ -41,7 +42,8 @@ def mode_metrics(samples: torch.Tensor, centers: torch.Tensor, sigma: float, wit
     ``samples`` ``(N, D)``; ``centers`` ``(M, D)`` the modes, equally weighted; ``sigma`` their standard
     deviation. Returns ``modes`` (covered, out of ``num_modes``), ``high_quality`` (a share in [0, 1]),
     ``reverse_kl`` = ``sum_m q_m log(q_m M)`` with ``q`` the high-quality samples' shares per mode (0 when they
-    spread evenly; ``inf`` when no sample is high quality) and ``counts`` per mode.
+    spread evenly; None when no sample is high quality: q is then undefined, and a JSON file holds None as it is) and
+    ``counts`` per mode.
     """
     samples = samples.detach().double().cpu()
     centers = torch.as_tensor(centers).double()
@@ -52,7 +54,7 @@ def mode_metrics(samples: torch.Tensor, centers: torch.Tensor, sigma: float, wit
     good = distance < within * sigma
     counts = torch.bincount(nearest[good], minlength=centers.shape[0])
     q = counts.double() / counts.sum().clamp(min=1)
-    kl = (q[q > 0] * (q[q > 0] * centers.shape[0]).log()).sum().item() if good.any() else math.inf
+    kl = (q[q > 0] * (q[q > 0] * centers.shape[0]).log()).sum().item() if good.any() else None
     return {
         "modes": int((counts > 0).sum()),
         "num_modes": int(centers.shape[0]),
@@ -326,7 +328,7 @@ def image_metrics(classifier: DigitClassifier, real: torch.Tensor, fake: torch.T
 
 def translates(model) -> bool:
     """True for translation models (CycleGAN, pix2pix): data are (A, B) pairs stacked in the channels."""
-    return hasattr(model, "split") and hasattr(model, "translator")
+    return capabilities(model).translates
 
 
 def evaluate_samples(model, dataset, split: str = "valid", num_samples: int = 2500, device=None) -> dict:
@@ -353,7 +355,7 @@ def evaluate_samples(model, dataset, split: str = "valid", num_samples: int = 25
             with torch.no_grad():
                 result["cycle_l1"] = (model.cycle_loss(a, b, model.generator_ema) / 2).item()
     else:
-        if model.conditional:
+        if capabilities(model).conditional:
             fake_labels = torch.arange(num_samples, device=device) % model.num_classes
         fake = model.sample(num_samples, y=fake_labels)
         averaged = "moving-average " if isinstance(getattr(model, "generator_ema", None), torch.nn.Module) else ""

@@ -234,19 +234,19 @@ def test_no_zoo_model_makes_a_tensor_on_the_host_in_a_training_step(name):
     """Every zoo model, built by the CLI's own path for its default data, with its default estimator or trainer."""
     import argparse
 
-    from pprogen.cli import _condition, _config_from_args, _gan_trainer, build
+    from pprogen.engine import build, condition_of, gan_trainer, prepare_run
 
     args = argparse.Namespace(model=name, data=None, data_dir=None, limit=48, set=None, guide="default", seed=0,
                               device="cpu", eval_samples=10, out=None)
-    config, dataset = _config_from_args(args)
+    config, dataset, _, _, _ = prepare_run(args)
     if config["kind"] == "gan":
         model = pprogen.create_model(name, **config["model_args"])
-        condition = _condition(model, dataset, "train")
-        trainer = _gan_trainer(model, config["train"], torch.device("cpu"), 0, False)
+        condition = condition_of(model, dataset, "train")
+        trainer = gan_trainer(model, config["train"], torch.device("cpu"), 0, False)
         step = lambda rows: trainer.step([(dataset.train[rows], {k: v[rows] for k, v in condition.items()})])
     else:
         dataset, model, guide = build(config, dataset)
-        condition = _condition(model, dataset, "train")
+        condition = condition_of(model, dataset, "train")
         if hasattr(model, "init_from_data"):
             model.init_from_data(dataset.train)
         loss_module = build_loss(model, guide, config["train"]["elbo"])

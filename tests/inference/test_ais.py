@@ -338,3 +338,50 @@ def test_guides_as_pyro_users_write_them_anneal_to_the_exact_evidence():
         diff = e.log_prob - exact
         assert e.log_prob.shape == (30,)
         assert abs(diff.mean().item()) < 3 * diff.std().item() / math.sqrt(diff.numel()) + 0.05
+
+
+def test_the_schedule_and_constants_stay_importable_from_ais_and_the_settings_are_frozen():
+    import dataclasses
+    import importlib
+
+    from pprogen.inference import annealing
+    from pprogen.inference.ais import ADAPT_DOWN, ADAPT_UP, DIVERGENCE, SCHEDULES
+
+    ais_module = importlib.import_module("pprogen.inference.ais")  # the package's attribute `ais` is the function
+    assert ais_module.annealing_schedule is annealing.annealing_schedule is annealing_schedule
+    assert (ADAPT_UP, ADAPT_DOWN, DIVERGENCE, SCHEDULES) == (1.02, 0.98, 1000.0, ("linear", "geometric", "sigmoid"))
+    settings = annealing.Annealing.checked(num_steps=2, num_chains=3, schedule=[0.0, 0.25, 1.0], leapfrog_steps=4,
+                                           step_size=0.1, target_accept=0.7, adapt_step_size=False, max_memory=2**20)
+    assert settings.schedule == "custom" and settings.num_chains == 3
+    assert torch.equal(settings.betas, torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.num_chains = 4
+    with pytest.raises(ValueError, match="target_accept"):
+        annealing.Annealing.checked(num_steps=2, num_chains=3, schedule="linear", leapfrog_steps=4, step_size=0.1,
+                                    target_accept=1.0, adapt_step_size=True, max_memory=2**20)
+
+
+def test_the_chains_evaluate_the_programs_log_densities_and_their_gradients_in_closed_form():
+    """From the prior, log q is the prior's density and log p the joint's, per chain and row, with their
+    gradients in z: -z, and -z + W^T (x - W z - mu) / sigma^2."""
+    from pprogen.inference.annealing import AnnealedChains, Annealing
+    from pprogen.inference.weighting import make_plan, take_rows
+
+    ppca = PPCA()
+    x = ppca.data(5)
+    plan = make_plan(ppca.model, None, x, {}, None, 100)
+    settings = Annealing.checked(num_steps=2, num_chains=3, schedule="linear", leapfrog_steps=2, step_size=0.1,
+                                 target_accept=0.65, adapt_step_size=True, max_memory=2**30)
+    chains = AnnealedChains(ppca.model, None, take_rows(x, {}, plan, 0, 5), plan, settings)
+    state = chains.initial(None)
+    z = state["z"]
+    assert z.shape == (3, 5, K) and set(chains.latents) == {"z"}
+    log_q, log_p, grad_q, grad_p = chains.evaluate(state)
+    prior = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    likelihood = dist.Normal(z @ ppca.W.T + ppca.mu, ppca.sigma).log_prob(x).sum(-1)
+    assert log_q.shape == log_p.shape == (3, 5)
+    assert torch.allclose(log_q, prior, atol=1e-5)
+    assert torch.allclose(log_p, prior + likelihood, atol=1e-4)
+    assert torch.allclose(grad_q["z"], -z, atol=1e-5)
+    residual = (x - z @ ppca.W.T - ppca.mu) / ppca.sigma**2
+    assert torch.allclose(grad_p["z"], -z + residual @ ppca.W, atol=1e-3)

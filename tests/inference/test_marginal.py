@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -152,3 +154,55 @@ def test_chunk_sizes_do_not_depend_on_the_tensor_the_rows_are_a_view_of():
         plan = _structure(model, guide, x, {}, None, 100)
         sizes.append(_chunks(model, guide, x, {}, plan, 1000, 8_000_000, None))
     assert sizes[0] == sizes[1]
+
+
+def test_the_shared_log_weights_sum_an_enumerated_mixture_exactly_and_count_a_global_site_once():
+    """``pprogen.inference.weighting``, which log_marginal and ais share: with nothing left to sample, every
+    particle's log weight is the exact log p(x_n); a site outside the plate enters the joint weight once."""
+    from pprogen.inference.weighting import log_weights, make_plan, take_rows
+
+    weights, locs = torch.tensor([0.3, 0.7]), torch.tensor([-2.0, 1.0])
+
+    def mixture(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[c], 0.5), obs=x)
+
+    x = torch.tensor([-2.1, 0.0, 1.3, 3.0])
+    exact = torch.logsumexp(weights.log() + dist.Normal(locs, 0.5).log_prob(x[:, None]), -1)
+    plan = make_plan(mixture, None, x, {}, None, 100)
+    assert (plan.plate_name, plan.joint, plan.subsampled, plan.batch_size) == ("data", False, False, 4)
+    rows = take_rows(x, {}, plan, 1, 3)
+    assert torch.equal(rows.x, x[1:3]) and rows.indices is None
+    log_w = log_weights(mixture, None, x, 5, plan)
+    assert log_w.shape == (5, 4)
+    assert torch.allclose(log_w, exact.expand(5, 4), atol=1e-5)
+
+    def global_mean(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def point_guide(x):
+        pyro.sample("mu", dist.Delta(torch.tensor(0.4)))
+
+    plan = make_plan(global_mean, point_guide, x, {}, None, 100)
+    assert plan.joint and plan.global_sites == ["mu"] and plan.batch_size == 4 and plan.fixed_rows
+    joint = dist.Normal(0.0, 1.0).log_prob(torch.tensor(0.4)) + dist.Normal(0.4, 1.0).log_prob(x).sum()
+    log_w = log_weights(global_mean, point_guide, x, 3, plan)
+    assert log_w.shape == (3, 1)
+    assert torch.allclose(log_w, joint.expand(3, 1), atol=1e-5)
+
+
+def test_streaming_stats_of_chunks_are_those_of_all_the_weights_at_once():
+    from pprogen.inference.weighting import streaming_stats
+
+    log_w = torch.randn(3, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    log_w[1] -= 1000.0  # far below zero: the running maximum keeps it finite
+    log_prob, stderr, ess, kept = streaming_stats(list(log_w.split([7, 30, 13], dim=1)), 50, keep=True)
+    w = (log_w - log_w.max(1, keepdim=True).values).exp()
+    assert torch.allclose(log_prob, torch.logsumexp(log_w, 1) - math.log(50))
+    assert torch.allclose(ess, w.sum(1) ** 2 / (w**2).sum(1))
+    assert torch.allclose(stderr, (1 / ess - 1 / 50).sqrt())
+    assert torch.equal(kept, log_w.float())
+    assert streaming_stats([log_w], 50, keep=False)[3] is None

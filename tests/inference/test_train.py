@@ -458,3 +458,21 @@ def test_the_checkpoint_holds_the_weights_by_name_and_a_mismatch_names_the_tenso
     wider = pprogen.create_model("vae", x_dim=6, z_dim=3, hidden_dims=(8,))
     with pytest.raises(ValueError, match=r"checkpoint in .* holds 'model\.\S+' of shape \(\d+, 2\) where this model has"):
         fit(wider, wider.default_guide(), x, run=Run.open(tmp_path / "n"), resume=True, epochs=2, progress=False)
+
+
+def test_save_weights_writes_the_weights_by_name_where_a_run_reads_them(tmp_path):
+    from pprogen.inference import save_weights
+    from pprogen.inference.train import _save_weights
+
+    assert _save_weights is save_weights  # the old private name still works
+    model, guide, _ = vae_setup()
+    run = Run.create({"model": "vae", "data": "x"}, tmp_path / "r")
+    save_weights(run, model)
+    assert not (run.path / "guide.safetensors").exists()
+    save_weights(run, model, guide)
+    pyro.set_rng_seed(5)
+    other_model, other_guide, _ = vae_setup()
+    run.load_weights("model", other_model)
+    run.load_weights("guide", other_guide)
+    for a, b in zip(params_of(model, guide), params_of(other_model, other_guide)):
+        assert torch.equal(a, b)

@@ -139,9 +139,20 @@ def test_capabilities_are_read_in_one_place():
     from pathlib import Path
 
     names = ("has_exact_log_prob", "log_prob_method", "predictive_log_prob", "reports_bits_per_dim",
-             "conditional", "invertible", "accepts_missing", "fitted_network", "from_latent", "has_latent_mean")
-    reads = re.compile(r"(getattr|hasattr)\(\s*model\s*,\s*[\"'](" + "|".join(names) + r")[\"']")
+             "conditional", "invertible", "accepts_missing", "fitted_network", "from_latent", "has_latent_mean",
+             "discriminator", "mix", "states_likelihood", "fit_em", "posterior", "reconstruction_error",
+             "latent_site", "translator", "init_from_data")
+    reads = re.compile(r"(getattr|hasattr)\(\s*(self\.)?model\s*,\s*[\"'](" + "|".join(names) + r")[\"']")
+    flags = ("has_exact_log_prob", "log_prob_method", "reports_bits_per_dim", "conditional", "invertible",
+             "accepts_missing", "has_latent_mean", "states_likelihood", "latent_site")  # read as values, not called
+    direct = re.compile(r"\bmodel\.(" + "|".join(flags) + r")\b")
     root = Path(pprogen.__file__).parent
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "capabilities.py" and reads.search(p.read_text())]
+    offenders += [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "capabilities.py"
+                  and "models" not in p.relative_to(root).parts and direct.search(p.read_text())]
     assert offenders == []
+    import pprogen.capabilities as declared
+
+    documented = declared.__doc__
+    assert all(f"``{name}" in documented for name in names)  # the module declares every one it reads
