@@ -144,3 +144,12 @@ def _check_type(model: str, key: str, value: Any, default: Any) -> None:
     if isinstance(value, str) and isinstance(default, (int, float, tuple, list)) and not isinstance(default, bool):
         kind = "a list of sizes, e.g. [500, 500]" if isinstance(default, (tuple, list)) else "a number"
         raise TypeError(f"model {model!r} argument {key!r} is {kind}, got the text {value!r}")
+    sizes = isinstance(default, (tuple, list)) and default and all(_is_int(d) for d in default)
+    if sizes and isinstance(value, (tuple, list)) and not all(_is_int(v) for v in value):
+        raise TypeError(f"model {model!r} argument {key!r} is a list of whole sizes, e.g. [500, 500], got {value!r}")
+    if _is_int(default) and isinstance(value, float):
+        raise TypeError(f"model {model!r} argument {key!r} is a whole number, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

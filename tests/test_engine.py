@@ -45,6 +45,10 @@ def test_every_option_is_a_flag_and_a_default_of_the_trainers_that_read_it():
     (["--beta", "nan"], "beta must be a non-negative number, got nan"),
     (["--ema", "1.5"], "moving average, in [0, 1)"),
     (["--particles", "0"], "particles must be a positive integer, got 0"),
+    (["--limit", "0"], "limit must be a positive integer (rows per split) or None, got 0"),
+    (["--epochs", "0"], "epochs must be a positive integer, got 0"),
+    (["--set", "x_dim=64.5"], "argument 'x_dim' is a whole number, got 64.5"),
+    (["--device", "bogus"], "device must be auto, cpu, cuda or cuda:N, got 'bogus'"),
 ])
 def test_bad_settings_are_refused_before_anything_trains_or_is_written(argv, message, tmp_path, capsys, monkeypatch):
     import pprogen.engine.trainers.svi as svi
@@ -52,9 +56,9 @@ def test_bad_settings_are_refused_before_anything_trains_or_is_written(argv, mes
     monkeypatch.setattr(svi, "fit", lambda *a, **k: pytest.fail("trained with a bad setting"))
     out = tmp_path / "run"
     assert main(["train", "fvsbn", "--data", "digits_binary", "--out", str(out), *TINY, *argv]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
+    said = capsys.readouterr()
+    assert message in said.err and len(said.err.strip().splitlines()) == 1
+    assert said.out == "" and not out.exists()  # no run folder announced, none made
 
 
 def test_bad_overrides_are_refused_before_training_and_leave_the_config_as_it_was(tmp_path, capsys):
@@ -308,3 +312,69 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_again_with_the_same_
     monkeypatch.setattr(svi, "fit", real_fit)
     assert main(argv) == 0
     assert [json.loads(r)["epoch"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_resumed_run_s_training_time_adds_up_across_sessions(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", "digits_binary", "--out", str(out), *TINY]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    second = json.loads((out / "summary.json").read_text())
+    assert second["resumed_at_epoch"] == 2
+    assert second["train_seconds"] == pytest.approx(first["train_seconds"] + second["session_train_seconds"], abs=0.02)
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--no-progress"]) == 0
+    third = json.loads((out / "summary.json").read_text())
+    assert third["train_seconds"] == pytest.approx(second["train_seconds"] + third["session_train_seconds"], abs=0.02)
+
+
+_FLAGS = [o.flag for o in OPTIONS if o.type is not None] + ["--eval-samples", "--limit", "--seed", "--trainer",
+                                                              "--guide", "--set", "--override", "--plate-name"]
+
+
+def _value_texts():
+    from hypothesis import strategies as st
+
+    numbers = st.one_of(st.integers(-10**13, 10**13), st.floats(allow_nan=True, allow_infinity=True))
+    return st.one_of(numbers.map(str), numbers.map(str), st.sampled_from(["nan", "inf", "-1", "0", "true", "[1e9]", "[-3]", "x=", "=",
+                                                        "z_dim=-1", "z_dim=1e12", "hidden_dims=[0]", "kl_warmup=-3",
+                                                        "beta=true", "svi", "em", "nuts", "adversarial", "bogus"]),
+                     st.text(max_size=6))
+
+
+def test_random_options_give_a_config_or_one_line_error():
+    """Property: whatever the options (parsed as the command line parses them), prepare_run gives a config that
+    passes every check, or a one-line ValueError / TypeError; never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.sampled_from(_FLAGS), _value_texts()), max_size=4))
+    def check(pairs):
+        argv = ["train", "vae", "--limit", "30"]
+        for flag, value in pairs:
+            argv += [f"{flag}={value}"]
+        try:
+            args = parser().parse_args(argv)
+        except SystemExit:  # argparse's own refusal of a value of the wrong type
+            return
+        try:
+            config, *_ = prepare_run(args)
+        except (ValueError, TypeError) as err:
+            assert "\n" not in str(err) and str(err), repr(err)
+            return
+        opts.validate(config)
+        json.dumps(config, allow_nan=False)  # what config.json will hold is strict JSON
+
+    check()
+
+
+def test_sample_and_annealing_sizes_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--set", "hidden_dims=[8]", "--set", "z_dim=2", "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--traverse", "--span", "inf"]) == 2
+    assert "--span must be a positive finite number, got inf" in capsys.readouterr().err
+    monkeypatch.setenv("PPROGEN_MAX_BYTES", "8e9")
+    assert main(["evaluate", str(out), "--method", "ais", "--chains", "100000000"]) == 2
+    err = capsys.readouterr().err
+    assert "--chains 100000000 on 60 rows needs at least 1.5 TB" in err and len(err.strip().splitlines()) == 1

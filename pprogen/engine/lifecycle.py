@@ -104,6 +104,7 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     ``announce`` gets the one line that says what trains where."""
     world, device = distributed.init(config["device"], dist_timeout)
     resumed = run is not None
+    earlier = run.read_json("summary.json") if resumed and world.is_main else {}  # a damaged one: said now
     session = trainer_class(config)(config, dataset, device, world, progress=progress, resumed=resumed)
     if world.is_main:  # only rank 0 writes
         if run is None:  # written at the first write: a trainer that refuses the data leaves nothing on disk
@@ -122,7 +123,7 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
         seconds = time.perf_counter() - started
         session.model.eval()
         split = "valid" if session.dataset.valid is not None else "train"
-        summary = _summary(session, history, checkpoint if resumed else None, seconds, device)
+        summary = _summary(session, history, checkpoint if resumed else None, seconds, device, earlier)
         result = session.evaluate(split, run)
         pictures: list[str] = []
         if world.is_main:
@@ -148,11 +149,15 @@ def _banner(config: dict[str, Any], session: Trainer, world: distributed.World, 
 
 
 def _summary(session: Trainer, history: History, checkpoint: dict[str, Any] | None, seconds: float,
-             device) -> dict[str, Any]:
-    """summary.json's training part: a resumed run's training time is its earlier epochs' (their records keep
-    their seconds) plus this session's."""
+             device, previous: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's training part. A resumed run's training time is the earlier sessions' (the time the
+    previous summary gives when it was written at the checkpoint's epoch; else, after a session stopped by Ctrl-C,
+    the seconds its epochs' records keep) plus this session's, so that the sessions' times add up."""
     start = checkpoint.get("epoch", 0) if isinstance(checkpoint, dict) else 0
-    earlier = sum(r.get("seconds", 0.0) for r in history.records[:start])
+    if previous.get("epochs_run") == start and isinstance(previous.get("train_seconds"), (int, float)):
+        earlier = float(previous["train_seconds"])
+    else:
+        earlier = sum(r.get("seconds", 0.0) for r in history.records[:start])
     resumed_at = {"resumed_at_epoch": start, "session_train_seconds": round(seconds, 2)} if start else {}
     return {"epochs_run": len(history.records), **session.history_summary(history),
             "stop_reason": history.stop_reason, "train_seconds": round(earlier + seconds, 2), **resumed_at,
