@@ -104,6 +104,8 @@ class Trainer:
     resumable: ClassVar[bool] = True
     ships_weights: ClassVar[bool] = True  # its runs ship as config and weights (pprogen ship)
     card_defaults: ClassVar[bool] = True  # a model card's training defaults apply to its runs
+    subject: ClassVar[str | None] = None  # how a refusal names a fit by this trainer (default: --trainer NAME)
+    reads_note: ClassVar[str] = ""  # what a refusal adds about the options it reads
     banner: str = ""
     reads: ClassVar[dict[str, Any]] = {}  # declared options a trainer added later reads, with its defaults
 
@@ -126,10 +128,12 @@ class Trainer:
 
     @classmethod
     def stray_message(cls, stray: list[str], card: ModelCard, resuming: bool = False) -> str:
-        """The one line refusing options this trainer does not read."""
+        """The one line refusing options this trainer does not read (``subject`` names the fit, ``reads_note``
+        says more of what it reads)."""
         reads = ", ".join(o.flag for o in opts.options_of(cls.name))
-        return (f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --trainer {cls.name} (it reads "
-                f"{reads}); drop {'it' if len(stray) == 1 else 'them'}")
+        subject = cls.subject or f"--trainer {cls.name}"
+        return (f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to {subject} (it reads "
+                f"{reads}{cls.reads_note}); drop {'it' if len(stray) == 1 else 'them'}")
 
     @classmethod
     def also_refused(cls, card: ModelCard) -> tuple[str, ...]:

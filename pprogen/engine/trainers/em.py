@@ -22,12 +22,13 @@ class EMTrainer(Trainer):
     opt_in = True
     banner = ", EM"
 
+    reads_note = ", the number of EM iterations"
+
     @classmethod
     def stray_message(cls, stray: list[str], card: ModelCard, resuming: bool = False) -> str:
         if resuming:
             return f"{stray[0]} does not apply to an EM run; resume it with --epochs N"
-        return (f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --trainer em (it reads EM "
-                f"iterations: --epochs); drop {'it' if len(stray) == 1 else 'them'}")
+        return super().stray_message(stray, card)
 
     @classmethod
     def train_settings(cls, options: Any, card: ModelCard) -> dict[str, Any]:

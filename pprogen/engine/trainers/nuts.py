@@ -15,7 +15,6 @@ from pprogen.engine.options import NUTS
 from pprogen.engine.report import format_eval
 from pprogen.engine.trainer import Trainer, register_trainer, single_process_setup, to_device
 from pprogen.inference.loop import History
-from pprogen.registry import ModelCard
 from pprogen.runs import Run, RunError, atomic_write
 
 
@@ -30,11 +29,6 @@ class NUTSTrainer(Trainer):
     resumable = False
     ships_weights = False
     banner = ", NUTS"
-
-    @classmethod
-    def stray_message(cls, stray: list[str], card: ModelCard, resuming: bool = False) -> str:
-        return (f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --trainer nuts (it reads "
-                f"--draws, --warmup and --chains); drop {'it' if len(stray) == 1 else 'them'}")
 
     @classmethod
     def resume_refusal(cls, run: Run) -> str:

@@ -104,16 +104,12 @@ class ReverseKLTrainer(Trainer):
     ships_weights = False
     banner = ", reverse KL to an energy target"
     card_defaults = False  # the card's training defaults are for data, not for a target
+    subject = "a reverse-KL fit"
+    reads_note = ": --epochs counts optimizer steps, --batch-size draws a step"
 
     @classmethod
     def claims(cls, options: Any, card: ModelCard) -> bool:
         return opts.given(options, "target") is not None or bool(card.default_target)
-
-    @classmethod
-    def stray_message(cls, stray: list[str], card: ModelCard, resuming: bool = False) -> str:
-        reads = ", ".join(o.flag for o in opts.options_of(cls.name))
-        return (f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to a reverse-KL fit (it reads "
-                f"{reads}: --epochs counts optimizer steps, --batch-size draws a step)")
 
     @classmethod
     def configure(cls, options: Any, card: ModelCard) -> tuple[dict[str, Any], Dataset | None]:
