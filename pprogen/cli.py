@@ -7,6 +7,7 @@ The training flags come from the options declared in :mod:`pprogen.engine.option
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
@@ -207,8 +208,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a note is logged."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_notes() -> None:
+    """The library logs its notes (``logging.getLogger("pprogen")``, no handler of its own); the command line shows
+    them on stderr, once."""
+    log = logging.getLogger("pprogen")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("pprogen: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    show_notes()
     if args.command == "train" and not args.model and not args.resume:
         parser().error("train needs a model name (see `pprogen list`) or --resume RUN")
     try:

@@ -104,7 +104,6 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
     ``announce`` gets the one line that says what trains where."""
     world, device = distributed.init(config["device"], dist_timeout)
     resumed = run is not None
-    earlier = run.read_json("summary.json") if resumed and world.is_main else {}  # a damaged one: said now
     session = trainer_class(config)(config, dataset, device, world, progress=progress, resumed=resumed)
     if world.is_main:  # only rank 0 writes
         if run is None:  # written at the first write: a trainer that refuses the data leaves nothing on disk
@@ -123,7 +122,7 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
         seconds = time.perf_counter() - started
         session.model.eval()
         split = "valid" if session.dataset.valid is not None else "train"
-        summary = _summary(session, history, checkpoint if resumed else None, seconds, device, earlier)
+        summary = _summary(session, history, checkpoint if resumed else None, seconds, device)
         result = session.evaluate(split, run)
         pictures: list[str] = []
         if world.is_main:
@@ -149,15 +148,15 @@ def _banner(config: dict[str, Any], session: Trainer, world: distributed.World, 
 
 
 def _summary(session: Trainer, history: History, checkpoint: dict[str, Any] | None, seconds: float,
-             device, previous: dict[str, Any]) -> dict[str, Any]:
-    """summary.json's training part. A resumed run's training time is the earlier sessions' (the time the
-    previous summary gives when it was written at the checkpoint's epoch; else, after a session stopped by Ctrl-C,
-    the seconds its epochs' records keep) plus this session's, so that the sessions' times add up."""
+             device) -> dict[str, Any]:
+    """summary.json's training part. The training time is the sum of the epochs' own seconds (their records keep
+    them across sessions), so a resumed run's time is the earlier sessions' plus this one's and the sessions' times
+    add up; a trainer whose records keep no seconds is timed by the wall clock of this session."""
     start = checkpoint.get("epoch", 0) if isinstance(checkpoint, dict) else 0
-    if previous.get("epochs_run") == start and isinstance(previous.get("train_seconds"), (int, float)):
-        earlier = float(previous["train_seconds"])
-    else:
-        earlier = sum(r.get("seconds", 0.0) for r in history.records[:start])
+    earlier = sum(r.get("seconds", 0.0) for r in history.records[:start])
+    mine = history.records[start:]
+    if mine and all(isinstance(r.get("seconds"), (int, float)) for r in mine):
+        seconds = sum(r["seconds"] for r in mine)
     resumed_at = {"resumed_at_epoch": start, "session_train_seconds": round(seconds, 2)} if start else {}
     return {"epochs_run": len(history.records), **session.history_summary(history),
             "stop_reason": history.stop_reason, "train_seconds": round(earlier + seconds, 2), **resumed_at,
