@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,8 @@ from torch import nn
 
 from pprogen.capabilities import capabilities
 from pprogen.runs import atomic_write, write_json
+
+logger = logging.getLogger(__name__)  # no handler here: the command line decides what is shown
 
 CACHE_ENV = "PPROGEN_CACHE"
 
@@ -288,7 +290,7 @@ def cached_classifier(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: 
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             pass
     card = {"data": name, "train_examples": int(x.shape[0])}
-    print(f"training the {name} feature classifier (once: cached in {folder})", file=sys.stderr, flush=True)
+    logger.info("training the %s feature classifier (once: cached in %s)", name, folder)
     if unlabelled is None:
         net = train_classifier(x, y, num_classes)
     else:

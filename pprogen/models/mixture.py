@@ -304,7 +304,7 @@ class BayesianGaussianMixture(PyroModule):
 
     @staticmethod
     def pointwise_log_likelihood(weights, locs, scales, x) -> torch.Tensor:
-        """log sum_k pi_k N(x_n | mu_k, sigma_k) for draws with leading shape S: result (*S, N)."""
+        """log sum_k pi_k N(x_n | mu_k, sigma_k) for draws with leading shape S: result ``(*S, N)``."""
         per_component = dist.Normal(locs.unsqueeze(-3), scales.unsqueeze(-3)).log_prob(x[:, None, :]).sum(-1)
         return torch.logsumexp(weights.log().unsqueeze(-2) + per_component, -1)
 

@@ -229,5 +229,5 @@ def cyclegan(x_shape: Sequence[int] = (1, 8, 8), width: int = 32, blocks: int = 
                                 "ema": 0.999})
 def pix2pix(x_shape: Sequence[int] = (1, 8, 8), width: int = 32, l1: float = 100.0, dropout: float = 0.5) -> Pix2Pix:
     """Paired (a, b). b_hat = G(a) with a U-Net G whose dropout is the noise; D judges (a, b) against
-    (a, b_hat) patch by patch; G also pays l1 * |b_hat - b|_1."""
+    (a, b_hat) patch by patch; G also pays `l1 * |b_hat - b|_1`."""
     return Pix2Pix(x_shape, width, l1, dropout)
