@@ -20,6 +20,12 @@ chain gives :math:`\mathbb{E}[w^{\mathrm{rev}}] = 1 / p(x)` and so a stochastic 
 point are an exact posterior sample, and reports both bounds: their gap bounds how far the forward chain
 is from the truth on data like these.
 
+The start density may be any guide with a density: one that samples the model's latents, or one of Pyro's
+autoguides with auxiliary sites (``AutoNormal``, and ``AutoDiagonalNormal`` / ``AutoMultivariateNormal`` where a
+global latent makes the estimate joint anyway), read through those sites (:mod:`pprogen.inference.auxiliary`). A
+point-mass guide is refused (:mod:`pprogen.inference.pointmass`); the chains of a program that breaks with them in
+a plate run one at a time, in lockstep (:mod:`pprogen.inference.unvectorized`).
+
 This file holds the drivers :func:`ais` and :func:`bdmc` (rows taken in chunks sized to a memory budget, BDMC's
 simulated data and exact starting latents) and their results, :class:`AnnealedEvidence` and :class:`Sandwich`.
 The chains themselves live in :mod:`pprogen.inference.annealing`: the schedules (:func:`annealing_schedule`),
@@ -50,15 +56,16 @@ from pprogen.inference.annealing import (
     ADAPT_UP,
     DIVERGENCE,
     SCHEDULES,
-    AnnealedChains,
     Annealing,
     annealing_schedule,
 )
 from pprogen.inference.checks import check_condition
 from pprogen.inference.marginal import Evidence
 from pprogen.inference.memory import PeakBytes
-from pprogen.inference.tracing import SiteCollector, direct_call, sandbox
-from pprogen.inference.weighting import Plan, is_enumerated, make_plan, streaming_stats, take_rows
+from pprogen.inference.pointmass import refuse_point_masses
+from pprogen.inference.tracing import SiteCollector, direct_call, sandbox, user_stacklevel
+from pprogen.inference.unvectorized import make_chains
+from pprogen.inference.weighting import Plan, is_enumerated, make_plan, streaming_stats, take_rows, vectorizes
 
 __all__ = [  # the schedule and the HMC constants are defined in annealing.py and kept importable from here
     "ADAPT_DOWN",
@@ -164,11 +171,9 @@ def _chunk_rows(model, guide, data, condition, plan: Plan, annealing: Annealing)
     if plan.fixed_rows:
         return plan.batch_size
     rows = min(plan.batch_size, 4)
-    chains = AnnealedChains(model, guide, take_rows(data, condition, plan, 0, rows), plan, annealing)
     devices = [data.device.index or 0] if data.device.type == "cuda" else []
     with sandbox(model, guide) as (model_copy, guide_copy), torch.random.fork_rng(devices=devices):
-        chains.model = direct_call(model_copy)
-        chains.guide = direct_call(guide_copy) if guide_copy is not None else None
+        chains = make_chains(model_copy, guide_copy, take_rows(data, condition, plan, 0, rows), plan, annealing)
         start = chains.initial(None)
         with PeakBytes() as meter:
             chains.evaluate(start)
@@ -187,13 +192,13 @@ def _anneal(model, guide, data, condition, plan: Plan, annealing: Annealing, *, 
     results, accept, divergences, step_sizes = [], [], [], []
     for begin in range(0, n, rows_per_chunk):
         stop = min(begin + rows_per_chunk, n)
-        chains = AnnealedChains(model, guide, take_rows(data, condition, plan, begin, stop), plan, annealing)
+        chains = make_chains(model, guide, take_rows(data, condition, plan, begin, stop), plan, annealing)
         state = chains.initial(start(begin, stop, num_chains) if start is not None else None)  # checks the sites
         if plan.joint and not reverse and begin == 0:
             warnings.warn(
                 f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
                 "split per data point; returning the joint estimate of log p(x_1..N) as one row",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         log_w, accept_prob, divergent, eps = chains.run(state, betas, check=begin == 0)
         keep = 1 if plan.joint else stop - begin
@@ -207,7 +212,7 @@ def _anneal(model, guide, data, condition, plan: Plan, annealing: Annealing, *, 
     log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*results))
     return AnnealedEvidence(
         log_prob.float(), stderr.float(), ess.float(), None, num_chains, dim, plan.joint,
-        weights.float() if keep_weights else None, method="reverse ais" if reverse else "ais",
+        weights.float() if keep_weights else None, vectorized=plan.vectorized, method="reverse ais" if reverse else "ais",
         num_steps=betas.shape[0] - 1, schedule=annealing.schedule, leapfrog_steps=annealing.leapfrog_steps,
         accept_rate=torch.cat(accept).float(), divergences=torch.cat(divergences), step_size=torch.cat(step_sizes).float(),
     )
@@ -219,7 +224,9 @@ def _prepare(model, guide, data, condition, plate_name, batch_size, **settings) 
         raise ValueError("data must be a non-empty tensor (N, ...): nothing to evaluate")
     annealing = Annealing.checked(**settings)
     condition = check_condition(condition, data, "data")
+    refuse_point_masses(model, guide, data, condition, batch_size, "annealing from the guide")
     plan = make_plan(model, guide, data, condition, plate_name, batch_size)
+    plan.vectorized = vectorizes(model, guide, data, condition, plan)
     return annealing, condition, plan
 
 

@@ -13,7 +13,9 @@ The log-densities come from the Pyro program itself (:mod:`pprogen.inference.wei
 replayed at the chains' latents (the guide's or the prior's sites), constrained latents move in unconstrained
 space through ``biject_to`` (the Jacobian enters both densities and cancels in the weights), discrete latents
 marked ``infer={"enumerate": "parallel"}`` in the model and absent from the guide are summed out exactly at
-each step, and chains and data points share one batch (the chains in a ``pyro.plate``). HMC uses an identity
+each step, and chains and data points share one batch (the chains in a ``pyro.plate``; a chain run alone, with no
+plate, for a program that breaks in one). An autoguide's density is read through its auxiliary sites, in
+unconstrained space (:mod:`pprogen.inference.auxiliary`). HMC uses an identity
 mass matrix, ``leapfrog_steps`` steps, and one step size per data point, shared by its C chains, multiplied
 by 1.02 after a transition whose mean acceptance probability over those chains exceeds ``target_accept``
 and by 0.98 otherwise (Wu et al.'s scheme). A step size adapted on each chain's own last acceptance makes
@@ -39,7 +41,16 @@ import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, identity_transform
 
-from pprogen.inference.tracing import PARTICLES, SiteCollector, direct_call, fix_subsample, masked_log_prob, per_datum
+from pprogen.inference.auxiliary import AUXILIARY_HINT, AuxiliaryMap
+from pprogen.inference.tracing import (
+    PARTICLES,
+    SiteCollector,
+    direct_call,
+    fix_subsample,
+    in_plate,
+    masked_log_prob,
+    per_datum,
+)
 from pprogen.inference.weighting import Plan, Rows, contract_sites, is_enumerated, per_particle, reduce_log_prob
 
 SCHEDULES = ("linear", "geometric", "sigmoid")
@@ -148,9 +159,9 @@ class LatentLayout:
     def expand(self, e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A ``(C, B)`` (or ``(C, 1)``) tensor laid out to broadcast against ``like``."""
         shape = [1] * like.dim()
-        shape[self.batch_dims + self.particle_dim] = e.shape[0]
-        if self.data_dim is not None:
-            shape[self.batch_dims + self.data_dim] = e.shape[1]
+        for axis, size in ((self.particle_dim, e.shape[0]), (self.data_dim, e.shape[1])):
+            if axis is not None and 0 <= self.batch_dims + axis:  # a chain run alone has no particle axis
+                shape[self.batch_dims + axis] = size
         return e.reshape(shape)
 
 
@@ -176,11 +187,14 @@ class AnnealedChains:
         self.latents: dict[str, LatentLayout] = {}
         self.cached_guide: list[dict] | None = None
         self.enumerates = False
+        self.no_gradient: set[str] = set()  # latents the last evaluation's log p had no gradient in
+        self.auxiliary: AuxiliaryMap | None = None  # an autoguide's auxiliary sites, read off the state
 
     @contextlib.contextmanager
     def _frame(self):
         with contextlib.ExitStack() as stack:
-            stack.enter_context(pyro.plate(PARTICLES, self.num_chains, dim=self.particle_dim))
+            if self.plan.vectorized:  # else one chain, run alone (pprogen.inference.unvectorized loops them)
+                stack.enter_context(pyro.plate(PARTICLES, self.num_chains, dim=self.particle_dim))
             if self.indices is not None:
                 stack.enter_context(fix_subsample(self.plan.plate_name, self.indices))
             yield
@@ -207,6 +221,8 @@ class AnnealedChains:
         for name in names:
             site = sites[name]
             value = site["value"] if start is None else start[name]
+            if value.numel() == site["value"].numel():  # a chain run alone: the start's layout, the program's shape
+                value = value.reshape(site["value"].shape)
             transform = biject_to(supports[name])
             unconstrained = transform.inv(value)
             self.latents[name] = LatentLayout(site, self.plan, unconstrained, transform)
@@ -220,14 +236,16 @@ class AnnealedChains:
         if guide_sites is None:
             moving = [s for s in model_sites if not s["is_observed"] and not is_enumerated(s)]
         else:
-            for site in guide_sites:
-                if site["name"] not in model_names:
-                    raise ValueError(
-                        f"guide site {site['name']!r} is not in the model (an auxiliary site, as autoguides such as "
-                        "AutoDiagonalNormal sample): AIS needs q(z | x) at any z; use a guide that samples the model's "
-                        "latents directly (AutoNormal, amortized_normal) or guide=None (the prior)"
-                    )
-            moving = [s for s in guide_sites if not s["is_observed"]]
+            auxiliary = [s for s in guide_sites if s["name"] not in model_names]
+            for site in auxiliary:
+                if not site["infer"].get("is_auxiliary"):
+                    raise ValueError(f"guide site {site['name']!r} is not in the model; {AUXILIARY_HINT}")
+            moving = [s for s in guide_sites if not s["is_observed"] and s["name"] in model_names]
+            if auxiliary:  # an autoguide: its density is its auxiliary sites' (pprogen.inference.auxiliary)
+                latent = [s for s in model_sites if not s["is_observed"] and not is_enumerated(s)]
+                local = {s["name"] for s in latent if in_plate(s, self.plan.plate_name)}
+                self.auxiliary = AuxiliaryMap.of(self.guide, auxiliary, {s["name"] for s in moving},
+                                                 local if len(local) == len(latent) else set())
             guided = {s["name"] for s in moving}
             for site in model_sites:
                 if not site["is_observed"] and not is_enumerated(site) and site["name"] not in guided:
@@ -251,7 +269,13 @@ class AnnealedChains:
 
     def _cache_guide(self, state: dict[str, torch.Tensor]) -> None:
         """Keep the guide's distributions when none depends on another site's value (a mean-field or amortized
-        guide): log q(z | x) is then evaluated at new z without running the guide again."""
+        guide, an autoguide's auxiliary sites): log q(z | x) is then evaluated at new z without running the guide
+        again."""
+        if self.auxiliary is not None:
+            with torch.no_grad(), self._frame(), SiteCollector() as run:
+                self.guide(self.x, **self.kw)
+            self.cached_guide = [s for s in run.sites if s["name"] in self.auxiliary.parts]
+            return
         with torch.enable_grad():
             leaves = {n: self._constrain(n, u.clone().requires_grad_(True))[0] for n, u in state.items()}
             with self._frame(), SiteCollector(leaves) as run:
@@ -304,15 +328,18 @@ class AnnealedChains:
                     with self._frame(), SiteCollector(values) as guide_run:
                         self.guide(self.x, **self.kw)
                     sites = guide_run.sites
+                elif self.auxiliary is not None:  # the auxiliary density in unconstrained space: no Jacobian
+                    sites = [{**s, "value": self.auxiliary.values(s, leaves)} for s in sites]
                 else:
                     sites = [{**s, "value": values[s["name"]]} for s in sites]
-                log_q = log_det
+                log_q = log_det if self.auxiliary is None else 0.0
                 for site in sites:
                     log_q = log_q + reduce_log_prob(masked_log_prob(site), site, *args)
             inputs = list(leaves.values())
             grad_q = _grad(log_q, inputs, retain_graph=True)
             grad_p = _grad(log_p, inputs)
         zero = torch.zeros(())
+        self.no_gradient = {n for n, g in zip(leaves, grad_p) if g is None}
         grad_q = {n: g if g is not None else zero for n, g in zip(leaves, grad_q)}
         grad_p = {n: g if g is not None else zero for n, g in zip(leaves, grad_p)}
         return log_q.detach(), log_p.detach(), grad_q, grad_p
@@ -321,7 +348,7 @@ class AnnealedChains:
         _, log_p, _, grad_p = point
         for name in self.latents:
             g = grad_p[name]
-            if g.dim() == 0 or not bool(torch.isfinite(g).any()):
+            if name in self.no_gradient or not bool(torch.isfinite(g).any()):
                 raise ValueError(
                     f"the model's log-density has no usable gradient in latent site {name!r} (it is not "
                     "differentiable in the site's value, or not finite at the initial draw); AIS moves latents by "

@@ -106,7 +106,8 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
     The program runs in a sandbox (copies of model and guide, a throw-away param store): on the first
     minibatch of ``batch_size`` rows, then on one row fewer when ``fit`` will hand it minibatches (a guide
     whose parameters are sized by the rows it is handed cannot be trained on minibatches of rows), then on
-    ``valid_data``. Every failure is a one-line error that says whether the model or the guide failed.
+    ``valid_data``. Every failure is a one-line error that says whether the model or the guide failed; a plate of
+    constant size (eight schools' ``pyro.plate("J", 8)``) handed other rows is named as the cause.
     """
     expected = getattr(model, "x_shape", None)
     if expected is not None and tuple(data.shape[1:]) != tuple(expected):
@@ -128,6 +129,10 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
                 raise err.refusal(data) from None
             frame = find_data_plate(guide_sites + model_sites, n, plate_name)
             if frame is None or not frame.size < (frame.full_size or frame.size):
+                constant = _constant_plate(model_copy, data, n, condition)
+                if constant is not None:
+                    raise ValueError(f"{constant}, so it cannot take minibatches of {rows} of the {n} rows; fit full "
+                                     f"batch (batch_size >= {n}) or {_SIZE_BY_DATA}") from None
                 raise err.refusal(data) from None
             rows = n
         frame = find_data_plate(guide_sites + model_sites, rows, plate_name)
@@ -145,6 +150,13 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
             try:
                 _run_rows(model_copy, guide_copy, data, rows - 1, condition)
             except _ProgramError as err:
+                constant = _constant_plate(model_copy, data, rows, condition)
+                if constant is not None and rows < n:
+                    raise ValueError(f"{constant}, so it cannot take minibatches of the {n} rows; fit full batch "
+                                     f"(batch_size >= {n}) or {_SIZE_BY_DATA}") from None
+                if constant is not None:
+                    raise ValueError(f"{constant}, so it cannot score validation data of {valid_data.shape[0]} rows; "
+                                     f"drop valid_data, hand it {rows} rows, or {_SIZE_BY_DATA}") from None
                 part = err.part if err.part == "guide" or not _runs_alone(model_copy, data, rows - 1, condition) \
                     else "guide"  # the model fails only on the guide's values
                 if rows < n:
@@ -170,6 +182,27 @@ def check_model_fits_data(model: Callable, guide: Callable, data: torch.Tensor, 
                 ) from None
     _check_support(model_sites, probe, data)
     return plan
+
+
+_SIZE_BY_DATA = "size the plate by the data (pyro.plate(name, len(x)), per-row constants passed as condition)"
+
+
+def _constant_plate(model: Callable, data: torch.Tensor, rows: int, condition: dict) -> str | None:
+    """Says which plate keeps ``rows`` entries when the model is handed one row fewer (eight schools'
+    ``pyro.plate("J", 8)``), or None: a constant-size plate scores exactly that many rows."""
+    sizes = []
+    for count in (rows, rows - 1):
+        try:
+            with SiteCollector() as run:
+                direct_call(model)(data[:count], **{k: v[:count] for k, v in condition.items()})
+        except Exception:  # noqa: BLE001  (it fails otherwise: not this cause)
+            return None
+        sizes.append({f.name: f.size for site in run.sites for f in site["cond_indep_stack"] if f.vectorized})
+    constant = [name for name, size in sizes[0].items() if size == rows and sizes[1].get(name) == rows]
+    if rows < 2 or not constant:
+        return None
+    return (f"plate {constant[0]!r} has {rows} entries whatever the rows handed to the program (a constant-size "
+            f"plate, pyro.plate({constant[0]!r}, {rows})): it scores exactly {rows} rows")
 
 
 class _ProgramError(Exception):

@@ -3,7 +3,9 @@
 The route follows what the model declares (:mod:`pprogen.capabilities`): its exact ``log_prob`` when it has
 one; the posterior predictive ``predictive_log_prob`` for models whose latents are all global; otherwise
 importance sampling with the guide as proposal (:func:`~pprogen.inference.log_marginal`). ``method="ais"``
-and ``method="bdmc"`` anneal instead (:func:`~pprogen.inference.ais`, :func:`~pprogen.inference.bdmc`).
+and ``method="bdmc"`` anneal instead (:func:`~pprogen.inference.ais`, :func:`~pprogen.inference.bdmc`). Both
+refuse a point-mass guide (``AutoDelta``: :mod:`pprogen.inference.pointmass`), and the description says when the
+particles ran one at a time (:mod:`pprogen.inference.unvectorized`).
 Under ``torchrun`` every rank scores its share of the rows and every rank gets all of them back.
 """
 
@@ -17,6 +19,7 @@ import torch
 
 from pprogen.capabilities import capabilities
 from pprogen.distributed import World, current, gather_shards, my_rows
+from pprogen.inference.unvectorized import NOTE
 
 METHODS = ("auto", "is", "ais", "bdmc")
 LN2 = math.log(2)
@@ -103,7 +106,7 @@ def evaluate(
     evidence = sharded_log_marginal(model, guide, data, world, condition, num_samples=num_samples,
                                      plate_name=plate_name, dim=dim, refine=refine)
     proposal = f"guide refined per example by {refine} Adam steps" if refine else "guide"
-    text = f"importance sampling ({proposal} as proposal){given}"
+    text = f"importance sampling ({proposal} as proposal){given}{_looped(evidence)}"
     return Evaluation("is", text, evidence.log_prob, {**evidence.summary(), "method": text}, evidence)
 
 
@@ -162,11 +165,16 @@ def _annealed(model, guide, data, method, condition, plate_name, dim, world, giv
         raise ValueError(f"method {method!r} runs in one process; run it without torchrun")
     if method == "ais":
         evidence = ais(model, guide, data, condition=condition, plate_name=plate_name, dim=dim, **annealing)
-        text = f"annealed importance sampling (guide to posterior){given}"
+        text = f"annealed importance sampling (guide to posterior){given}{_looped(evidence)}"
         return Evaluation("ais", text, evidence.log_prob, {**evidence.summary(), "method": text}, evidence)
     sandwich = bdmc(model, guide, data, condition=condition, plate_name=plate_name, **annealing)
-    text = f"bidirectional Monte Carlo{given}, on {data.shape[0]} rows simulated from the model"
+    text = f"bidirectional Monte Carlo{given}, on {data.shape[0]} rows simulated from the model{_looped(sandwich.lower)}"
     return Evaluation("bdmc", text, sandwich.lower.log_prob, {**sandwich.summary(), "method": text}, sandwich)
+
+
+def _looped(evidence) -> str:
+    """The description's note when the particles (or chains) ran one at a time."""
+    return "" if evidence.vectorized else f"; {NOTE}"
 
 
 def sharded_log_marginal(model, guide, data: torch.Tensor, world: World,

@@ -21,7 +21,8 @@ out by a second evaluation at the detached draws, so it works however the guide 
 (modules, ``pyro.module``, ``pyro.param``, autoguides).
 
 The per-datum plate is ``plate_name``, or found by itself: the plate whose size (full size, when
-subsampled) is the number of rows handed to the program.
+subsampled) is the number of rows handed to the program. With no guide latent inside it the particles share every
+draw and the bound equals the ELBO of one particle; the first call says so in a warning at the user's line.
 
 References: Li & Turner, Rényi Divergence Variational Inference, 2016, arXiv:1602.02311; Burda, Grosse &
 Salakhutdinov, Importance Weighted Autoencoders, 2016, arXiv:1509.00519; Tucker, Lawson, Gu & Maddison,
@@ -31,6 +32,7 @@ Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives, 2019, arX
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -51,6 +53,7 @@ from pprogen.inference.tracing import (
     rerun_guide,
     run_pair,
     score_term,
+    user_stacklevel,
 )
 
 
@@ -85,6 +88,19 @@ class RenyiELBO:
         self.beta = float(beta)
         self.name = "iwae_dreg" if dreg else "iwae" if alpha == 0 else "renyi"
         self.last_terms: dict[str, torch.Tensor] = {}
+        self._warned = False
+
+    def _warn_without_locals(self, guide_sites: list[dict]) -> None:
+        """Warn, once, at the user's call when no guide latent sits inside the per-datum plate: the particles then
+        share every draw, and the bound equals the ELBO of one particle (``trace``)."""
+        self._warned = True
+        if any(not s["is_observed"] and in_plate(s, self.plate_name) for s in guide_sites):
+            return
+        warnings.warn(
+            f"no latent site of the guide sits inside plate {self.plate_name!r}, so the {self.name} bound's particles "
+            "share every draw and it equals the trace ELBO of one particle here; use elbo 'trace' (or 'analytic'), "
+            f"or put the per-datum latents in pyro.plate({self.plate_name!r}, ...)", UserWarning,
+            stacklevel=user_stacklevel())
 
     def __call__(self, model: Callable, guide: Callable) -> ELBOLoss:
         return ELBOLoss(self, model, guide)
@@ -117,6 +133,8 @@ class RenyiELBO:
             guide_sites, model_sites, replay = run_pair(direct_call(model), direct_call(guide), args, kwargs, hook_values)
             check_reparameterized(guide_sites, self.name)
             check_sites_match(guide_sites, model_sites)
+            if not self._warned:
+                self._warn_without_locals(guide_sites)
             first_guide_sites = guide_sites
             if self.dreg:  # log q at the hooked latents, its score term taken out (see the module docstring)
                 guide_sites = rerun_guide(guide, replay, args, kwargs)

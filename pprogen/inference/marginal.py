@@ -23,6 +23,14 @@ then no longer splits per datum, and ``log_marginal`` warns and returns the join
 
 as one row (``Evidence.joint``), each particle a draw of everything, each global term counted once.
 
+A guide with a point-mass site (``AutoDelta``, ``dist.Delta``, any MAP guide) has no density, and its weights
+would be :math:`\log p(x, \hat z)`, not a bound on :math:`\log p(x)`: it is refused in one line
+(:mod:`pprogen.inference.pointmass`). With one particle (``num_samples=1``) the estimate is that particle's log
+weight, with no k-hat and a NaN standard error. A program that breaks with its particles in a plate (Pyro's GMM
+tutorial indexes ``locs[assignment]``) has them drawn one at a time, with the same statistics, and the result says
+so (``Evidence.vectorized``; :mod:`pprogen.inference.unvectorized`). ``pyro.markov`` loops are served, enumerated
+states inside them summed by variable elimination (:mod:`pprogen.inference.enumeration`).
+
 This file holds :class:`Evidence`, :func:`log_marginal` (its checks, its chunks of rows and particles sized to a
 memory budget, the per-datum refinement of the proposal) and :func:`splits_per_datum`; the program's plan, its
 log weights and their streaming statistics come from :mod:`pprogen.inference.weighting`, which
@@ -45,10 +53,11 @@ import torch
 
 from pprogen.inference.checks import check_condition
 from pprogen.inference.memory import PeakBytes
+from pprogen.inference.pointmass import refuse_point_masses
 from pprogen.inference.refine import Refiner
 from pprogen.inference.refine import refine as fit_refiner
-from pprogen.inference.tracing import direct_call
-from pprogen.inference.weighting import Plan, log_weights, make_plan, streaming_stats, take_rows
+from pprogen.inference.tracing import direct_call, user_stacklevel
+from pprogen.inference.weighting import Plan, log_weights, make_plan, streaming_stats, take_rows, vectorizes
 
 KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
 
@@ -57,7 +66,9 @@ KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("v
 class Evidence:
     """Per-datum ``log_prob``, ``stderr``, ``ess`` and ``khat``; ``summary()`` gives the data-set figures.
 
-    ``joint`` is true when a global latent made the estimate one number for the whole data set.
+    ``joint`` is true when a global latent made the estimate one number for the whole data set; ``vectorized`` is
+    false when the program could not run its particles in a plate and they ran one at a time. With one sample per
+    datum there is no tail to fit and no spread to measure: ``khat`` is None and ``stderr`` NaN.
     """
 
     log_prob: torch.Tensor
@@ -69,6 +80,7 @@ class Evidence:
     joint: bool = False
     log_weights: torch.Tensor | None = field(default=None, repr=False)
     refine: int = 0  # Adam steps of the per-datum refinement of the proposal (0: the guide's own)
+    vectorized: bool = True  # False: the particles ran one at a time (the program breaks in a particle plate)
 
     def khat_bands(self) -> dict[str, int]:
         """Data points per k-hat band; an undefined k-hat (too few samples for a tail fit) is very bad."""
@@ -93,6 +105,10 @@ class Evidence:
             out["refine_steps"] = self.refine
         if self.khat is not None:
             out["khat_bands"] = self.khat_bands()
+        elif self.num_samples == 1:
+            out["khat_bands"] = "none: one sample per datum has no tail to fit (and no standard error)"
+        if not self.vectorized:
+            out["particles"] = "run one at a time: the program breaks with them in a plate (pprogen.inference.unvectorized)"
         if self.dim and not self.joint:
             out["bits_per_dim"] = out["nll"] / (self.dim * math.log(2))
         return out
@@ -169,9 +185,9 @@ def log_marginal(
         rows = _estimate(model, guide, data, condition, plan, num_samples, max_memory, max_elements,
                          keep=khat or keep_weights, refine=(refine, refine_particles, refine_lr))
     log_prob, stderr, ess, weights = (torch.cat(t) if t[0] is not None else None for t in zip(*rows))
-    k_hat = torch.from_numpy(_khat(weights.numpy())) if khat else None
+    k_hat = torch.from_numpy(_khat(weights.numpy())) if khat and num_samples > 1 else None
     return Evidence(log_prob.float(), stderr.float(), ess.float(), k_hat, num_samples, dim, plan.joint,
-                    weights.float() if keep_weights else None, refine)
+                    weights.float() if keep_weights else None, refine, plan.vectorized)
 
 
 def _check_request(num_samples, data) -> None:
@@ -196,6 +212,7 @@ def _plan(model, guide, data, condition, plate_name, batch_size, refine: int) ->
     """:func:`~pprogen.inference.weighting.make_plan` for :func:`log_marginal`: a draw from a distribution with
     no sampler (an improper prior) refused in one line, a joint estimate announced (a warning at the caller of
     ``log_marginal``) and refused when a refined proposal is asked for."""
+    refuse_point_masses(model, guide, data, condition, batch_size, "importance sampling")
     try:
         plan = make_plan(model, guide, data, condition, plate_name, batch_size)
     except NotImplementedError as err:
@@ -204,11 +221,12 @@ def _plan(model, guide, data, condition, plate_name, batch_size, refine: int) ->
                if guide is None else "an improper prior has no normalized density, so log p(x) is not defined (and "
                "an autoguide cannot start from it); give every latent a proper prior")
         raise ValueError(f"the program draws from a distribution that cannot be sampled ({reason}); {fix}") from err
+    plan.vectorized = vectorizes(model, guide, data, condition, plan)
     if plan.joint:
         warnings.warn(
             f"site {plan.global_sites[0]!r} sits outside the {plan.plate_name!r} plate, so log p(x) does not "
             "split per data point; returning the joint estimate of log p(x_1..N) as one row",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if refine and plan.joint:
         raise ValueError(f"refine fits a proposal per data point, and site {plan.global_sites[0]!r} outside the "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import sys
 import warnings
 import weakref
 from typing import Callable
@@ -22,17 +24,26 @@ from pyro.poutine.util import site_is_subsample
 PARTICLES = "num_particles_vectorized"
 
 
+class Replay(dict):
+    """Values to replay by site name, with ``full_sizes``: the full size of each plate whose indices it holds."""
+
+    full_sizes: dict[str, int]
+
+
 class SiteCollector(Messenger):
     """Collects a program's sample sites; optionally replays latent values (e.g. from a guide).
 
     The indices that subsampled plates draw (``pyro.plate(name, N, subsample_size=B)``) are kept apart in
-    ``subsamples`` and replayed too when ``replay`` holds them, so a model sees the guide's minibatch.
+    ``subsamples`` and replayed too when ``replay`` holds them, so a model sees the guide's minibatch: into a
+    plate of the same subsample size, or, as Pyro's replay does, into a plate of the same full size that does
+    not subsample itself (LDA's idiom: only the guide's plate has ``subsample_size``; Pyro scales it by N / B).
     """
 
     def __init__(self, replay: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.sites: list[dict] = []
         self.subsamples: dict[str, torch.Tensor] = {}
+        self.full_sizes: dict[str, int] = {}
         self.replay = replay
 
     def _pyro_sample(self, msg: dict) -> None:
@@ -41,7 +52,9 @@ class SiteCollector(Messenger):
             if site_is_subsample(msg):  # the guide's minibatch, if it is one of this plate's
                 fn = msg["fn"]
                 wanted = fn.subsample_size if fn.subsample_size is not None else fn.size
-                if value.dim() != 1 or value.shape[0] != wanted:
+                full = getattr(self.replay, "full_sizes", {}).get(msg["name"])
+                minibatch = full == fn.size and fn.subsample_size in (None, fn.size) and value.dim() == 1
+                if (value.dim() != 1 or value.shape[0] != wanted) and not minibatch:
                     return
             msg["value"] = value
             msg["done"] = True
@@ -49,13 +62,15 @@ class SiteCollector(Messenger):
     def _pyro_post_sample(self, msg: dict) -> None:
         if site_is_subsample(msg):
             self.subsamples[msg["name"]] = msg["value"]
+            self.full_sizes[msg["name"]] = msg["fn"].size
         else:
             self.sites.append(msg)
 
-    def values(self) -> dict[str, torch.Tensor]:
+    def values(self) -> Replay:
         """Every recorded value by name, subsample indices included: what a replay needs."""
-        values = {s["name"]: s["value"] for s in self.sites}
+        values = Replay((s["name"], s["value"]) for s in self.sites)
         values.update(self.subsamples)
+        values.full_sizes = dict(self.full_sizes)
         return values
 
 
@@ -177,7 +192,9 @@ def run_pair(model: Callable, guide: Callable, args, kwargs, replay_transform=No
         guide(*args, **kwargs)
     replay = guide_run.values()
     if replay_transform is not None:
-        replay = replay_transform(replay)
+        full_sizes = replay.full_sizes
+        replay = Replay(replay_transform(replay))
+        replay.full_sizes = full_sizes
     with SiteCollector(replay) as model_run:
         model(*args, **kwargs)
     return guide_run.sites, model_run.sites, replay
@@ -347,6 +364,13 @@ def find_data_plate(sites: list[dict], rows: int | None, plate_name: str | None 
     if "data" in matching:
         return frames["data"]
     found = ", ".join(f"{n!r} (size {s})" for n, (s, _) in sizes.items())
+    if not matching:
+        raise ValueError(
+            f"no plate has one entry per row of the {rows} rows handed to the program (plates: {found}): a plate of "
+            "constant size scores exactly that many rows; hand the program that many rows (rows along the first axis), "
+            f"or size the plate by the data (pyro.plate({next(iter(sizes))!r}, len(x)), per-row constants passed as "
+            "condition)"
+        )
     raise ValueError(
         f"cannot tell which plate holds one entry per row of the {rows} rows handed to the program (plates: "
         f"{found}); pass plate_name='...' (--plate-name) naming the per-datum plate"
@@ -378,6 +402,12 @@ def check_sites_match(guide_sites: list[dict], model_sites: list[dict]) -> None:
     model_names = {s["name"] for s in model_sites}
     for site in model_sites:
         if not site["is_observed"] and site["name"] not in guide_names:
+            if site["infer"].get("enumerate") == "parallel":
+                raise ValueError(
+                    f"model latent site {site['name']!r} is marked for enumeration (infer={{'enumerate': "
+                    "'parallel'}), and only elbo 'enum' sums enumerated sites out: fit with elbo='enum' "
+                    "(make_elbo('enum')), or sample the site in the guide"
+                )
             raise ValueError(
                 f"model latent site {site['name']!r} has no match in the guide; "
                 "sample it in the guide too, or observe it in the model"
@@ -388,6 +418,18 @@ def check_sites_match(guide_sites: list[dict], model_sites: list[dict]) -> None:
                 f"guide site {site['name']!r} is not in the model; rename it to match a "
                 "model latent site or mark it infer={'is_auxiliary': True}"
             )
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes ``warnings.warn`` point at the first caller outside pprogen, Pyro and torch (the
+    user's line), from the function that calls this one."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and any(part in frame.f_code.co_filename for part in _LIBRARIES):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_LIBRARIES = tuple(os.sep + name + os.sep for name in ("pprogen", "pyro", "torch"))
 
 
 def particle_plate(size: int, nesting: int) -> pyro.plate:

@@ -54,6 +54,7 @@ from pprogen.inference.step import (  # noqa: F401  (the step's parts: importabl
     parameter_names,
     scale_data_plate,
 )
+from pprogen.inference.unvectorized import unvectorized_loss
 from pprogen.runs import seed_everything
 
 _save_weights = save_weights  # the old private name (pprogen.engine used it), kept for now
@@ -201,16 +202,18 @@ class _SVI:
         self.restore_best = groups[Stopping].restore_best
         plan, batch_size = inputs.plan, inputs.batch_size
         alpha = {} if objective.alpha is None else {"alpha": objective.alpha}
-        loss_module = self.loss_module = build_loss(model, guide, objective.elbo, objective.num_particles,
-                                                    objective.beta, **alpha)
+        own_rows = plan.mode == "program"  # the program is handed every row and picks its minibatch itself
+        data, condition = inputs.data, inputs.condition
+        probe = (data, condition) if own_rows else (data[:batch_size], {k: v[:batch_size] for k, v in condition.items()})
+        loss_module = build_loss(model, guide, objective.elbo, objective.num_particles, objective.beta, **alpha)
+        loss_module, self.particles = unvectorized_loss(loss_module, objective.elbo, objective.num_particles,
+                                                        objective.beta, probe, **alpha)  # looped, if it must be
+        self.loss_module = loss_module
         if getattr(loss_module.elbo, "plate_name", "") is None:
             loss_module.elbo.plate_name = plan.plate_name
         if self.kl_warmup and not hasattr(loss_module.elbo, "beta"):
             raise ValueError(f"kl_warmup anneals an estimator's beta, and {type(loss_module.elbo).__name__} has "
                              "none; use an estimator from make_elbo or kl_warmup=0")
-        own_rows = plan.mode == "program"  # the program is handed every row and picks its minibatch itself
-        data, condition = inputs.data, inputs.condition
-        probe = (data, condition) if own_rows else (data[:batch_size], {k: v[:batch_size] for k, v in condition.items()})
         params = collect_parameters(loss_module, probe[0], **probe[1])
         if not params:
             raise ValueError("the model and guide have no trainable parameters: nothing to fit")
@@ -270,7 +273,7 @@ class _SVI:
         if not self.hand_back_best() and self.average is not None:
             self.average.copy_to_parameters()
         self.loop.save_weights(self.model, self.guide)
-        self.loop.history.fast_path = self.step.replay.summary()
+        self.loop.history.fast_path = self.step.replay.summary() + (f"; {self.particles}" if self.particles else "")
         return self.loop.history
 
     def state(self, epoch: int) -> dict[str, Any]:
@@ -407,6 +410,8 @@ def fit(
     scales it; one that takes its indices as an argument (``pyro.plate(name, N, subsample=idx)``, the
     indices in ``condition``) gets minibatches of rows and Pyro's scale. A guide whose parameters are sized
     by the rows it is handed (a per-datum table, an autoguide over per-datum latents) trains full batch only.
+    ``num_particles > 1`` on a program that breaks with them in a plate (``locs[assignment]``) runs them one at a
+    time, as ``History.fast_path`` says (:mod:`pprogen.inference.unvectorized`).
     """
     groups = group_settings(optim, objective, stopping, speed, settings)
     world = current() if world is None else world

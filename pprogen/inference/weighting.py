@@ -7,11 +7,14 @@ chains) both evaluate a program the same way, and this module holds that machine
   whether the program subsamples that plate itself, its plate nesting, the latents outside the plate (which
   make the estimate joint: one row for the whole data set) and the rows per chunk; :func:`take_rows` hands
   out one chunk of rows as a :class:`Rows`.
+- :func:`vectorizes` probes whether the program runs with its particles in a plate (``plan.vectorized``).
 - :func:`contract_sites` sums the model's site log-densities to one figure per (particle, datum), each site
   reduced on its own so that a site outside the plate counts once, and sums out the discrete latents marked
-  ``infer={"enumerate": "parallel"}`` by log-sum-exp; :func:`reduce_log_prob` and :func:`per_particle` are
-  its reductions of one site.
-- :func:`log_weights` draws K particles from the guide (the prior when ``guide=None``) and returns
+  ``infer={"enumerate": "parallel"}`` (by variable elimination, ``pyro.markov`` chains included:
+  :mod:`pprogen.inference.enumeration`); :func:`reduce_log_prob` and :func:`per_particle` are its reductions of
+  one site.
+- :func:`log_weights` draws K particles from the guide (the prior when ``guide=None``), in a plate or, for a
+  program that breaks in one, one at a time, and returns
 
   .. math::
 
@@ -26,13 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.poutine.messenger import Messenger
 
+from pprogen.inference.enumeration import sum_enumerated
 from pprogen.inference.tracing import (
     PARTICLES,
     SiteCollector,
@@ -61,6 +66,7 @@ class Plan:
     global_sites: list[str]
     batch_size: int
     fixed_rows: bool = False  # every chunk exactly ``batch_size`` rows: all of them, or a subsample's size
+    vectorized: bool = True  # False: the program breaks in a particle plate (locs[assignment]), particles loop
 
     @property
     def joint(self) -> bool:
@@ -105,6 +111,12 @@ def make_plan(model: Callable, guide: Callable | None, data: torch.Tensor, condi
             "pyro.plate('data', len(x))"
         )
     subsampled = frame.full_size is not None and frame.full_size == rows and frame.size < frame.full_size
+    if rows not in (frame.size, frame.full_size):
+        raise ValueError(
+            f"plate {frame.name!r} has {frame.size} entries whatever the rows handed to the program ({rows} here): a "
+            f"constant-size plate scores exactly {frame.size} rows; hand it {frame.size} rows, or size the plate by the "
+            f"data (pyro.plate({frame.name!r}, len(x)), per-row constants passed as condition)"
+        )
     if subsampled and rows < n:  # it subsamples whatever it is handed: hand it everything
         guide_sites, model_sites = probe_sites(model, guide, (data,), condition)
         sites = guide_sites + model_sites
@@ -123,6 +135,27 @@ def make_plan(model: Callable, guide: Callable | None, data: torch.Tensor, condi
     if subsampled:
         batch_size, fixed = frame.size, True  # Pyro insists on the program's own subsample size
     return Plan(frame.name, subsampled, max(1, plate_nesting(sites)), outside, min(batch_size, n), fixed)
+
+
+def vectorizes(model: Callable, guide: Callable | None, data: torch.Tensor, condition: dict, plan: Plan) -> bool:
+    """Whether the program runs with its particles in a plate (two, then three of them, on a few rows, in a
+    sandbox: two counts, so that a plate's size seldom matches a tensor's by chance): what ``plan.vectorized`` is
+    set to before the estimators run. A program that indexes a batched tensor by a latent (``locs[assignment]``)
+    breaks there; if it runs one particle at a time, the particles loop (:mod:`pprogen.inference.unvectorized`);
+    if not, the error is its own and is raised."""
+    x, kw, indices = take_rows(data, condition, plan, 0, plan.batch_size if plan.fixed_rows else min(4, plan.batch_size))
+    with sandbox(model, guide) as (model_copy, guide_copy):
+        try:
+            for particles in (2, 3):
+                log_weights(model_copy, guide_copy, x, particles, plan, kw, indices)
+            return True
+        except Exception as err:  # noqa: BLE001  (any failure: is it the plate's?)
+            first = err
+        try:
+            log_weights(model_copy, guide_copy, x, 2, replace(plan, vectorized=False), kw, indices)
+        except Exception:  # noqa: BLE001
+            raise first from None
+    return False
 
 
 def _probe(model: Callable, guide: Callable | None, data: torch.Tensor, condition: dict,
@@ -192,9 +225,9 @@ def reduce_log_prob(log_prob: torch.Tensor, site: dict, particle_dim: int, nesti
 def contract_sites(sites: list[dict], particle_dim: int, nesting: int, plate_name: str, joint: bool) -> torch.Tensor:
     """Sum the model's site log-densities, each reduced on its own (a site outside a plate counts once, not
     once per entry of the plate), except the sites that carry enumerated dims (left of the plates): those
-    are added together and their enumerated dims summed out by log-sum-exp first."""
+    are multiplied together and their enumerated variables summed out (:mod:`pprogen.inference.enumeration`)."""
     total = 0.0
-    enumerated = 0.0
+    enumerated = []
     for site in sites:
         inside = in_plate(site, plate_name)
         if is_enumerated(site) and (not inside or any(
@@ -206,19 +239,13 @@ def contract_sites(sites: list[dict], particle_dim: int, nesting: int, plate_nam
             )
         log_prob = masked_log_prob(site)
         if log_prob.dim() > nesting + 1:
-            enumerated = enumerated + log_prob
+            enumerated.append(site)
         elif joint or not inside:
             total = total + per_particle(log_prob, particle_dim, nesting)
         else:
             total = total + reduce_log_prob(log_prob, site, particle_dim, nesting, plate_name, joint)
-    if torch.is_tensor(enumerated):
-        enum_dims = enumerated.dim() - (nesting + 1)
-        summed = torch.logsumexp(enumerated.reshape((-1,) + enumerated.shape[enum_dims:]), 0)
-        if joint:
-            total = total + per_particle(summed, particle_dim, nesting)
-        else:
-            data_dim = next(f.dim for s in sites for f in s["cond_indep_stack"] if f.name == plate_name)
-            total = total + per_datum(summed, particle_dim, data_dim, nesting + 1)
+    if enumerated:
+        total = total + sum_enumerated(enumerated, plate_name, joint)
     if not torch.is_tensor(total):
         raise ValueError("the model has no sample site to evaluate")
     return total
@@ -228,11 +255,21 @@ def log_weights(model: Callable, guide: Callable | None, x, num_particles: int, 
                 condition: dict | None = None, indices: torch.Tensor | None = None) -> torch.Tensor:
     """Log importance weights ``(K, B)`` (``(K, 1)`` for the joint), enumerated sites summed out.
 
-    ``indices``: the rows a subsampling program is made to visit (it is handed the whole data set)."""
+    ``indices``: the rows a subsampling program is made to visit (it is handed the whole data set). A program
+    that does not vectorize over particles (``plan.vectorized`` false) runs once per particle, with no particle
+    plate: the same weights, K times the Python overhead."""
+    if not plan.vectorized:
+        return torch.cat([_log_weights(model, guide, x, None, plan, condition, indices) for _ in range(num_particles)])
+    return _log_weights(model, guide, x, num_particles, plan, condition, indices)
+
+
+def _log_weights(model, guide, x, num_particles: int | None, plan: Plan, condition, indices) -> torch.Tensor:
+    """:func:`log_weights` with the particles in a plate of ``num_particles``, or one particle and no plate (None)."""
     particle_dim = -1 - plan.nesting
     kw = condition or {}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(pyro.plate(PARTICLES, num_particles, dim=particle_dim))
+        if num_particles is not None:
+            stack.enter_context(pyro.plate(PARTICLES, num_particles, dim=particle_dim))
         stack.enter_context(check_param_shapes())
         if indices is not None:
             stack.enter_context(fix_subsample(plan.plate_name, indices))
@@ -242,7 +279,10 @@ def log_weights(model: Callable, guide: Callable | None, x, num_particles: int, 
                 direct_call(guide)(x, **kw)
             guide_sites = guide_run.sites
             replay = guide_run.values()
-        with pyro.poutine.enum(first_available_dim=particle_dim - 1), SiteCollector(replay) as model_run:
+        # the enumeration handler sees each site before the replay does, as in Pyro's TraceEnum_ELBO: pyro.markov's
+        # bookkeeping needs every site, replayed or not
+        with SiteCollector(replay) as model_run, pyro.poutine.enum(first_available_dim=particle_dim - 1), \
+                _skip_enumeration(replay):
             direct_call(model)(x, **kw)
     model_sites = model_run.sites if guide is not None else [s for s in model_run.sites
                                                              if s["is_observed"] or is_enumerated(s)]
@@ -250,7 +290,20 @@ def log_weights(model: Callable, guide: Callable | None, x, num_particles: int, 
     log_w = contract_sites(model_sites, *args)
     for site in guide_sites:  # auxiliary sites too: an autoguide's log q is its auxiliary density plus its Deltas'
         log_w = log_w - reduce_log_prob(masked_log_prob(site), site, *args)
-    return log_w.expand(num_particles, -1)
+    return log_w.expand(num_particles or 1, -1)
+
+
+class _skip_enumeration(Messenger):
+    """Unmarks the enumeration of the sites the guide sampled, before ``poutine.enum`` sees them: their values are
+    replayed, not enumerated."""
+
+    def __init__(self, replay: dict | None) -> None:
+        super().__init__()
+        self.replay = replay or {}
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] in self.replay and msg["infer"].get("enumerate"):
+            msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
 
 
 def streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):
@@ -268,5 +321,7 @@ def streaming_stats(parts: list[torch.Tensor], num_samples: int, keep: bool):
     ess = s1**2 / s2
     log_prob = running_max + s1.log() - math.log(num_samples)
     stderr = (1.0 / ess - 1.0 / num_samples).clamp(min=0).sqrt()
+    if num_samples == 1:  # one weight: no spread to measure
+        stderr = torch.full_like(stderr, math.nan)
     weights = torch.cat(parts, 1).float() if keep else None
     return log_prob, stderr, ess, weights
