@@ -57,7 +57,8 @@ from pprogen.inference.pointmass import refuse_point_masses
 from pprogen.inference.refine import Refiner
 from pprogen.inference.refine import refine as fit_refiner
 from pprogen.inference.tracing import direct_call, user_stacklevel
-from pprogen.inference.weighting import Plan, log_weights, make_plan, streaming_stats, take_rows, vectorizes
+from pprogen.inference.weighting import (ImproperPriorError, Plan, log_weights, make_plan, streaming_stats, take_rows,
+                                         vectorizes)
 
 KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
 
@@ -212,7 +213,16 @@ def _plan(model, guide, data, condition, plate_name, batch_size, refine: int) ->
     """:func:`~pprogen.inference.weighting.make_plan` for :func:`log_marginal`: a draw from a distribution with
     no sampler (an improper prior) refused in one line, a joint estimate announced (a warning at the caller of
     ``log_marginal``) and refused when a refined proposal is asked for."""
-    refuse_point_masses(model, guide, data, condition, batch_size, "importance sampling")
+    try:
+        refuse_point_masses(model, guide, data, condition, batch_size, "importance sampling")
+    except ValueError:
+        try:  # an improper prior (an autoencoder's flat one) is the deeper cause: it is named first
+            make_plan(model, guide, data, condition, plate_name, batch_size)
+        except ImproperPriorError:
+            raise
+        except (ValueError, NotImplementedError):
+            pass
+        raise
     try:
         plan = make_plan(model, guide, data, condition, plate_name, batch_size)
     except NotImplementedError as err:

@@ -182,10 +182,14 @@ def _probe(model: Callable, guide: Callable | None, data: torch.Tensor, conditio
     return guide_sites, model_sites, fixed
 
 
+class ImproperPriorError(ValueError):
+    """A latent site with an improper prior: log p(x) is not defined."""
+
+
 def _refuse_improper(model_sites: list[dict]) -> None:
     improper = [s["name"] for s in model_sites if not s["is_observed"] and _is_improper(s["fn"])]
     if improper:
-        raise ValueError(
+        raise ImproperPriorError(
             f"site {improper[0]!r} has an improper prior (ImproperUniform: no normalized density), so log p(x) is "
             "not defined and importance sampling would return the reconstruction term alone; give it a proper "
             "prior (an autoencoder is scored by its reconstruction error instead)"
