@@ -50,8 +50,8 @@ class LoadedRun:
     def evaluate(self, split: str = "test", method: str = "auto", save: bool = False, **settings: Any) -> dict[str, Any]:
         """The score of ``split`` as ``pprogen evaluate`` gives it (``settings``: the fields of
         :class:`~pprogen.engine.scoring.EvaluationRequest`: ``num_samples``, ``refine``, ``steps``, ``data``, ...);
-        with ``save`` it is recorded in the run's ``summary.json``. The text the command line prints is under
-        ``result["text"]`` of :meth:`report`."""
+        with ``save`` it is recorded in the run's ``summary.json``; :meth:`report` also gives the text the command
+        line prints."""
         return self.report(split, method, save, **settings)[0]
 
     def report(self, split: str = "test", method: str = "auto", save: bool = False,

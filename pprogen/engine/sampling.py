@@ -162,7 +162,7 @@ def draw(loaded, request: SampleRequest) -> Drawn:
     if request.picture:
         latent.check_latent(model, request.mean, request.from_data, loaded.guide)
     n = request.n or 64
-    rows = n * (request.steps or 10) if request.picture else n * (request.n if request.impute else 1)
+    rows = n * (request.steps or 10) if request.picture else n
     budget.check_rows(f"-n {n}", rows, _shape(loaded, caps), "ask for fewer with -n")
     torch.manual_seed(request.seed)
     classes = getattr(model, "num_classes", None) if caps.conditional else None
