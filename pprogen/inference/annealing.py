@@ -56,6 +56,7 @@ from pprogen.inference.weighting import Plan, Rows, contract_sites, is_enumerate
 SCHEDULES = ("linear", "geometric", "sigmoid")
 DIVERGENCE = 1000.0  # an energy error above this (nats) is a divergence
 ADAPT_UP, ADAPT_DOWN = 1.02, 0.98
+NO_GRADIENT = torch.zeros(())  # the gradient of a density in a latent it does not depend on
 
 
 def annealing_schedule(schedule: str | Sequence[float] | torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -338,10 +339,9 @@ class AnnealedChains:
             inputs = list(leaves.values())
             grad_q = _grad(log_q, inputs, retain_graph=True)
             grad_p = _grad(log_p, inputs)
-        zero = torch.zeros(())
         self.no_gradient = {n for n, g in zip(leaves, grad_p) if g is None}
-        grad_q = {n: g if g is not None else zero for n, g in zip(leaves, grad_q)}
-        grad_p = {n: g if g is not None else zero for n, g in zip(leaves, grad_p)}
+        grad_q = {n: g if g is not None else NO_GRADIENT for n, g in zip(leaves, grad_q)}
+        grad_p = {n: g if g is not None else NO_GRADIENT for n, g in zip(leaves, grad_p)}
         return log_q.detach(), log_p.detach(), grad_q, grad_p
 
     def check_differentiable(self, point) -> None:
@@ -387,9 +387,9 @@ class AnnealedChains:
         accept_prob = torch.where(divergent, torch.zeros_like(delta), torch.exp(torch.clamp(-delta, max=0.0)))
         accept = torch.rand_like(accept_prob) < accept_prob
 
-        def pick(a, b):
-            return {n: torch.where(self.latents[n].expand(accept, a[n]), a[n], b[n]) if torch.is_tensor(a[n]) and a[n].dim()
-                    else b[n] for n in state}
+        def pick(a, b):  # a 0-dim value is a scalar latent of a chain run alone, and moves like any other
+            return {n: b[n] if a[n] is NO_GRADIENT else torch.where(self.latents[n].expand(accept, a[n]), a[n], b[n])
+                    for n in state}
 
         chosen = (pick(position, state), torch.where(accept, new[0], log_q), torch.where(accept, new[1], log_p),
                   pick(new[2], grad_q), pick(new[3], grad_p))
