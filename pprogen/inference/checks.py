@@ -15,6 +15,7 @@ import torch
 from pprogen.distributed import resolve_device  # noqa: F401  (re-exported: checks is where callers look)
 from pprogen.errors import unknown_name_error
 from pprogen.inference.tracing import (
+    FunsorBackendError,
     SiteCollector,
     check_plate_sizes,
     direct_call,
@@ -232,6 +233,8 @@ def _run_rows(model: Callable, guide: Callable, data: torch.Tensor, rows: int, c
             direct_call(guide)(x, **kw)
         for site in guide_run.sites:
             masked_log_prob(site)
+    except FunsorBackendError:
+        raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
         raise _ProgramError("guide", err, rows) from None
     try:
@@ -239,10 +242,14 @@ def _run_rows(model: Callable, guide: Callable, data: torch.Tensor, rows: int, c
             direct_call(model)(x, **kw)
         for site in model_run.sites:  # shapes that only clash in the densities
             masked_log_prob(site)
+    except FunsorBackendError:
+        raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
         raise _ProgramError("model", err, rows) from None
     try:
         check_plate_sizes(guide_run.sites, model_run.sites)
+    except FunsorBackendError:
+        raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError) as err:
         raise _ProgramError("guide", err, rows) from None
     return guide_run.sites, model_run.sites, x
@@ -255,6 +262,8 @@ def _runs_alone(model: Callable, data: torch.Tensor, rows: int, condition: dict)
             direct_call(model)(data[:rows], **{k: v[:rows] for k, v in condition.items()})
         for site in run.sites:
             masked_log_prob(site)
+    except FunsorBackendError:
+        raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AssertionError):
         return False
     return True

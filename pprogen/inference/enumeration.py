@@ -15,6 +15,12 @@ may share one), so the dimensions are named by the unique id Pyro gives each enu
 (``_dim_to_id``), not by their position: a hidden Markov model's chain is then summed by variable elimination
 in time linear in its length (the forward algorithm), where summing over positions would treat two states as
 one.
+
+Plates other than the particles and the data (a ``words`` plate nested in ``documents``, as in LDA) are
+multiplied out after the variables inside them are summed, each entry on its own; for the joint estimate the data
+plate is too. A label the guide enumerates has its dimension allocated by the guide's run, to the right of the
+model's, as in Pyro's ``TraceEnum_ELBO``; the guide's densities of the sites drawn once per value of it divide the
+product (``divided``), so that each value contributes :math:`p(x, y, z_y) / q(z_y \mid x, y)`.
 """
 
 from __future__ import annotations
@@ -43,16 +49,18 @@ def _symbols(site: dict, plate_symbols: dict[str, str]) -> dict[int, str]:
     return dim_to_symbol
 
 
-def sum_enumerated(sites: list[dict], plate_name: str, joint: bool) -> torch.Tensor:
+def sum_enumerated(sites: list[dict], plate_name: str, joint: bool, divided: list[dict] = ()) -> torch.Tensor:
     """The enumerated dimensions of ``sites`` (every site whose log-density carries one) summed out ->
-    ``(K|1, B|1)``: particles by data points, or ``(K|1, 1)`` for the joint (the data plate multiplied out too)."""
+    ``(K|1, B|1)``: particles by data points, or ``(K|1, 1)`` for the joint (the data plate multiplied out too).
+    The densities of ``divided`` (guide sites drawn once per value of a label the guide enumerates) divide the
+    product instead of multiplying it."""
     plate_symbols: dict[str, str] = {}
     tree: OrderedDict = OrderedDict()
     sum_dims: set[str] = set()
-    for site in sites:
+    for site, sign in [(s, 1.0) for s in sites] + [(s, -1.0) for s in divided]:
         dim_to_symbol = _symbols(site, plate_symbols)
         try:
-            term = pack(masked_log_prob(site), dim_to_symbol)
+            term = pack(sign * masked_log_prob(site), dim_to_symbol)
         except ValueError as err:
             raise ValueError(
                 f"site {site['name']!r} has a log-density of shape {tuple(masked_log_prob(site).shape)} whose dims "

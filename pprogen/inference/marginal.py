@@ -6,8 +6,11 @@ r"""Per-datum importance-sampled evidence, vectorized over particles and data po
     \qquad z_{nk} \sim q(z \mid x_n),
 
 with the guide as proposal (the prior when ``guide=None``). Discrete latents marked
-``infer={"enumerate": "parallel"}`` and left out of the guide are summed out exactly (per data point:
-an enumerated site inside a further plate nested in ``data`` is not supported). Particles are
+``infer={"enumerate": "parallel"}`` and left out of the guide are summed out exactly: per data point, within
+each entry of a plate nested in the data plate (LDA's word topics), and, for a site outside the data plate (a
+discrete global), in the joint estimate below. A label the guide enumerates (``config_enumerate`` on the guide,
+Pyro's semi-supervised VAE) is summed exactly too, each of its values with its own draw of the latents after it:
+:math:`w_{nk} = \sum_y p(x_n, y, z_{nky}) / q(z_{nky} \mid x_n, y)`. Particles are
 drawn in chunks inside a ``pyro.plate`` and combined with a streaming log-sum-exp, so memory stays
 bounded for large K. Each estimate's standard error follows from the effective sample size of its
 weights, :math:`\mathrm{se} = \sqrt{1/\mathrm{ESS} - 1/K}` (delta method), and its Pareto k-hat from
@@ -45,11 +48,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyro
 import torch
+
+if TYPE_CHECKING:
+    import arviz
 
 from pprogen.inference.checks import check_condition
 from pprogen.inference.memory import PeakBytes
@@ -109,12 +115,13 @@ class Evidence:
         elif self.num_samples == 1:
             out["khat_bands"] = "none: one sample per datum has no tail to fit (and no standard error)"
         if not self.vectorized:
-            out["particles"] = "run one at a time: the program breaks with them in a plate (pprogen.inference.unvectorized)"
+            out["particles"] = ("run one at a time, as the program breaks with them in a plate: one pass of the program "
+                                "per particle (57-99x the vectorized time at K = 1000 on two small programs)")
         if self.dim and not self.joint:
             out["bits_per_dim"] = out["nll"] / (self.dim * math.log(2))
         return out
 
-    def to_inference_data(self):
+    def to_inference_data(self) -> "arviz.InferenceData":
         """ArviZ ``InferenceData``: per-datum estimates as ``log_likelihood``, diagnostics as ``sample_stats``."""
         import arviz as az
 

@@ -10,9 +10,10 @@ chains) both evaluate a program the same way, and this module holds that machine
 - :func:`vectorizes` probes whether the program runs with its particles in a plate (``plan.vectorized``).
 - :func:`contract_sites` sums the model's site log-densities to one figure per (particle, datum), each site
   reduced on its own so that a site outside the plate counts once, and sums out the discrete latents marked
-  ``infer={"enumerate": "parallel"}`` (by variable elimination, ``pyro.markov`` chains included:
-  :mod:`pprogen.inference.enumeration`); :func:`reduce_log_prob` and :func:`per_particle` are its reductions of
-  one site.
+  ``infer={"enumerate": "parallel"}`` (by variable elimination, ``pyro.markov`` chains and plates nested in the
+  data plate included: :mod:`pprogen.inference.enumeration`), in the model or in the guide (a label the guide
+  enumerates); :func:`reduce_log_prob` and :func:`per_particle` are its reductions of one site. A discrete latent
+  enumerated outside the data plate makes the estimate joint, as a global latent does.
 - :func:`log_weights` draws K particles from the guide (the prior when ``guide=None``), in a plate or, for a
   program that breaks in one, one at a time, and returns
 
@@ -40,6 +41,7 @@ from pyro.poutine.messenger import Messenger
 from pprogen.inference.enumeration import sum_enumerated
 from pprogen.inference.tracing import (
     PARTICLES,
+    FunsorBackendError,
     SiteCollector,
     check_param_shapes,
     direct_call,
@@ -123,7 +125,8 @@ def make_plan(model: Callable, guide: Callable | None, data: torch.Tensor, condi
         frame = find_data_plate(sites, n, frame.name)
     proposal_sites = guide_sites if guide is not None else model_sites
     outside = [s["name"] for s in proposal_sites if not s["is_observed"] and not in_plate(s, frame.name)]
-    outside += [s["name"] for s in model_sites if s["is_observed"] and not in_plate(s, frame.name)]
+    outside += [s["name"] for s in model_sites if (s["is_observed"] or is_enumerated(s) and guide is not None)
+                and not in_plate(s, frame.name)]  # a discrete latent summed out of every row at once: joint too
     if outside and subsampled:
         raise ValueError(
             f"site {outside[0]!r} sits outside plate {frame.name!r}, which subsamples itself: the joint evidence "
@@ -168,6 +171,8 @@ def _probe(model: Callable, guide: Callable | None, data: torch.Tensor, conditio
         try:
             guide_sites, model_sites = probe_pair(model_copy, guide_copy, (data[:rows],),
                                                   {k: v[:rows] for k, v in condition.items()})
+        except FunsorBackendError:
+            raise
         except Exception:
             if rows == data.shape[0]:
                 raise
@@ -175,6 +180,8 @@ def _probe(model: Callable, guide: Callable | None, data: torch.Tensor, conditio
         if not fixed and rows > 1:  # one row fewer: does the guide follow the rows it is handed?
             try:
                 probe_pair(model_copy, guide_copy, (data[: rows - 1],), {k: v[: rows - 1] for k, v in condition.items()})
+            except FunsorBackendError:
+                raise
             except Exception:
                 fixed = True
     if fixed:
@@ -226,20 +233,28 @@ def reduce_log_prob(log_prob: torch.Tensor, site: dict, particle_dim: int, nesti
     return per_datum(log_prob, particle_dim, frame.dim, nesting + 1)
 
 
-def contract_sites(sites: list[dict], particle_dim: int, nesting: int, plate_name: str, joint: bool) -> torch.Tensor:
-    """Sum the model's site log-densities, each reduced on its own (a site outside a plate counts once, not
+def contract_sites(sites: list[dict], particle_dim: int, nesting: int, plate_name: str, joint: bool,
+                   guide_sites: list[dict] = ()) -> torch.Tensor:
+    r"""Sum the model's site log-densities, each reduced on its own (a site outside a plate counts once, not
     once per entry of the plate), except the sites that carry enumerated dims (left of the plates): those
-    are multiplied together and their enumerated variables summed out (:mod:`pprogen.inference.enumeration`)."""
+    are multiplied together and their enumerated variables summed out (:mod:`pprogen.inference.enumeration`),
+    per data point (a site in a plate nested inside the data plate, LDA's word topics, summed within each entry
+    of its plate) or, for the joint, once for all of them.
+
+    ``guide_sites`` have their log-densities subtracted: the log importance weight. A label the guide enumerates
+    (``config_enumerate`` on the guide) is summed out with the model's enumerated variables, each of its values
+    with its own draw of the sites downstream of it; its own q(y | x) is left out, since it weights each value's
+    term and divides it: :math:`\log \sum_y p(x, y, z_y) / q(z_y \mid x, y)`."""
     total = 0.0
-    enumerated = []
+    enumerated, divided = [], []
+    args = (particle_dim, nesting, plate_name, joint)
     for site in sites:
         inside = in_plate(site, plate_name)
-        if is_enumerated(site) and (not inside or any(
-                f.vectorized and f.name not in (plate_name, PARTICLES) for f in site["cond_indep_stack"])):
-            where = f"in a plate nested inside {plate_name!r}" if inside else f"outside the {plate_name!r} plate"
+        if is_enumerated(site) and not inside and not joint:
             raise ValueError(
-                f"enumerated site {site['name']!r} sits {where}; log_marginal sums enumerated latents per data "
-                "point only: sample it in the guide instead"
+                f"enumerated site {site['name']!r} sits outside the {plate_name!r} plate, so the evidence does not "
+                "split per data point; sum it in the joint estimate (evaluate the whole data set, no plate_name "
+                "or subsampling), or sample it in the guide"
             )
         log_prob = masked_log_prob(site)
         if log_prob.dim() > nesting + 1:
@@ -247,9 +262,17 @@ def contract_sites(sites: list[dict], particle_dim: int, nesting: int, plate_nam
         elif joint or not inside:
             total = total + per_particle(log_prob, particle_dim, nesting)
         else:
-            total = total + reduce_log_prob(log_prob, site, particle_dim, nesting, plate_name, joint)
-    if enumerated:
-        total = total + sum_enumerated(enumerated, plate_name, joint)
+            total = total + reduce_log_prob(log_prob, site, *args)
+    for site in guide_sites:
+        if site["infer"].get("_enumerate_dim") is not None:
+            continue  # q(y | x) of an enumerated label cancels
+        log_prob = masked_log_prob(site)
+        if log_prob.dim() > nesting + 1:  # drawn once per value of an enumerated label
+            divided.append(site)
+        else:  # auxiliary sites too: an autoguide's log q is its auxiliary density plus its Deltas'
+            total = total - reduce_log_prob(log_prob, site, *args)
+    if enumerated or divided:
+        total = total + sum_enumerated(enumerated, plate_name, joint, divided)
     if not torch.is_tensor(total):
         raise ValueError("the model has no sample site to evaluate")
     return total
@@ -278,22 +301,22 @@ def _log_weights(model, guide, x, num_particles: int | None, plan: Plan, conditi
         if indices is not None:
             stack.enter_context(fix_subsample(plan.plate_name, indices))
         replay, guide_sites = None, []
+        # as in Pyro's TraceEnum_ELBO, the guide enumerates the labels it marks for it, and the model allocates its
+        # own enumerated dims to the left of the guide's
+        model_enum = pyro.poutine.enum(first_available_dim=particle_dim - 1)
         if guide is not None:
-            with SiteCollector() as guide_run:
+            with SiteCollector() as guide_run, pyro.poutine.enum(first_available_dim=particle_dim - 1):
                 direct_call(guide)(x, **kw)
             guide_sites = guide_run.sites
             replay = guide_run.values()
+            model_enum = pyro.poutine.enum()
         # the enumeration handler sees each site before the replay does, as in Pyro's TraceEnum_ELBO: pyro.markov's
         # bookkeeping needs every site, replayed or not
-        with SiteCollector(replay) as model_run, pyro.poutine.enum(first_available_dim=particle_dim - 1), \
-                _skip_enumeration(replay):
+        with SiteCollector(replay) as model_run, model_enum, _skip_enumeration(replay):
             direct_call(model)(x, **kw)
     model_sites = model_run.sites if guide is not None else [s for s in model_run.sites
                                                              if s["is_observed"] or is_enumerated(s)]
-    args = (particle_dim, plan.nesting, plan.plate_name, plan.joint)
-    log_w = contract_sites(model_sites, *args)
-    for site in guide_sites:  # auxiliary sites too: an autoguide's log q is its auxiliary density plus its Deltas'
-        log_w = log_w - reduce_log_prob(masked_log_prob(site), site, *args)
+    log_w = contract_sites(model_sites, particle_dim, plan.nesting, plan.plate_name, plan.joint, guide_sites)
     return log_w.expand(num_particles or 1, -1)
 
 

@@ -78,3 +78,14 @@ def log_mean_exp(log_w: torch.Tensor) -> tuple[float, float]:
     w = (log_w - log_w.max()).exp()
     ess = (w.sum() ** 2 / (w**2).sum()).item()
     return log_mean, math.sqrt(max(1 / ess - 1 / num, 0.0))
+
+
+def recording_states(guide: Callable, states: list) -> Callable:
+    """The guide, noting torch's random state at each call: a step's draws start there, so replaying the last
+    states into Pyro's ``SVI.step`` gives it the draws ``fit`` had (whatever ``fit`` drew before its steps)."""
+
+    def recorded(*args, **kwargs):
+        states.append(torch.get_rng_state())
+        return guide(*args, **kwargs)
+
+    return recorded
