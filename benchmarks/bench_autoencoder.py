@@ -14,6 +14,18 @@ writes ``OUT`` (default ``docs/figures/ae_vs_vae_codes.png``): the codes of the 
 and the decoder's outputs on a grid over [-2.5, 2.5]^2, where a draw from N(0, I) lands.
 
 Run: ``python benchmarks/bench_autoencoder.py --root /tmp/ae [--epochs 300]``.
+
+History
+-------
+
+2026-12-03, `python benchmarks/bench_autoencoder.py --root RUNS --epochs 300`: `pprogen train linear_ae` with its
+defaults (digits, z_dim 2, 1000 full-batch epochs, 28 s) ended 6.1e-4 and 8.3e-3 rad from PCA's leading plane; the
+autoencoder and the VAE are the same MLP (400-400, z_dim 2, Bernoulli) on `digits_binary`, with early stopping:
+
+| model (z_dim 2, digits_binary) | valid MSE per pixel | valid NLL (nats) | spread of the codes (std per dimension) |
+| --- | --- | --- | --- |
+| autoencoder | 0.08202 ± 0.00220 | - (no likelihood) | 2.58, 2.75 |
+| vae | 0.07770 ± 0.00207 | 19.22 ± 0.31 (IS, K = 1000) | 0.96, 0.93 |
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from common import record, table
 from pprogen.cli import main as pprogen
 from pprogen.engine import load_run
 from pprogen.latent import posterior_moments
@@ -58,12 +71,13 @@ def main() -> None:
     pca = torch.linalg.eigh(centred.T @ centred / x.shape[0]).eigenvectors[:, -model.z_dim:]
     angles = principal_angles(model.subspace(), pca)
     summary = json.loads((linear / "summary.json").read_text())
-    print(f"linear_ae (defaults: {summary['epochs_run']} epochs): principal angles to PCA's leading "
-          f"{model.z_dim}-dimensional subspace {', '.join(f'{a:.2e}' for a in angles.tolist())} rad; valid MSE "
-          f"{summary['valid_evaluation']['mse']:.5f} per value")
+    linear_line = (f"linear_ae (defaults: {summary['epochs_run']} epochs): principal angles to PCA's leading "
+                   f"{model.z_dim}-dimensional subspace {', '.join(f'{a:.2e}' for a in angles.tolist())} rad; valid "
+                   f"MSE {summary['valid_evaluation']['mse']:.5f} per value")
+    print(linear_line)
 
     common = ["--data", "digits_binary", "--set", "z_dim=2", "--epochs", str(args.epochs)]
-    panels, rows = [], []
+    panels, rows, cells = [], [], []
     for name in ("autoencoder", "vae"):
         path = trained(root, name, [name, *common])
         _, _, dataset, model, guide, _ = load_run(str(path), torch.device("cpu"))
@@ -80,14 +94,19 @@ def main() -> None:
         spread = codes.std(0).tolist()
         rows.append(f"| {name} | {mse.mean():.5f} ± {mse.std() / len(mse) ** 0.5:.5f} | {nll} | "
                     f"{spread[0]:.2f}, {spread[1]:.2f} |")
+        cells.append([name, f"{mse.mean():.5f} ± {mse.std() / len(mse) ** 0.5:.5f}", nll,
+                      f"{spread[0]:.2f}, {spread[1]:.2f}"])
         title = ("autoencoder: codes z = encoder(x)" if name == "autoencoder"
                  else "vae: posterior means of q(z | x)")
         panels.append((title, codes, decoded))
-    print("| model (z_dim 2, digits_binary) | valid MSE per pixel | valid NLL (nats) | spread of codes (std) |")
+    columns = ["model (z_dim 2, digits_binary)", "valid MSE per pixel", "valid NLL (nats)", "spread of codes (std)"]
+    print("| " + " | ".join(columns) + " |")
     print("| --- | --- | --- | --- |")
     print("\n".join(rows))
     save_code_spaces(panels, labels, dataset.image_shape, Path(args.out))
     print(f"wrote {args.out}")
+    record(__file__, [table(f"the autoencoder and the VAE, up to {args.epochs} epochs with early stopping", columns,
+                            cells)], [linear_line, f"figure: {args.out}"], args=args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import pyro
 import torch
 
 import pprogen
+from common import record, table
 from pprogen.inference.adversarial import AdversarialTrainer
 from pprogen.inference.train import TrainStep, build_loss, collect_parameters, make_optimizer
 
@@ -101,14 +102,20 @@ def main(args):
                 rows[label] = profile(fn, batches)
                 if fast:
                     rows[label]["note"] = step.replay.summary()
-    print(f"per-step own time in microseconds (cProfile), batch {BATCH}, threads {torch.get_num_threads()}, "
-          f"{args.steps} steps")
+    title = (f"per-step own time in microseconds (cProfile), batch {BATCH}, threads {torch.get_num_threads()}, "
+             f"{args.steps} steps")
+    print(title)
     header = f"{'step':30s}" + "".join(f"{g[:12]:>13s}" for g in GROUPS) + f"{'total':>10s}"
     print(header)
+    cells_of, notes = [], []
     for label, totals in rows.items():
         note = totals.pop("note", None)
         cells = "".join(f"{totals.get(g, 0.0):13.0f}" for g in GROUPS)
         print(f"{label:30s}{cells}{sum(totals.values()):10.0f}" + (f"   [{note}]" if note else ""))
+        cells_of.append([label, *(f"{totals.get(g, 0.0):.0f}" for g in GROUPS), f"{sum(totals.values()):.0f}"])
+        if note:
+            notes.append(f"{label}: {note}")
+    record(__file__, [table(title, ["step", *GROUPS, "total"], cells_of)], notes, args=args)
 
 
 if __name__ == "__main__":

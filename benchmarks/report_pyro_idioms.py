@@ -22,6 +22,7 @@ from pyro.infer import Trace_ELBO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import record, table  # noqa: E402
 from pprogen.inference import log_marginal, make_elbo  # noqa: E402
 from tests.clients import programs as p  # noqa: E402
 from tests.clients.helpers import flat_grad, guide_parameters  # noqa: E402
@@ -30,9 +31,13 @@ from tests.clients.test_path_derivatives import IDIOMS, program  # noqa: E402
 
 def main() -> None:
     torch.set_default_dtype(torch.float64)
-    print("1. guide-gradient norm at the exact posterior (16 data points; max over 3 seeds)")
-    print(f"   {'idiom':12s} " + " ".join(f"{n:>10s}" for n in ("stl", "iwae_dreg", "trace", "iwae")))
+    estimators = ("stl", "iwae_dreg", "trace", "iwae")
+    tables = []
+    title = "1. guide-gradient norm at the exact posterior (16 data points; max over 3 seeds)"
+    print(title)
+    print(f"   {'idiom':12s} " + " ".join(f"{n:>10s}" for n in estimators))
     x = p.sample_linear_gaussian(16)
+    rows = []
     for idiom in IDIOMS:
         cells = []
         for name in ("stl", "iwae_dreg", "trace", "iwae"):
@@ -46,8 +51,12 @@ def main() -> None:
                 norms.append(flat_grad(estimator(model, guide)(x), params).norm().item())
             cells.append(f"{max(norms):10.2e}")
         print(f"   {idiom:12s} " + " ".join(cells))
+        rows.append([idiom, *(c.strip() for c in cells)])
+    tables.append(table(title, ["idiom", *estimators], rows))
 
-    print("2. Normal-Normal with a global latent, exact posterior as the guide, K = 64")
+    title = "2. Normal-Normal with a global latent, exact posterior as the guide, K = 64"
+    print(title)
+    rows = []
     for n in (4, 8, 16):
         pyro.clear_param_store()
         x = p.sample_normal_normal(n)
@@ -58,8 +67,13 @@ def main() -> None:
         exact = p.global_log_evidence(x, p.NOISE_SCALE)
         print(f"   N = {n:2d}: log_marginal {evidence.log_prob.item():9.4f} ± {evidence.stderr.item():.1e} "
               f"(joint: {evidence.joint}), closed form {exact:9.4f}")
+        rows.append([n, f"{evidence.log_prob.item():.4f} ± {evidence.stderr.item():.1e}", str(evidence.joint),
+                     f"{exact:.4f}"])
+    tables.append(table(title, ["N", "log_marginal", "joint", "closed form"], rows))
 
-    print("3. subsampled plates (N = 12, B = 4), trace loss on the same draws")
+    title = "3. subsampled plates (N = 12, B = 4), trace loss on the same draws"
+    print(title)
+    rows = []
     pyro.clear_param_store()
     prog, x = p.subsampled_linear_gaussian(12, 4)
     pyro.param("z_loc", prog.init_loc.clone())
@@ -69,6 +83,9 @@ def main() -> None:
         pyro.set_rng_seed(seed)
         theirs = Trace_ELBO().loss(prog.model, prog.guide, x)
         print(f"   seed {seed}: pprogen {ours:10.4f}   Pyro Trace_ELBO {theirs:10.4f}")
+        rows.append([seed, f"{ours:.4f}", f"{theirs:.4f}"])
+    tables.append(table(title, ["seed", "pprogen", "Pyro Trace_ELBO"], rows))
+    record(__file__, tables)
 
 
 if __name__ == "__main__":

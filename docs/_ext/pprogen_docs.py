@@ -7,18 +7,22 @@
   with each entry's provenance from its ``summary.json`` and ``config.json``;
 - ``results/figures.md``: every picture in ``docs/figures/`` with the command, date and machine recorded for it in
   ``docs/results/figures.toml`` (a picture without a record, or a record without its picture, fails the build);
+- ``results/measurements.md``: every script of ``benchmarks/`` under its topic, with the result files it wrote
+  (``benchmarks/results/*.json``: command, date, machine, commit, tables, notes; a script without one is shown as not
+  yet recorded, a result file without its script fails the build) and the dated notes of its docstring's History;
 - ``_generated/options.md``: the ``pprogen train`` options table, from ``pprogen.engine.options.OPTIONS``;
 - ``_generated/datasets.md``: the data sets table, from the data-set registry's cards.
 
 Everything is written under ``docs/_generated/`` (kept out of version control); the pages in the repository
-(``docs/zoo/KIND.md``, ``docs/results/leaderboard.md``, ``docs/results/figures.md``) include it, so a model
-registered tomorrow appears in its family's page with no edit to the docs (a new family needs its two-line page,
-and the build says so). :func:`generate` needs no Sphinx (the tests call it); :func:`setup` connects it to the
-build.
+(``docs/zoo/KIND.md``, ``docs/results/leaderboard.md``, ``figures.md`` and ``measurements.md``) include it, so a
+model registered tomorrow appears in its family's page with no edit to the docs (a new family needs its two-line
+page, and the build says so), and a benchmark run again appears with its new figures. :func:`generate` needs no
+Sphinx (the tests call it); :func:`setup` connects it to the build.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -251,6 +255,182 @@ def figures_page(docs: Path) -> Path:
     return _write(docs / GENERATED / "figures.md", "\n".join(lines))
 
 
+# -- measurements: the result files the benchmarks write -----------------------------------------------------------
+
+MEASUREMENT_TOPICS = [  # (part, topic, benchmark scripts): the measurements page's order; the topics keep the anchors
+    # the guides link to (measurements.md#speed, #gans, ...); a script named nowhere goes under "Other benchmarks"
+    ("Speed", "A training step against a hand-written one", ["bench_step_overhead", "bench_svi_step",
+                                                             "bench_vae_epoch"]),
+    ("Speed", "Autoregressive steps", ["bench_ar_step", "bench_pixelcnn_sampling"]),
+    ("Speed", "Evidence", ["bench_log_marginal", "bench_marginal_memory", "bench_ais"]),
+    ("Speed", "Flows", ["bench_flows"]),
+    ("Speed", "bf16 and torch.compile", ["bench_accel"]),
+    ("Speed", "Where a step's time goes", ["profile_step"]),
+    ("Quality", "The VAE against a hand-written VAE", ["bench_vae_quality"]),
+    ("Quality", "Flows on 2-D data", ["bench_flows_2d"]),
+    ("Quality", "Evidence: IS, AIS and BDMC on binarized MNIST", ["ais_mnist"]),
+    ("Quality", "GANs", ["bench_gan_modes", "bench_sample_quality"]),
+    ("Quality", "Disentanglement: beta-VAE on sprites", ["bench_disentanglement"]),
+    ("Quality", "Imputation", ["bench_imputation"]),
+    ("Quality", "Autoencoders", ["bench_autoencoder"]),
+    ("Quality", "Pyro programs in Pyro's idioms", ["report_pyro_idioms"]),
+    ("The leaderboard", "How the leaderboard's configurations were found", ["likelihood_leaderboard"]),
+]
+NOT_BENCHMARKS = {"common"}  # benchmarks/*.py that hold shared code, not a benchmark
+HISTORY = re.compile(r"^History\n-{3,}\n", re.M)  # a docstring's section of dated notes of earlier runs
+
+
+def benchmark_scripts(root: Path) -> list[Path]:
+    """Every benchmark script: ``benchmarks/*.py`` less the shared code."""
+    return [p for p in sorted((root / "benchmarks").glob("*.py")) if p.stem not in NOT_BENCHMARKS]
+
+
+def script_docstring(path: Path) -> str:
+    """A script's module docstring, read without importing it."""
+    return ast.get_docstring(ast.parse(path.read_text(), str(path))) or ""
+
+
+def script_title(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    first = " ".join(doc.split("\n\n", 1)[0].split())
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z(])", first, maxsplit=1)[0].rstrip(".:")
+
+
+def script_history(doc: str) -> str:
+    """The docstring's ``History`` section (Markdown), or ``""``."""
+    parts = HISTORY.split(doc, maxsplit=1)
+    return parts[1].strip() if len(parts) == 2 else ""
+
+
+def script_command(name: str, doc: str) -> str:
+    """How the docstring says to run the script (its first ``python benchmarks/NAME.py ...``), on one line."""
+    literal = re.search(rf"``(python benchmarks/{re.escape(name)}\.py.*?)``", doc, re.S)
+    line = re.search(rf"^\s*(python benchmarks/{re.escape(name)}\.py[^\n]*?)(\s+#.*)?$", doc, re.M)
+    found = literal or line
+    return " ".join(found.group(1).split()) if found else f"python benchmarks/{name}.py"
+
+
+RESULT_KEYS = {"script", "command", "date", "machine", "git", "arguments", "tables", "notes"}
+
+
+def benchmark_results(root: Path) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """The result files of ``benchmarks/results``, by script name; a file whose script does not exist, that names
+    another script than its file name does, or that lacks a field fails (so does the documentation build)."""
+    scripts = {p.stem for p in benchmark_scripts(root)}
+    found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for path in sorted((root / "benchmarks" / "results").glob("*.json")):
+        where = f"benchmarks/results/{path.name}"
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not JSON ({err}); run its benchmark again or remove it") from None
+        missing = RESULT_KEYS - set(data) if isinstance(data, dict) else RESULT_KEYS
+        if missing:
+            raise ValueError(f"{where} lacks {sorted(missing)}; it was not written by benchmarks/common.py's record()")
+        name = Path(data["script"]).stem
+        if name not in scripts:
+            raise ValueError(f"{where} comes from {data['script']}, which does not exist; remove the file or restore "
+                             "the script")
+        if path.stem != name and not path.stem.startswith(name + "-"):
+            raise ValueError(f"{where} holds a result of {data['script']}: name it {name}[-VARIANT].json")
+        found.setdefault(name, []).append((path, data))
+    return found
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return _cell(value)
+
+
+def markdown_table(result_table: dict[str, Any]) -> str:
+    """A result file's table as a Markdown table (cells escaped; numbers as they are, floats to 6 digits)."""
+    columns = result_table["columns"]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(_number(v) for v in row) + " |" for row in result_table["rows"]]
+    return "\n".join(lines)
+
+
+def _machine_text(machine: dict[str, Any]) -> str:
+    threads = machine.get("torch_threads")
+    parts = [machine.get("cpu") or "CPU unknown", f"{machine.get('logical_cores', '?')} logical cores",
+             f"{threads} torch thread{'s' if threads != 1 else ''}", f"device {machine.get('device', '?')}",
+             machine.get("platform", "?"),
+             f"torch {machine.get('torch', '?')}, pyro {machine.get('pyro', '?')}, Python {machine.get('python', '?')}"]
+    return _markdown_text("; ".join(parts))
+
+
+def _code(text: str) -> str:
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def result_section(path: Path, data: dict[str, Any]) -> list[str]:
+    """One result file: where it is, its command, date, machine and commit, then its tables and notes."""
+    git = data.get("git")
+    if git:
+        commit = f"`{git['commit'][:10]}`" + (" with changes to `pprogen/` or `benchmarks/` not yet committed"
+                                             if git.get("uncommitted_changes") else "")
+    else:
+        commit = "unknown (not run in a git checkout)"
+    settings = ", ".join(f"{k}={v!r}" for k, v in sorted(data["arguments"].items()))
+    lines = [f"Recorded in `benchmarks/results/{path.name}`:", "",
+             f"- command: {_code(data['command'])}",
+             f"- date: {_markdown_text(data['date'])}; commit: {commit}",
+             f"- machine: {_machine_text(data['machine'])}"]
+    if settings:
+        lines += [f"- settings (defaults included): {_code(settings)}"]
+    lines += [""]
+    for result_table in data["tables"]:
+        lines += [f"**{_markdown_text(result_table['title'])}**", "", markdown_table(result_table), ""]
+    if data["notes"]:
+        lines += [f"- {_markdown_text(note)}" for note in data["notes"]] + [""]
+    return lines
+
+
+def _script_section(script: Path, results: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    doc = script_docstring(script)
+    lines = [f"#### `{script.name}`", "", f"*{_markdown_text(_from_rst(script_title(doc)))}.*", ""]
+    if not results:
+        lines += [f"Not yet recorded: no file in `benchmarks/results/` comes from this script. Run "
+                  f"{_code(script_command(script.stem, doc))} to record one.", ""]
+    for path, data in results:
+        lines += result_section(path, data)
+    history = script_history(doc)
+    if history:
+        lines += ["##### History", "", "Dated notes of earlier runs, from the script's docstring:", "",
+                  _from_rst(history), ""]
+    return lines
+
+
+def measurements_page(docs: Path, topics: list[tuple[str, str, list[str]]] | None = None) -> Path:
+    """``_generated/measurements.md``: every benchmark script under its topic (``topics``, by default
+    :data:`MEASUREMENT_TOPICS`), with its result files (``benchmarks/results/*.json``, written by the scripts
+    themselves) and its docstring's History. The benchmarks are those beside ``docs`` or, where it has none (a copy
+    of the docs alone), those of the checkout this extension belongs to."""
+    root = docs.parent if (docs.parent / "benchmarks").is_dir() else Path(__file__).resolve().parents[2]
+    scripts = {p.stem: p for p in benchmark_scripts(root)}
+    results = benchmark_results(root)
+    topics = [*(MEASUREMENT_TOPICS if topics is None else topics)]
+    named = [s for _, _, members in topics for s in members]
+    absent = sorted(set(named) - set(scripts))
+    if absent:
+        raise ValueError(f"docs/_ext/pprogen_docs.py: MEASUREMENT_TOPICS names {absent}, not in benchmarks/")
+    others = sorted(set(scripts) - set(named))
+    if others:
+        topics.append(("Other", "Other benchmarks", others))
+    lines, part = [], None
+    for heading, topic, members in topics:
+        if heading != part:
+            lines += [f"## {heading}", ""]
+            part = heading
+        lines += [f"### {topic}", ""]
+        for name in members:
+            lines += _script_section(scripts[name], results.get(name, []))
+    return _write(docs / GENERATED / "measurements.md", "\n".join(lines).rstrip() + "\n")
+
+
 def options_table(docs: Path) -> Path:
     """``_generated/options.md``: the ``pprogen train`` options, from :data:`pprogen.engine.options.OPTIONS`."""
     from pprogen.engine.options import OPTIONS
@@ -289,7 +469,8 @@ def datasets_table(docs: Path) -> Path:
 def generate(docs: Path) -> list[Path]:
     """Write every generated page under ``docs/_generated``; returns their paths."""
     docs = Path(docs)
-    return [*zoo_pages(docs), leaderboard_page(docs), figures_page(docs), options_table(docs), datasets_table(docs)]
+    return [*zoo_pages(docs), leaderboard_page(docs), figures_page(docs), measurements_page(docs), options_table(docs),
+            datasets_table(docs)]
 
 
 def setup(app):  # pragma: no cover - run by Sphinx
