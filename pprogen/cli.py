@@ -31,7 +31,7 @@ def settings(args: argparse.Namespace, *leave: str) -> dict[str, Any]:
 
 def cmd_train(args) -> int:
     try:
-        trained = train(args, progress=not args.no_progress, dist_timeout=args.dist_timeout)
+        trained = train(args, progress=not args.no_progress, dist_timeout=args.dist_timeout, announce=print)
     except NonFiniteLossError as err:
         print(f"pprogen: training stopped: {err}", file=sys.stderr)
         return 1
@@ -220,13 +220,22 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+class _Notes(logging.Formatter):
+    """Notes as ``pprogen: note``; the lines of a progress display (``epoch 3/20: ...``, ``sampling: 392/784
+    dimensions``; records marked ``progress``, :mod:`pprogen.progress`) as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if getattr(record, "progress", False) else f"pprogen: {text}"
+
+
 def show_notes() -> None:
-    """The library logs its notes (``logging.getLogger("pprogen")``, no handler of its own); the command line shows
-    them on stderr, once."""
+    """The library logs its notes and its progress lines (``logging.getLogger("pprogen")``, no handler of its own);
+    the command line shows them on stderr, once."""
     log = logging.getLogger("pprogen")
     if not any(isinstance(h, _Stderr) for h in log.handlers):
         handler = _Stderr()
-        handler.setFormatter(logging.Formatter("pprogen: %(message)s"))
+        handler.setFormatter(_Notes())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
 

@@ -5,23 +5,26 @@ Reference: Hoffman & Gelman, The No-U-Turn Sampler, JMLR 2014; ArviZ, Kumar et a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from pyro.infer import MCMC, NUTS
 
+if TYPE_CHECKING:
+    from arviz import InferenceData
+
 
 def run_nuts(
-    model: Callable,
-    *args,
+    model: Callable[..., Any],
+    *args: Any,
     num_samples: int = 500,
     warmup_steps: int = 300,
     num_chains: int = 1,
     seed: int | None = 0,
     progress: bool = False,
     log_likelihood: bool = True,
-    **kwargs,
-):
+    **kwargs: Any,
+) -> tuple[InferenceData, MCMC]:
     """Sample the posterior of ``model(*args, **kwargs)`` with NUTS.
 
     Returns ``(InferenceData, MCMC)``: ``az.summary``, ``az.plot_trace`` and ``az.plot_posterior``

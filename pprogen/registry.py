@@ -9,9 +9,12 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from pprogen.errors import suggest as _suggest, unknown_name_error
+
+if TYPE_CHECKING:
+    from pyro.nn import PyroModule
 
 KINDS = ("latent", "autoregressive", "flow", "mixture", "bayesnet", "gan", "autoencoder")
 
@@ -57,9 +60,27 @@ class ModelCard:
 
 _REGISTRY: dict[str, ModelCard] = {}
 
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])
+
+
+@overload
+def register_model(
+    fn: _Factory, *, name: str | None = ..., kind: str = ..., reference: str = ..., default_data: str = ...,
+    story: str | None = ..., train_defaults: dict[str, Any] | None = ..., details: Callable[[], str] | None = ...,
+    default_target: str | None = ...,
+) -> _Factory: ...
+
+
+@overload
+def register_model(
+    fn: None = ..., *, name: str | None = ..., kind: str = ..., reference: str = ..., default_data: str = ...,
+    story: str | None = ..., train_defaults: dict[str, Any] | None = ..., details: Callable[[], str] | None = ...,
+    default_target: str | None = ...,
+) -> Callable[[_Factory], _Factory]: ...
+
 
 def register_model(
-    fn: Callable[..., Any] | None = None,
+    fn: _Factory | None = None,
     *,
     name: str | None = None,
     kind: str = "latent",
@@ -69,7 +90,7 @@ def register_model(
     train_defaults: dict[str, Any] | None = None,
     details: Callable[[], str] | None = None,
     default_target: str | None = None,
-):
+) -> _Factory | Callable[[_Factory], _Factory]:
     """Register a model factory under ``name`` (the function's name by default).
 
     Usable bare (``@register_model``) or with card fields (``@register_model(kind="flow", ...)``).
@@ -78,7 +99,7 @@ def register_model(
     tables, say). A duplicate name raises ``ValueError``.
     """
 
-    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(factory: _Factory) -> _Factory:
         key = name or factory.__name__
         if key in _REGISTRY:
             raise ValueError(
@@ -119,7 +140,7 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
-def create_model(name: str, **overrides: Any):
+def create_model(name: str, **overrides: Any) -> PyroModule:
     """Build the model ``name``; ``overrides`` replace the factory's defaults."""
     card = get_card(name)
     params = inspect.signature(card.factory).parameters

@@ -86,6 +86,44 @@ def test_missing_binarized_mnist_offline_says_which_files_to_put_where(tmp_path,
         load_binarized_mnist(tmp_path, download=False)
 
 
+URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{train,valid,test}.amat"
+
+
+def test_binarized_mnist_offline_names_the_files_the_folder_the_address_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("PPROGEN_DATA", raising=False)
+    with pytest.raises(DataError) as err:
+        load_binarized_mnist(tmp_path, download=False)
+    text = str(err.value)
+    assert "\n" not in text
+    assert f"looked for binarized_mnist_{{train,valid,test}}.amat or binarized_mnist.npz in {tmp_path}," in text
+    assert f"the download from {URL} is off (download=False)" in text
+    assert text.endswith("put binarized_mnist.npz (or the three .amat files) in a folder DIR and pass --data-dir DIR "
+                         "(or set PPROGEN_DATA=DIR), or load with download=True")
+
+
+def test_binarized_mnist_without_a_network_names_the_address_it_tried_and_why_it_failed(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    asked = []
+
+    def no_network(url, timeout=None):
+        asked.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.delenv("PPROGEN_DATA", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(DataError) as err:
+        load_dataset("binarized_mnist", data_dir=tmp_path)  # download allowed, as the command line asks
+    text = str(err.value)
+    assert asked == [URL.replace("{train,valid,test}", "train")] and "\n" not in text
+    assert f"looked for binarized_mnist_{{train,valid,test}}.amat or binarized_mnist.npz in {tmp_path}," in text
+    assert (f"downloading {URL} into {tmp_path} failed: <urlopen error [Errno -3] Temporary failure in name "
+            "resolution>;") in text
+    assert text.endswith("--data-dir DIR (or set PPROGEN_DATA=DIR), or run again where that address can be reached")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half-written file left behind
+
+
 def test_unknown_data_name_suggests_close_ones():
     with pytest.raises(ValueError, match="did you mean 'moons'"):
         load_dataset("mons")

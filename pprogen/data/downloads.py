@@ -67,6 +67,7 @@ def load_binarized_mnist(data_dir: str | os.PathLike | None = None, download: bo
         if npz.is_file():
             for split, tensor in _read_packed_npz(npz).items():
                 splits.setdefault(split, tensor)
+    failure = None
     if "train" not in splits and download:
         target = dirs[0] if dirs else Path.home() / ".cache" / "pprogen"
         try:
@@ -79,17 +80,24 @@ def load_binarized_mnist(data_dir: str | os.PathLike | None = None, download: bo
                 tmp.write_bytes(payload)
                 os.replace(tmp, dest)
                 splits[split] = _read_amat(dest)
-        except OSError:
-            splits = {}
+        except OSError as err:
+            splits, failure = {}, f"into {target} failed: {' '.join(str(err).split())}"
     if "train" not in splits:
-        where = ", ".join(str(d) for d in dirs) or "no folder given"
-        raise DataError(
-            "binarized_mnist not found (looked in: " + where + ") and it could not be downloaded; "
-            "put binarized_mnist_{train,valid,test}.amat or binarized_mnist.npz in a folder and pass "
-            f"--data-dir FOLDER (or set {DATA_ENV}=FOLDER)"
-        )
+        raise DataError(_binarized_mnist_missing(dirs, failure))
     return Dataset("binarized_mnist", splits["train"], splits.get("valid"), splits.get("test"), shape=(1, 28, 28),
                    binary=True, labelled_rows=hand_labels(splits))
+
+
+def _binarized_mnist_missing(dirs: list[Path], failure: str | None) -> str:
+    """The one line saying which files were looked for where, the address they download from, and the fix."""
+    where = f"in {', '.join(map(str, dirs))}" if dirs else f"(no folder given: --data-dir or ${DATA_ENV})"
+    url = BINARIZED_MNIST_URL.format(split="{train,valid,test}")
+    fetched = (f"downloading {url} {failure}" if failure is not None
+               else f"the download from {url} is off (download=False)")
+    allow = "or run again where that address can be reached" if failure is not None else "or load with download=True"
+    return (f"binarized_mnist not found: looked for binarized_mnist_{{train,valid,test}}.amat or binarized_mnist.npz "
+            f"{where}, and {fetched}; put binarized_mnist.npz (or the three .amat files) in a folder DIR and pass "
+            f"--data-dir DIR (or set {DATA_ENV}=DIR), {allow}")
 
 
 HAND_LABELS = Path(__file__).parents[1] / "labels" / "binarized_mnist.json"

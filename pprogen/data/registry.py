@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, overload
 
 from pprogen.data.dataset import Dataset
 from pprogen.data.files import load_file
@@ -60,8 +60,26 @@ class DatasetCard:
 _REGISTRY: dict[str, DatasetCard] = {}
 
 
+_Loader = TypeVar("_Loader", bound=Callable[..., Dataset])
+
+
+@overload
 def register_dataset(
-    name: str | Callable[..., Dataset] | None = None,
+    name: _Loader, *, description: str | None = ..., kind: str | None = ..., shape: tuple[int, ...] | None = ...,
+    binary: bool | None = ..., num_classes: int | None = ..., offline: bool = ..., reference: str = ...,
+) -> _Loader: ...
+
+
+@overload
+def register_dataset(
+    name: str | None = ..., *, description: str | None = ..., kind: str | None = ...,
+    shape: tuple[int, ...] | None = ..., binary: bool | None = ..., num_classes: int | None = ...,
+    offline: bool = ..., reference: str = ...,
+) -> Callable[[_Loader], _Loader]: ...
+
+
+def register_dataset(
+    name: str | _Loader | None = None,
     *,
     description: str | None = None,
     kind: str | None = None,
@@ -70,7 +88,7 @@ def register_dataset(
     num_classes: int | None = None,
     offline: bool = True,
     reference: str = "",
-):
+) -> _Loader | Callable[[_Loader], _Loader]:
     """Register a loader under ``name`` (the function's name when used bare, ``@register_dataset``).
 
     The loader returns a :class:`Dataset`; it may take ``data_dir`` and ``download``, which
@@ -81,7 +99,7 @@ def register_dataset(
         return register_dataset(description=description, kind=kind, shape=shape, binary=binary,
                                 num_classes=num_classes, offline=offline, reference=reference)(name)
 
-    def decorate(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    def decorate(loader: _Loader) -> _Loader:
         key = name or loader.__name__
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
             raise ValueError(f"data set name {key!r} is not allowed; use letters, digits, '_' or '-' "

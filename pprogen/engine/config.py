@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from pprogen.engine import options as opts
 from pprogen.inference import make_guide
 from pprogen.registry import ModelCard, create_model
 from pprogen.runs import Run
+
+if TYPE_CHECKING:
+    from pyro.nn import PyroModule
 
 # settings a run is defined by: fixed when it starts, refused on --resume
 RUN_DEFINING = ("data", "data_dir", "limit", "set", "guide", "seed", "plate_name", "out")
@@ -70,7 +73,8 @@ def build(config: dict[str, Any], dataset: Dataset | None = None) -> tuple[Datas
     return dataset, model, guide
 
 
-def condition_of(model, dataset: Dataset, split: str, limit: int | None = None, device=None) -> dict[str, torch.Tensor]:
+def condition_of(model: PyroModule, dataset: Dataset, split: str, limit: int | None = None,
+                 device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """The per-datum keyword arguments a conditional model needs: the split's labels as ``y``."""
     if not capabilities(model).conditional:
         return {}

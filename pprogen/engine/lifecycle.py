@@ -4,12 +4,13 @@ writes the evaluation, the pictures and ``summary.json``."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pprogen import distributed
 from pprogen.data import Dataset
@@ -20,6 +21,8 @@ from pprogen.engine.trainer import Trainer, select, trainer_class
 from pprogen.inference.loop import History
 from pprogen.registry import get_card
 from pprogen.runs import REQUIRED, Run, run_lock
+
+logger = logging.getLogger(__name__)  # no handler here: the command line decides what is shown
 
 
 def prepare_run(options: Any) -> tuple[dict[str, Any], Dataset | None, Run | None, dict[str, Any] | None, str | None]:
@@ -60,10 +63,10 @@ class Finished:
 
 
 def train(options: Any, progress: bool = True, dist_timeout: float = distributed.DEFAULT_TIMEOUT,
-          announce=print) -> "Trained | Finished":
+          announce: Callable[[str], None] | None = None) -> Trained | Finished:
     """``pprogen train``: :func:`prepare_run` then :func:`train_run`, with a resumed run's folder locked against
     a second writer from before its checkpoint is read until its last file is written (a new run's folder is
-    locked at its first write)."""
+    locked at its first write). ``announce`` as in :func:`train_run`."""
     resume = opts.given(options, "resume")
     writer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes
     with run_lock(resume, "pprogen train --resume") if resume and writer else nullcontext():
@@ -98,10 +101,12 @@ class Trained:
 
 def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run | None = None,
               checkpoint: dict[str, Any] | None = None, out: str | Path | None = None, progress: bool = True,
-              dist_timeout: float = distributed.DEFAULT_TIMEOUT, announce=print) -> Trained:
+              dist_timeout: float = distributed.DEFAULT_TIMEOUT,
+              announce: Callable[[str], None] | None = None) -> Trained:
     """Train the run ``config`` describes with its trainer, set up and checked before anything is written; a
     resumed ``run`` continues from ``checkpoint``. Then the evaluation, the pictures and ``summary.json``.
-    ``announce`` gets the one line that says what trains where."""
+    ``announce`` gets the one line that says what trains where (default: this module's logger, at INFO; the
+    command line prints it)."""
     world, device = distributed.init(config["device"], dist_timeout)
     resumed = run is not None
     session = trainer_class(config)(config, dataset, device, world, progress=progress, resumed=resumed)
@@ -110,7 +115,7 @@ def train_run(config: dict[str, Any], dataset: Dataset | None = None, run: Run |
             run = Run.create(config, out if out is not None else default_out(config), lazy=True, reuse=True)
         else:
             run.stage_config(config)  # written at the first write, after the trainer's checks
-        announce(_banner(config, session, world, run))
+        (announce or logger.info)(_banner(config, session, world, run))
     else:
         run = None
     with run.lock("pprogen train") if run is not None else nullcontext():  # one writer per run

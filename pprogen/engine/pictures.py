@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -13,9 +14,12 @@ from pprogen.data import Dataset
 from pprogen.engine.config import condition_of
 from pprogen.runs import Run, atomic_write
 
+if TYPE_CHECKING:
+    from pyro.nn import PyroModule
 
-def likelihood_pictures(run: Run, model, guide, dataset: Dataset, device,
-                        curve_label: str = "negative ELBO per datum (nats)") -> list[str]:
+
+def likelihood_pictures(run: Run, model: PyroModule, guide: Callable[..., Any] | None, dataset: Dataset,
+                        device: torch.device, curve_label: str = "negative ELBO per datum (nats)") -> list[str]:
     """Samples (a Bayesian network: its learned tables; a 2-D flow: its density too), reconstructions of images,
     and the training curves; returns the names written in the run folder."""
     from pprogen import plots

@@ -9,15 +9,20 @@ import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pprogen.capabilities import capabilities
+from pprogen.capabilities import Capabilities, capabilities
 from pprogen.engine import budget
 from pprogen.engine.config import condition_of
 from pprogen.engine.scoring import some_split
 from pprogen.runs import atomic_write
+
+if TYPE_CHECKING:
+    from pyro.nn import PyroModule
+
+    from pprogen.engine.loaded import LoadedRun  # imports this module
 
 SUFFIXES = (".png", ".pdf", ".npy", ".pt")
 
@@ -79,7 +84,7 @@ class SampleRequest:
         if self.span is not None and not (self.span > 0 and math.isfinite(self.span)):
             raise ValueError(f"--span must be a positive finite number, got {self.span}")
 
-    def check_model(self, model, caps) -> None:
+    def check_model(self, model: PyroModule, caps: Capabilities) -> None:
         """The checks that need the model's capabilities."""
         name = type(model).__name__.lower()
         if self.mean and not (caps.latent_mean or hasattr(model, "sample") and "mean" in _params(model.sample)):
@@ -152,7 +157,7 @@ def write_rows(out: Path, rows: torch.Tensor) -> None:
         atomic_write(out, lambda tmp: torch.save(rows, tmp))
 
 
-def draw(loaded, request: SampleRequest) -> Drawn:
+def draw(loaded: LoadedRun, request: SampleRequest) -> Drawn:
     """What :func:`sample_run` draws, without writing it."""
     from pprogen import latent
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -21,6 +21,11 @@ from pprogen.engine.config import condition_of
 from pprogen.engine.report import format_annealed, format_disentanglement, format_eval, format_ood
 from pprogen.inference import evaluate
 from pprogen.runs import Run, atomic_write
+
+if TYPE_CHECKING:
+    from pyro.nn import PyroModule
+
+    from pprogen.inference.ood import OODReport
 
 ANNEALING_DEFAULTS = {"steps": 1000, "chains": 16, "leapfrog": 10, "schedule": "sigmoid"}
 
@@ -90,9 +95,9 @@ class EvaluationRequest:
         return self
 
 
-def evaluate_split(model, guide, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
-                   limit: int | None = None, world: distributed.World | None = None, method: str = "auto",
-                   **annealing) -> dict[str, Any]:
+def evaluate_split(model: PyroModule, guide: Callable[..., Any] | None, dataset: Dataset, split: str,
+                   num_samples: int, device: torch.device, run: Run | None = None, limit: int | None = None,
+                   world: distributed.World | None = None, method: str = "auto", **annealing: Any) -> dict[str, Any]:
     """The split's score by :func:`pprogen.inference.evaluate`, as the dict summary.json holds; the k-hat
     picture of an importance-sampled score is saved in the run folder."""
     tag = "refined-" if annealing.get("refine") else ""  # its k-hat picture beside the guide's own
@@ -185,8 +190,9 @@ def reference_split(dataset: Dataset, split: str) -> str:
                     "held-out split of in-distribution data to estimate the entropy")
 
 
-def ood_split(model, guide, dataset: Dataset, other: Dataset, split: str, num_samples: int, device,
-              run: Run | None = None, limit: int | None = None, world=None, batch: int = 1):
+def ood_split(model: PyroModule, guide: Callable[..., Any] | None, dataset: Dataset, other: Dataset, split: str,
+              num_samples: int, device: torch.device, run: Run | None = None, limit: int | None = None,
+              world: distributed.World | None = None, batch: int = 1) -> tuple[dict[str, Any], OODReport]:
     """Out-of-distribution scores of ``other`` against ``dataset``'s ``split`` (in-distribution test data): the
     per-input log-likelihoods of both and of a held-out in-distribution split (the entropy estimate), by
     :func:`pprogen.inference.evaluate`. Returns ``(summary dict, OODReport)``."""
@@ -211,7 +217,8 @@ def ood_split(model, guide, dataset: Dataset, other: Dataset, split: str, num_sa
     return result, report
 
 
-def disentanglement(model, guide, dataset: Dataset, device) -> dict[str, Any] | None:
+def disentanglement(model: PyroModule, guide: Callable[..., Any] | None, dataset: Dataset,
+                    device: torch.device) -> dict[str, Any] | None:
     """MIG and the FactorVAE score (:mod:`pprogen.inference.disentanglement`) of the guide's posterior means of
     every image of a data set with known factors (``sprites``); None for other data and for models without a
     latent space and a guide."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -29,6 +29,9 @@ from pprogen.engine.report import format_eval
 from pprogen.capabilities import capabilities
 from pprogen.registry import ModelCard
 from pprogen.runs import Run, seed_everything
+
+if TYPE_CHECKING:
+    from pprogen.inference.loop import History
 
 TRAINERS: dict[str, type["Trainer"]] = {}
 
@@ -235,7 +238,7 @@ class Trainer:
     def format(self, split: str, result: dict[str, Any]) -> str:
         return format_eval(split, result)
 
-    def history_summary(self, history) -> dict[str, Any]:
+    def history_summary(self, history: History) -> dict[str, Any]:
         return {}
 
     def trained_what(self, summary: dict[str, Any]) -> str:

@@ -46,10 +46,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pyro
 import torch
+
+if TYPE_CHECKING:
+    import arviz
 
 from pprogen.inference.annealing import (
     ADAPT_DOWN,
@@ -110,7 +113,7 @@ class AnnealedEvidence(Evidence):
         })
         return out
 
-    def to_inference_data(self):
+    def to_inference_data(self) -> "arviz.InferenceData":
         data = super().to_inference_data()
         stats = data.sample_stats
         for name in ("accept_rate", "divergences", "step_size"):
@@ -152,7 +155,7 @@ class Sandwich:
             "mean_accept_rate": 0.5 * (self.lower.accept_rate.double().mean() + self.upper.accept_rate.double().mean()).item(),
         }
 
-    def to_inference_data(self):
+    def to_inference_data(self) -> "arviz.InferenceData":
         """ArviZ ``InferenceData``: the lower bounds as ``log_likelihood``, both bounds and the gap as
         ``sample_stats``."""
         data = self.lower.to_inference_data()

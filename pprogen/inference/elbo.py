@@ -132,7 +132,9 @@ class TraceELBO:
         with plate:
             return self._elbo_particle_sum(model, guide, args, kwargs)
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """Negative ELBO estimate that autograd differentiates; averaged over particles."""
         if self.vectorize_particles or self.num_particles == 1:
             total = self._particle_sum(model, guide, args, kwargs)
@@ -157,7 +159,7 @@ class TraceELBO:
             return fallback.differentiable_loss(model, guide, *args, **kwargs)
         return -total if self.num_particles == 1 else -total / self.num_particles
 
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
         with torch.no_grad():
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
@@ -240,5 +242,5 @@ class ELBOLoss(nn.Module):
         self.model = model
         self.guide = guide
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)

@@ -73,8 +73,8 @@ def _quiet():
         yield
 
 
-def _pyro_elbo(cls_name: str):
-    def build(num_particles: int = 1, vectorize_particles: bool = True, beta: float = 1.0, **kw):
+def _pyro_elbo(cls_name: str) -> Callable[..., BetaELBO]:
+    def build(num_particles: int = 1, vectorize_particles: bool = True, beta: float = 1.0, **kw: Any) -> BetaELBO:
         if not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         cls = getattr(pyro.infer, cls_name)
@@ -103,7 +103,7 @@ def _renyi(num_particles: int = 2, alpha: float = 0.5, **kw: Any) -> RenyiELBO:
     return RenyiELBO(alpha=alpha, num_particles=num_particles, **kw)
 
 
-ELBOS: dict[str, Callable[..., Any]] = {
+ELBOS: dict[str, Callable[..., TraceELBO | RenyiELBO | BetaELBO]] = {
     "analytic": _analytic,
     "trace": TraceELBO,
     "stl": _stl,
@@ -116,11 +116,13 @@ ELBOS: dict[str, Callable[..., Any]] = {
 }
 
 
-def make_elbo(name: str, **kw: Any):
+def make_elbo(name: str, **kw: Any) -> TraceELBO | RenyiELBO | BetaELBO:
     """An ELBO estimator by name (see the module docstring).
 
     Keyword arguments: ``num_particles``, ``beta`` (the KL weight, for every estimator), ``alpha`` (``renyi``),
-    ``vectorize_particles`` and the estimator's own.
+    ``vectorize_particles`` and the estimator's own. Returns a :class:`TraceELBO` (``analytic``, ``trace``,
+    ``stl``), a :class:`RenyiELBO` (``renyi``, ``iwae``, ``iwae_dreg``) or one of Pyro's estimators wrapped in
+    :class:`BetaELBO` (``meanfield``, ``graph``, ``enum``).
     """
     if name not in ELBOS:
         raise unknown_name_error("ELBO estimator", name, ELBOS)

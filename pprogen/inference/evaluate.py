@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from pprogen.capabilities import capabilities
 from pprogen.distributed import World, current, gather_shards, my_rows
 from pprogen.inference.unvectorized import NOTE
+
+if TYPE_CHECKING:
+    from arviz import InferenceData
 
 METHODS = ("auto", "is", "ais", "bdmc")
 LN2 = math.log(2)
@@ -39,7 +42,7 @@ class Evaluation:
     summary: dict[str, Any]
     result: Any = None
 
-    def to_inference_data(self):
+    def to_inference_data(self) -> InferenceData:
         """ArviZ ``InferenceData`` of the per-datum results (and their diagnostics when the method has any)."""
         if self.result is not None:
             return self.result.to_inference_data()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -110,7 +110,9 @@ class RenyiELBO:
         k = log_w.shape[0]
         return (torch.logsumexp((1.0 - self.alpha) * log_w, 0) - math.log(k)) / (1.0 - self.alpha)
 
-    def per_datum_bound(self, model: Callable, guide: Callable, *args, **kwargs):
+    def per_datum_bound(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor | float]:
         """``(bound per datum (B,), global term, data-plate scale)``, all differentiable."""
         if self.max_plate_nesting is None or self.plate_name is None:
             guide_sites, model_sites = probe_sites(model, guide, args, kwargs)
@@ -188,11 +190,13 @@ class RenyiELBO:
 
         return reduce
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         bound, global_term, scale = self.per_datum_bound(model, guide, *args, **kwargs)
         return -(bound.sum() * scale + global_term)
 
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
         with torch.no_grad():
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
 

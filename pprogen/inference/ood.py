@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -114,8 +114,9 @@ def ood_report(log_prob_in: torch.Tensor, log_prob_out: torch.Tensor, log_prob_r
     return report
 
 
-def detect_ood(model, guide, data_in: torch.Tensor, data_out: torch.Tensor, data_reference: torch.Tensor,
-               num_samples: int = 1000, batch: int = 1, plate_name: str | None = None) -> OODReport:
+def detect_ood(model: Callable[..., Any], guide: Callable[..., Any] | None, data_in: torch.Tensor,
+               data_out: torch.Tensor, data_reference: torch.Tensor, num_samples: int = 1000, batch: int = 1,
+               plate_name: str | None = None) -> OODReport:
     """Score in-distribution test rows ``data_in`` against ``data_out`` with ``model``'s log-likelihood (exact
     where the model has one, else importance sampling with ``guide`` and ``num_samples`` particles, as
     :func:`pprogen.inference.evaluate`); ``data_reference`` (held-out in-distribution rows) estimates the entropy

@@ -5,7 +5,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Optim:
         if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
             raise ValueError(f"lr_gamma is the schedule's factor on the learning rate, in (0, 1], got {gamma!r}")
 
-    def scheduler(self, optimizer, epochs: int):
+    def scheduler(self, optimizer: Optimizer, epochs: int) -> LRScheduler | None:
         """The learning-rate schedule of ``optimizer`` over ``epochs`` (None for a constant rate): cosine, or
         multiplied by ``lr_gamma`` every epoch (exponential) or when the validation loss stops falling (plateau)."""
         import torch

@@ -11,7 +11,7 @@ A non-finite loss or gradient is reported by the step, never applied, so the par
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pyro
 import torch
@@ -107,8 +107,9 @@ class TrainStep:
     off), and the loss and a finiteness check of the gradients are read from the device together, once per step.
     """
 
-    def __init__(self, loss_module: nn.Module, params, optimizer, clip_norm: float | None = None,
-                 forward: Callable | None = None, world: World | None = None, synced_params=(),
+    def __init__(self, loss_module: nn.Module, params: Iterable[torch.Tensor], optimizer: torch.optim.Optimizer,
+                 clip_norm: float | None = None, forward: Callable[..., torch.Tensor] | None = None,
+                 world: World | None = None, synced_params: Iterable[torch.Tensor] = (),
                  autocast: str | None = None, plate_name: str = "data", fast_path: bool = True,
                  compiled: bool = False, check_every: int = 200, record_after: int = 50) -> None:
         self.loss_module = loss_module
@@ -130,7 +131,7 @@ class TrainStep:
         with scale_data_plate(scale, self.plate_name), autocast_context(self.autocast, batch.device):
             return self.forward(batch, **condition)
 
-    def rerun(self, batch: torch.Tensor, scale: float = 1.0, **condition) -> None:
+    def rerun(self, batch: torch.Tensor, scale: float = 1.0, **condition: Any) -> None:
         """After a replayed step, the program once more on its batch (no gradients, the random streams left as
         they were), so that the estimator's per-site terms describe that batch: what a non-finite step's
         message names."""

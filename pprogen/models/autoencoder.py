@@ -21,7 +21,7 @@ Baldi & Hornik, Neural networks and principal component analysis, Neural Network
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -45,7 +45,7 @@ class FlatPrior(dist.ImproperUniform):
         shape = value.shape[:value.dim() - len(self.event_shape)]
         return value.new_zeros(shape)
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape: Sequence[int], _instance: FlatPrior | None = None) -> FlatPrior:
         return FlatPrior(self.support, torch.Size(batch_shape), self.event_shape)
 
 
@@ -56,7 +56,7 @@ class DeterministicEncoder(PyroModule):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, x: torch.Tensor, **condition) -> None:
+    def forward(self, x: torch.Tensor, **condition: Any) -> None:
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Delta(self.encoder(x), event_dim=1))
 
@@ -66,8 +66,8 @@ class Autoencoder(PyroModule):
 
     latent_site = "z"
 
-    def __init__(self, x_shape: Sequence[int], z_dim: int, decoder: nn.Module, encoder_factory,
-                 reconstruction: str = "bernoulli") -> None:
+    def __init__(self, x_shape: Sequence[int], z_dim: int, decoder: nn.Module,
+                 encoder_factory: Callable[[], nn.Module], reconstruction: str = "bernoulli") -> None:
         super().__init__()
         if reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"unknown reconstruction loss {reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}")
@@ -107,19 +107,19 @@ class Autoencoder(PyroModule):
                          "(pprogen sample RUN --from-data ...)")
 
     @torch.no_grad()
-    def from_latent(self, z: torch.Tensor, mean: bool = True, **condition) -> torch.Tensor:
+    def from_latent(self, z: torch.Tensor, mean: bool = True, **condition: Any) -> torch.Tensor:
         """The decoder's output at codes ``z``: its mean, or one draw of the reconstruction distribution."""
         fn = self.reconstruction_dist(z)
         return fn.mean if mean else fn.sample()
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, guide) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, guide: Callable[..., Any]) -> torch.Tensor:
         """decoder(encoder(x)) (the mean of the reconstruction distribution) with the guide's encoder."""
         z = poutine.trace(guide).get_trace(x).nodes["z"]["value"]
         return self.reconstruction_dist(z).mean
 
     @torch.no_grad()
-    def reconstruction_error(self, x: torch.Tensor, guide) -> dict[str, torch.Tensor]:
+    def reconstruction_error(self, x: torch.Tensor, guide: Callable[..., Any]) -> dict[str, torch.Tensor]:
         """Per row: the squared error of the reconstruction and the training loss (Bernoulli cross-entropy in
         nats, or half the squared error plus the Gaussian constant)."""
         z = poutine.trace(guide).get_trace(x).nodes["z"]["value"]

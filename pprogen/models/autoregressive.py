@@ -21,8 +21,9 @@ with the empty guide is maximum likelihood and the same trainer serves them.
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pyro
 import torch
@@ -33,7 +34,10 @@ from torch import nn
 from torch.distributions import constraints
 
 from pprogen.nn import EmptyGuide
+from pprogen.progress import Sweep
 from pprogen.registry import register_model
+
+logger = logging.getLogger(__name__)  # no handler here: the command line decides what is shown
 
 
 class AutoregressiveBernoulli(TorchDistribution):
@@ -45,8 +49,9 @@ class AutoregressiveBernoulli(TorchDistribution):
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, nets: Sequence[Callable], orders: torch.Tensor, batch_shape=torch.Size(), validate_args=None,
-                 event_shape: Sequence[int] | None = None):
+    def __init__(self, nets: Sequence[Callable[[torch.Tensor], torch.Tensor]], orders: torch.Tensor,
+                 batch_shape: Sequence[int] = torch.Size(), validate_args: bool | None = None,
+                 event_shape: Sequence[int] | None = None) -> None:
         self.nets = list(nets)
         self.orders = orders  # (len(nets), numel of the event)
         event_shape = torch.Size(event_shape if event_shape is not None else (orders.shape[-1],))
@@ -56,7 +61,9 @@ class AutoregressiveBernoulli(TorchDistribution):
     def support(self):
         return constraints.independent(constraints.boolean, len(self.event_shape))
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(
+        self, batch_shape: Sequence[int], _instance: AutoregressiveBernoulli | None = None
+    ) -> AutoregressiveBernoulli:
         return AutoregressiveBernoulli(self.nets, self.orders, batch_shape, self._validate_args, self.event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -71,21 +78,29 @@ class AutoregressiveBernoulli(TorchDistribution):
         return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
 
     @torch.no_grad()
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         event = tuple(self.event_shape)
         flat = torch.zeros((math.prod(shape[: len(shape) - len(event)]), math.prod(event)), device=self.orders.device)
         component = torch.randint(len(self.nets), (flat.shape[0],), device=flat.device)
-        for k, net in enumerate(self.nets):
-            rows = (component == k).nonzero()[:, 0]
-            if len(rows) == 0:
-                continue
-            xs = flat[rows]
-            for i in self.orders[k].tolist():
-                logits = net(xs.reshape((-1,) + event)).reshape(len(rows), -1)
-                xs[:, i] = torch.bernoulli(torch.sigmoid(logits[:, i]))
-            flat[rows] = xs
+        with self._sweep("sampling", component) as sweep:
+            for k, net in enumerate(self.nets):
+                rows = (component == k).nonzero()[:, 0]
+                if len(rows) == 0:
+                    continue
+                xs = flat[rows]
+                for i in self.orders[k].tolist():
+                    logits = net(xs.reshape((-1,) + event)).reshape(len(rows), -1)
+                    xs[:, i] = torch.bernoulli(torch.sigmoid(logits[:, i]))
+                    sweep.advance()
+                flat[rows] = xs
         return flat.reshape(shape)
+
+    def _sweep(self, what: str, component: torch.Tensor) -> Sweep:
+        """Progress over the dimensions of the orderings that draw rows (``component``: each row's net)."""
+        used, dims = len(component.unique()), self.orders.shape[-1]
+        unit = f"dimensions ({dims} in each of {used} orderings)" if used > 1 else "dimensions"
+        return Sweep(what, used * dims, unit, logger)
 
 
     @torch.no_grad()
@@ -100,18 +115,20 @@ class AutoregressiveBernoulli(TorchDistribution):
         flat = torch.where(missing, torch.zeros_like(x), x).reshape(n, -1).clone()
         miss = missing.reshape(n, -1)
         component = torch.randint(len(self.nets), (n,), device=flat.device)
-        for k, net in enumerate(self.nets):
-            rows = (component == k).nonzero()[:, 0]
-            if len(rows) == 0:
-                continue
-            xs, ms = flat[rows], miss[rows]
-            for i in self.orders[k].tolist():
-                todo = ms[:, i]
-                if not todo.any():
+        with self._sweep("imputing", component) as sweep:
+            for k, net in enumerate(self.nets):
+                rows = (component == k).nonzero()[:, 0]
+                if len(rows) == 0:
                     continue
-                logits = net(xs.reshape((-1,) + event)).reshape(len(rows), -1)[:, i]
-                xs[:, i] = torch.where(todo, torch.bernoulli(torch.sigmoid(logits)), xs[:, i])
-            flat[rows] = xs
+                xs, ms = flat[rows], miss[rows]
+                for i in self.orders[k].tolist():
+                    sweep.advance()
+                    todo = ms[:, i]
+                    if not todo.any():
+                        continue
+                    logits = net(xs.reshape((-1,) + event)).reshape(len(rows), -1)[:, i]
+                    xs[:, i] = torch.where(todo, torch.bernoulli(torch.sigmoid(logits)), xs[:, i])
+                flat[rows] = xs
         full = flat.reshape(x.shape)
         log_p, log_q = [], []
         for net in self.nets:
@@ -162,7 +179,7 @@ class AutoregressiveModel(PyroModule):
 
     @torch.no_grad()
     def impute(self, x: torch.Tensor, missing: torch.Tensor, num_completions: int = 8, num_particles: int = 256,
-               **condition) -> tuple[torch.Tensor, dict]:
+               **condition: Any) -> tuple[torch.Tensor, dict]:
         """Draws of the missing entries given the observed ones: ancestral completion (exact) when the observed
         entries come first in the model's order; otherwise ``num_particles`` clamped ancestral completions per
         row, importance-resampled by p(x) / q(x_mis) (their effective sample size is reported: a small one means

@@ -128,7 +128,7 @@ class BayesianNetwork(CPTLearning, PyroModule):
         log_table = table - table.logsumexp(-1, keepdim=True) if self.cpt_mode == "learned" else table
         return dist.Categorical(logits=log_table)
 
-    def default_guide(self):
+    def default_guide(self) -> DirichletCPTGuide | EmptyGuide:
         return DirichletCPTGuide(self) if self.cpt_mode == "dirichlet" else EmptyGuide()
 
     def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:

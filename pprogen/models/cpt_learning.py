@@ -12,6 +12,7 @@ Statistical Data, Machine Learning 1995.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -101,7 +102,7 @@ class DirichletCPTGuide(PyroModule):
             getattr(self, f"mean_logits_{i}").copy_(c.log())
             getattr(self, f"log_total_{i}").copy_(c.sum(-1).log())
 
-    def forward(self, *args, **kwargs) -> None:
+    def forward(self, *args: Any, **kwargs: Any) -> None:
         for i, name in enumerate(self.names):
             posterior = dist.Dirichlet(self.concentration(name))
             pyro.sample(f"cpt_{name}", posterior.to_event(len(self.shapes[i]) - 1))

@@ -21,7 +21,7 @@ arXiv:1511.01844; Ho et al., Flow++, 2019, arXiv:1902.00275 (the importance-weig
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
@@ -46,7 +46,7 @@ class Dequantized(TorchDistribution):
     def support(self):
         return constraints.independent(constraints.unit_interval, len(self.event_shape))
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape: Sequence[int], _instance: Dequantized | None = None) -> Dequantized:
         return Dequantized(self.flow.expand(batch_shape), self.num_levels, self.num_samples)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class Dequantized(TorchDistribution):
                                     math.prod(self.event_shape))
 
     @torch.no_grad()
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         return quantize(self.flow.sample(sample_shape), self.num_levels)
 
 

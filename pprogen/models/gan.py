@@ -209,7 +209,9 @@ class GAN(PyroModule):
             z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
             return pyro.deterministic("x", self.generate(self.sampler, z, y), event_dim=len(self.x_shape))
 
-    def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
+    def adversarial_terms(
+        self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None
+    ) -> tuple[list[CriticPair], dict[str, torch.Tensor]]:
         fake = self.generator(self.noise(real), y)
         condition = {} if y is None else {"y": y}
         return [CriticPair(self.discriminator, real, fake, condition)], {}
@@ -415,7 +417,9 @@ class ProGAN(GAN):
     def critic(self, x: torch.Tensor) -> torch.Tensor:
         return self.discriminator(x, int(self.stage), float(self.alpha))
 
-    def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
+    def adversarial_terms(
+        self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None
+    ) -> tuple[list[CriticPair], dict[str, torch.Tensor]]:
         return [CriticPair(self.critic, self._at_resolution(real), self._at_stage(self.generator, self.noise(real)))], {}
 
 

@@ -17,6 +17,7 @@ References: Dempster, Laird & Rubin, Maximum Likelihood from Incomplete Data via
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -29,6 +30,11 @@ from torch import nn
 
 from pprogen.nn import EmptyGuide
 from pprogen.registry import register_model
+
+if TYPE_CHECKING:
+    from arviz import InferenceData
+    from pyro.infer import MCMC
+    from pyro.infer.autoguide import AutoNormal
 
 
 class Mixture(PyroModule):
@@ -143,7 +149,7 @@ class Selected(dist.TorchDistribution):
     def support(self):
         return self.mixture.components().support
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape: Sequence[int], _instance: Selected | None = None) -> Selected:
         return Selected(self.mixture, self.c.expand(batch_shape), self._validate_args)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +158,7 @@ class Selected(dist.TorchDistribution):
         index = self.c.expand(shape).unsqueeze(-1)
         return table.expand(shape + table.shape[-1:]).gather(-1, index).squeeze(-1)
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         return _select(self.mixture.components(), self.c).sample(sample_shape)
 
 
@@ -177,7 +183,7 @@ class GaussianMixture(Mixture):
         self.locs.copy_(picks)
         self.log_scales.copy_(x.std(0).clamp(min=1e-3).log().expand_as(self.log_scales))
 
-    def observed_log_prob(self, x, observed) -> torch.Tensor:
+    def observed_log_prob(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         inv_var = torch.exp(-2 * self.log_scales)
         const = -0.5 * self.locs.pow(2) * inv_var - self.log_scales - 0.5 * math.log(2 * math.pi)
         x = x * observed
@@ -202,7 +208,7 @@ class BernoulliMixture(Mixture):
         # sum_d x_d l_kd - softplus(l_kd): one matrix product instead of a (N, K, D) tensor
         return x @ self.logits.T - F.softplus(self.logits).sum(-1)
 
-    def observed_log_prob(self, x, observed) -> torch.Tensor:
+    def observed_log_prob(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         return (x * observed) @ self.logits.T - observed @ F.softplus(self.logits).T
 
     def _start_at(self, picks, x) -> None:
@@ -240,7 +246,7 @@ class BayesianGaussianMixture(PyroModule):
         self.register_buffer("loc_scale", torch.tensor(float(loc_scale)))
         self.register_buffer("log_scale_loc", torch.tensor(float(scale_scale)).log())
 
-    def default_guide(self):
+    def default_guide(self) -> AutoNormal:
         """Normal guides on the unconstrained globals (drawn from the prior to break label symmetry)."""
         from pyro.infer.autoguide import AutoNormal, init_to_sample
 
@@ -248,7 +254,7 @@ class BayesianGaussianMixture(PyroModule):
         guide()  # the globals do not depend on the data: build the parameters now, so that they load
         return guide
 
-    def sample_globals(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_globals(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The prior's sites: weights, locs and scales."""
         shape = (self.num_components, self.x_shape[0])
         weights = pyro.sample("weights", dist.Dirichlet(self.concentration))
@@ -265,7 +271,7 @@ class BayesianGaussianMixture(PyroModule):
             return pyro.sample("x", dist.Normal(*index).to_event(1), obs=x)
 
     def posterior(self, x: torch.Tensor, num_samples: int = 500, warmup_steps: int = 300, num_chains: int = 1,
-                  seed: int | None = 0):
+                  seed: int | None = 0) -> tuple[InferenceData, MCMC]:
         """NUTS over (weights, locs, scales) with ``c`` summed out; returns ``(InferenceData, MCMC)``.
 
         ``az.summary(idata)`` gives means, HDIs, ``ess_bulk`` and ``r_hat``; ``az.plot_trace`` the chains;
@@ -280,7 +286,8 @@ class BayesianGaussianMixture(PyroModule):
         idata.add_groups({"log_likelihood": {"x": per_draw.detach().cpu().numpy()}})
         return idata, mcmc
 
-    def _globals(self, guide=None, num_draws: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _globals(self, guide: Callable[..., Any] | None = None,
+                 num_draws: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weights, locs, scales) drawn from the guide, or from the prior without one; ``num_draws`` of
         them at once (a leading dimension) inside one vectorized plate."""
         program = guide if guide is not None else self.sample_globals
@@ -290,14 +297,14 @@ class BayesianGaussianMixture(PyroModule):
         return tuple(trace.nodes[name]["value"] for name in ("weights", "locs", "scales"))
 
     @torch.no_grad()
-    def sample(self, n: int, guide=None) -> torch.Tensor:
+    def sample(self, n: int, guide: Callable[..., Any] | None = None) -> torch.Tensor:
         """``n`` draws of x: posterior predictive under ``guide`` (one draw of the globals), else prior predictive."""
         weights, locs, scales = self._globals(guide)
         c = dist.Categorical(weights).sample((n,))
         return dist.Normal(locs[c], scales[c]).sample()
 
     @torch.no_grad()
-    def predictive_log_prob(self, x: torch.Tensor, guide, num_samples: int = 100) -> torch.Tensor:
+    def predictive_log_prob(self, x: torch.Tensor, guide: Callable[..., Any], num_samples: int = 100) -> torch.Tensor:
         """log (1/S) sum_s p(x_n | globals_s), globals_s drawn from the guide: held-out fit after SVI."""
         weights, locs, scales = self._globals(guide, num_samples)
         return self.pointwise_log_likelihood(weights, locs, scales, x).logsumexp(0) - math.log(num_samples)

@@ -27,7 +27,7 @@ Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference,
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -262,7 +262,7 @@ class FlowGuide(PyroModule):
         super().__init__()
         self.flow, self.site = flow, site
 
-    def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None, **kwargs: Any) -> torch.Tensor:
         n = x.shape[0] if x is not None else (batch_size or 1)
         with pyro.plate("data", n):
             return pyro.sample(self.site, self.flow.flow_distribution())

@@ -27,6 +27,7 @@ arXiv:1606.05328.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import pyro
@@ -37,7 +38,10 @@ from torch import nn
 
 from pprogen.models.autoregressive import AutoregressiveBernoulli, AutoregressiveModel
 from pprogen.nn import check_labels
+from pprogen.progress import Sweep
 from pprogen.registry import register_model
+
+logger = logging.getLogger(__name__)  # no handler here: the command line decides what is shown
 
 
 def conv_mask(kind: str, in_channels: int, out_channels: int, kernel_size: int, groups: int) -> torch.Tensor:
@@ -229,13 +233,15 @@ class PixelCNN(AutoregressiveModel):
             return self.distribution(y).sample((n,))
         c, rows, width = self.x_shape
         x = torch.zeros((n, c, rows, width), device=self.order.device, dtype=self.head.weight.dtype)
-        with torch.no_grad():
+        unit = "pixels" if c == 1 else f"values ({c} channels a pixel)"
+        with torch.no_grad(), Sweep("sampling", c * rows * width, unit, logger) as sweep:
             for r in range(rows):
                 links = self._links(x[:, :, :r], y)
                 for col in range(width):
                     for ch in range(c):
                         logit = self._row_logits(x[:, :, r: r + 1], links, y)[:, ch, 0, col]
                         x[:, ch, r, col] = torch.bernoulli(torch.sigmoid(logit))
+                        sweep.advance()
         return x
 
     def _links(self, above: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ Reference: Tipping & Bishop, Probabilistic Principal Component Analysis, JRSS B,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -42,7 +43,7 @@ class LinearGaussianGuide(PyroModule):
         lower = torch.tril(self.raw_tril, -1)
         return lower + torch.diag(F.softplus(self.raw_tril.diagonal()) + 1e-5)
 
-    def forward(self, x: torch.Tensor, **condition) -> None:
+    def forward(self, x: torch.Tensor, **condition: Any) -> None:
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.MultivariateNormal(self.encoder(x), scale_tril=self.scale_tril()))
 

@@ -239,7 +239,9 @@ class StyleGAN(GAN):
         later = torch.arange(self.num_ws, device=z.device)[None, :] >= cut[:, None]
         return torch.where(later[..., None], second, w)
 
-    def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
+    def adversarial_terms(
+        self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None
+    ) -> tuple[list[CriticPair], dict[str, torch.Tensor]]:
         self.checked_labels(y)
         fake = self.generator.synthesize(self.mixed_styles(self.generator, self.noise(real)))
         return [CriticPair(self.discriminator, real, fake)], {}

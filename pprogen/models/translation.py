@@ -9,7 +9,7 @@ paper), so these models have no ``"z"`` site: their Pyro program records ``G(a)`
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import pyro
 import torch
@@ -146,7 +146,7 @@ class Translation(PyroModule):
         finally:
             self.train(was)
 
-    def check_data(self, data: torch.Tensor, pairing: str | None = None, **condition) -> None:
+    def check_data(self, data: torch.Tensor, pairing: str | None = None, **condition: Any) -> None:
         expected = (2 * self.channels, *self.x_shape[1:])
         if tuple(data.shape[1:]) != expected:
             raise ValueError(f"{type(self).__name__.lower()} takes examples that stack an A and a B image of shape "
@@ -175,12 +175,14 @@ class CycleGAN(Translation):
         nets = self.generator if nets is None else nets
         return F.l1_loss(nets["ba"](nets["ab"](a)), a) + F.l1_loss(nets["ab"](nets["ba"](b)), b)
 
-    def adversarial_terms(self, real: torch.Tensor, generator_step: bool):
+    def adversarial_terms(
+        self, real: torch.Tensor, generator_step: bool
+    ) -> tuple[list[CriticPair], dict[str, torch.Tensor]]:
         a, b = self.split(real)
         fake_b, fake_a = self.generator["ab"](a), self.generator["ba"](b)
         pairs = [CriticPair(self.discriminator["b"], b, fake_b, name="d_b"),
                  CriticPair(self.discriminator["a"], a, fake_a, name="d_a")]
-        extra = {}
+        extra: dict[str, torch.Tensor] = {}
         if generator_step:
             cycle = F.l1_loss(self.generator["ba"](fake_b), a) + F.l1_loss(self.generator["ab"](fake_a), b)
             extra["cycle"] = self.cycle * cycle
@@ -204,7 +206,9 @@ class Pix2Pix(Translation):
         self.generator_ema = frozen_copy(self.generator)
         self.l1 = l1
 
-    def adversarial_terms(self, real: torch.Tensor, generator_step: bool):
+    def adversarial_terms(
+        self, real: torch.Tensor, generator_step: bool
+    ) -> tuple[list[CriticPair], dict[str, torch.Tensor]]:
         a, b = self.split(real)
         fake_b = self.generator["ab"](a)
         pairs = [CriticPair(self.discriminator, torch.cat([a, b], 1), torch.cat([a, fake_b], 1))]

@@ -15,7 +15,7 @@ The continuous Bernoulli, Loaiza-Ganem & Cunningham, 2019, https://arxiv.org/abs
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -43,7 +43,7 @@ class AmortizedNormalGuide(PyroModule):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return normal_head(self.encoder(x), self.z_dim)
 
-    def forward(self, x: torch.Tensor, **condition) -> None:
+    def forward(self, x: torch.Tensor, **condition: Any) -> None:
         loc, scale = self.encode(x)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
@@ -57,7 +57,7 @@ class VAE(PyroModule):
         x_shape: Sequence[int],
         z_dim: int,
         decoder: nn.Module,
-        encoder_factory,
+        encoder_factory: Callable[[], nn.Module],
         likelihood: str = "bernoulli",
         prior: nn.Module | None = None,
     ) -> None:
@@ -84,7 +84,7 @@ class VAE(PyroModule):
         self.prior_flow.clear_cache()
         return self.prior_flow.flow_distribution()
 
-    def decode(self, z: torch.Tensor, **condition) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, **condition: Any) -> torch.Tensor:
         """The decoder's output (the likelihood's parameters) at ``z``."""
         return self.decoder(z)
 
@@ -92,7 +92,7 @@ class VAE(PyroModule):
         """A fresh amortized diagonal-Normal guide whose encoder mirrors the decoder."""
         return AmortizedNormalGuide(self._encoder_factory(), self.z_dim)
 
-    def likelihood_dist(self, z: torch.Tensor, **condition) -> dist.TorchDistribution:
+    def likelihood_dist(self, z: torch.Tensor, **condition: Any) -> dist.TorchDistribution:
         out = self.decode(z, **condition)
         if self.likelihood == "bernoulli":
             fn = dist.Bernoulli(logits=out)
@@ -127,13 +127,13 @@ class VAE(PyroModule):
         return self.prior().sample((n,))
 
     @torch.no_grad()
-    def from_latent(self, z: torch.Tensor, mean: bool = False, **condition) -> torch.Tensor:
+    def from_latent(self, z: torch.Tensor, mean: bool = False, **condition: Any) -> torch.Tensor:
         """x at given latents ``z``: the likelihood's mean with ``mean``, else one draw per row."""
         fn = self.likelihood_dist(z, **condition)
         return fn.mean if mean else fn.sample()
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, guide) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, guide: Callable[..., Any]) -> torch.Tensor:
         """Mean of p(x | z) at z drawn from ``guide(x)``; works with any guide that samples ``z``."""
         z = poutine.trace(guide).get_trace(x).nodes["z"]["value"]
         return self.likelihood_dist(z).mean
@@ -234,7 +234,7 @@ class ConditionalNormalGuide(PyroModule):
         super().__init__()
         self.encoder, self.z_dim, self.num_classes = encoder, z_dim, num_classes
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **condition) -> None:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **condition: Any) -> None:
         y = check_labels(y, self.num_classes, x.shape[0])
         loc, scale = normal_head(self.encoder(with_onehot(x, y, self.num_classes)), self.z_dim)
         with pyro.plate("data", x.shape[0]):
@@ -285,7 +285,7 @@ class CVAE(VAE):
         return site["fn"].mean if mean else site["value"]
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, guide, y: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, guide: Callable[..., Any], y: torch.Tensor | None = None) -> torch.Tensor:
         z = poutine.trace(guide).get_trace(x, y=y).nodes["z"]["value"]
         return self.likelihood_dist(z, y=check_labels(y, self.num_classes, x.shape[0])).mean
 
@@ -333,7 +333,7 @@ class HVAEGuide(PyroModule):
         self.q1 = _GaussianLayer(x_dim, hidden[0], z_dims[0], act)
         self.q2 = _GaussianLayer(z_dims[0], hidden[1], z_dims[1], act)
 
-    def forward(self, x: torch.Tensor, **condition) -> None:
+    def forward(self, x: torch.Tensor, **condition: Any) -> None:
         with pyro.plate("data", x.shape[0]):
             z1 = pyro.sample("z1", self.q1(x))
             pyro.sample("z2", self.q2(z1))
@@ -385,7 +385,7 @@ class HVAE(PyroModule):
         return torch.sigmoid(logits) if mean else dist.Bernoulli(logits=logits).sample()
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, guide) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, guide: Callable[..., Any]) -> torch.Tensor:
         z1 = poutine.trace(guide).get_trace(x).nodes["z1"]["value"]
         return torch.sigmoid(self.decoder(z1))
 

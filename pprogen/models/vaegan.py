@@ -40,7 +40,7 @@ ICML 2016, arXiv:1512.09300.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import pyro.distributions as dist
 import torch
@@ -99,7 +99,7 @@ class VAEGAN(VAE):
         """q(z | x) with the model's own encoder (shared, so the model's weights hold it)."""
         return AmortizedNormalGuide(self.encoder, self.z_dim)
 
-    def likelihood_dist(self, z: torch.Tensor, **condition) -> dist.TorchDistribution:
+    def likelihood_dist(self, z: torch.Tensor, **condition: Any) -> dist.TorchDistribution:
         out = self.decoder(z)
         if self.likelihood == "bernoulli":
             fn = dist.Bernoulli(logits=out)
@@ -150,7 +150,9 @@ class VAEGAN(VAE):
         encoder_part = encoder * term(torch.sigmoid(torch.func.functional_call(self.decoder, frozen, (z_q,))))
         return encoder_part - encoder_part.detach()  # value gamma * term = 0, gradient the encoder's
 
-    def adversarial_terms(self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None):
+    def adversarial_terms(
+        self, real: torch.Tensor, generator_step: bool, y: torch.Tensor | None = None
+    ) -> tuple[list[CriticPair], dict[str, torch.Tensor]]:
         loc, scale = normal_head(self.encoder(real), self.z_dim)
         z_q = loc + scale * torch.randn_like(loc)
         prior = CriticPair(self.discriminator, real, self.judged_image(torch.randn_like(loc)), name="prior")

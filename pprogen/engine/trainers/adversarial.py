@@ -4,7 +4,7 @@ metrics, not log p(x), and ship only as whole folders."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,9 +21,15 @@ from pprogen.inference.metrics import evaluate_samples
 from pprogen.registry import ModelCard, create_model
 from pprogen.runs import Run, seed_everything
 
+if TYPE_CHECKING:
+    from pyro.nn import PyroModule
 
-def gan_evaluation(model, dataset: Dataset, split: str, num_samples: int, device, run: Run | None = None,
-                   limit: int | None = None, num_particles: int = 1000) -> dict[str, Any]:
+    from pprogen.distributed import World
+    from pprogen.inference.adversarial import AdversarialTrainer
+
+
+def gan_evaluation(model: PyroModule, dataset: Dataset, split: str, num_samples: int, device: torch.device,
+                   run: Run | None = None, limit: int | None = None, num_particles: int = 1000) -> dict[str, Any]:
     """A GAN's sample metrics on ``split`` from ``num_samples`` samples; a model that also states a likelihood
     (VAE-GAN) adds its importance-sampled NLL with its own guide (``num_particles`` per row)."""
     result = evaluate_samples(model, dataset.subset(limit), split, num_samples, device)
@@ -38,7 +44,8 @@ def gan_evaluation(model, dataset: Dataset, split: str, num_samples: int, device
     return result
 
 
-def gan_trainer(model, train: dict[str, Any], device, seed: int, progress: bool, world=None):
+def gan_trainer(model: PyroModule, train: dict[str, Any], device: torch.device, seed: int, progress: bool,
+                world: World | None = None) -> AdversarialTrainer:
     """The :class:`~pprogen.inference.AdversarialTrainer` a run's ``config["train"]`` describes."""
     from pprogen.inference.adversarial import AdversarialTrainer
 

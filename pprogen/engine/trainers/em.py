@@ -4,7 +4,7 @@ raises the training log-likelihood by less than 1e-7 of it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pprogen.data import Dataset
 from pprogen.engine.config import condition_of
@@ -14,6 +14,9 @@ from pprogen.engine.trainer import Trainer, register_trainer, single_process_set
 from pprogen.inference.em import fit_em
 from pprogen.registry import ModelCard
 from pprogen.runs import Run
+
+if TYPE_CHECKING:
+    from pprogen.inference.loop import History
 
 
 @register_trainer
@@ -53,7 +56,7 @@ class EMTrainer(Trainer):
         return fit_em(self.model, self.dataset.train.to(self.device), valid, epochs=self.settings.epochs,
                       run=run, resume=resume, device=self.device, progress=self.progress, guide=self.guide)
 
-    def history_summary(self, history) -> dict[str, Any]:
+    def history_summary(self, history: History) -> dict[str, Any]:
         return {"em_iterations": len(history.records)}
 
     def trained_what(self, summary: dict[str, Any]) -> str:

@@ -90,7 +90,7 @@ class NUTSTrainer(Trainer):
             run.write_metrics(history.records)
         return history
 
-    def history_summary(self, history) -> dict[str, Any]:
+    def history_summary(self, history: History) -> dict[str, Any]:
         return dict(self.summary)
 
     def trained_what(self, summary: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import asdict
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,10 @@ from pprogen.engine.trainer import Trainer, register_trainer, settings_group
 from pprogen.inference.train import Optim, Stopping, fit
 from pprogen.registry import ModelCard, create_model
 from pprogen.runs import Run, seed_everything
+
+if TYPE_CHECKING:
+    from pprogen.inference.loop import History
+    from pprogen.models.normalizing_flow import Flow
 
 
 def is_code(spec: Any) -> bool:
@@ -74,7 +78,7 @@ def target_dataset(dim: int) -> Dataset:
     return Dataset(name="target", train=torch.zeros(2, dim), valid=None, test=None, shape=(dim,), binary=False)
 
 
-def reverse_kl_evaluation(model, target_spec: str, num_samples: int) -> dict[str, Any]:
+def reverse_kl_evaluation(model: Flow, target_spec: str, num_samples: int) -> dict[str, Any]:
     """A flow fitted to p(z) ∝ exp(-U(z)): the ELBO E_q[-U(z) - log q(z)] from ``num_samples`` draws (with its
     standard error), log Z by quadrature on [-6, 6]^2 for 2-D targets, and KL(q || p) = log Z - ELBO."""
     from pprogen.models.flows import load_energy
@@ -191,7 +195,7 @@ class ReverseKLTrainer(Trainer):
                    optim=settings_group(Optim, asdict(t)), stopping=Stopping(patience=None), device=self.device,
                    seed=self.config["seed"], progress=self.progress, run=run, resume=resume, world=self.world)
 
-    def history_summary(self, history) -> dict[str, Any]:
+    def history_summary(self, history: History) -> dict[str, Any]:
         return {"steps": len(history.records)}
 
     def trained_what(self, summary: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ empty one; the ELBO estimator, its particles, beta and alpha come from the run's
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pprogen.capabilities import capabilities
 from pprogen.data import Dataset
@@ -18,6 +18,9 @@ from pprogen.engine.trainer import settings_group as group
 from pprogen.inference.train import Objective, Optim, Speed, Stopping, fit
 from pprogen.registry import ModelCard
 from pprogen.runs import Run, seed_everything
+
+if TYPE_CHECKING:
+    from pprogen.inference.loop import History
 
 @register_trainer
 class SVITrainer(Trainer):
@@ -67,7 +70,7 @@ class SVITrainer(Trainer):
             plate_name=self.config.get("plate_name"),
         )
 
-    def history_summary(self, history) -> dict[str, Any]:
+    def history_summary(self, history: History) -> dict[str, Any]:
         return {"best_epoch": history.best_epoch,
                 "best_valid_loss": history.best_valid_loss if history.best_epoch else None}
 
