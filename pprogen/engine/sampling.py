@@ -9,7 +9,7 @@ import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -22,9 +22,20 @@ from pprogen.runs import atomic_write
 if TYPE_CHECKING:
     from pyro.nn import PyroModule
 
-    from pprogen.engine.loaded import LoadedRun  # imports this module
+    from pprogen.data import Dataset
 
 SUFFIXES = (".png", ".pdf", ".npy", ".pt")
+
+
+class TrainedParts(Protocol):
+    """What drawing needs of a trained run: :class:`pprogen.engine.LoadedRun` has it (this module does not import
+    that one, which imports this)."""
+
+    config: dict[str, Any]
+    dataset: Dataset
+    model: Any
+    guide: Any
+    device: torch.device
 
 
 @dataclass
@@ -157,7 +168,7 @@ def write_rows(out: Path, rows: torch.Tensor) -> None:
         atomic_write(out, lambda tmp: torch.save(rows, tmp))
 
 
-def draw(loaded: LoadedRun, request: SampleRequest) -> Drawn:
+def draw(loaded: TrainedParts, request: SampleRequest) -> Drawn:
     """What :func:`sample_run` draws, without writing it."""
     from pprogen import latent
 
