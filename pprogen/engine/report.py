@@ -24,6 +24,8 @@ def format_eval(split: str, result: dict[str, Any]) -> str:
         bands = result["khat_bands"]
         text += "\nPareto k-hat: " + ", ".join(f"{n} {bands[n]}" for n in ("good", "ok", "bad", "very bad"))
         text += " (k < 0.5 good, < 0.7 ok, < 1 bad, else very bad)"
+    if result.get("stderr_note"):
+        text += f"\nstandard error {result['stderr_note']}"
     return text
 
 

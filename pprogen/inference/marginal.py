@@ -66,6 +66,7 @@ from pprogen.inference.tracing import direct_call, user_stacklevel
 from pprogen.inference.weighting import (ImproperPriorError, Plan, log_weights, make_plan, streaming_stats, take_rows,
                                          vectorizes)
 
+MIN_ESS = 10  # below this, the weights say little about their own spread: the standard error is flagged
 KHAT_BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, 1.0), ("very bad", 1.0, math.inf))
 
 
@@ -114,6 +115,11 @@ class Evidence:
             out["khat_bands"] = self.khat_bands()
         elif self.num_samples == 1:
             out["khat_bands"] = "none: one sample per datum has no tail to fit (and no standard error)"
+        low = int((self.ess.double() < MIN_ESS).sum())
+        if low and self.num_samples > 1:
+            out["stderr_note"] = (f"unreliable for {low} of {n} estimate(s): an effective sample size below {MIN_ESS} "
+                                  "says little about the weights' spread, and the estimate is likely low; use more "
+                                  "particles (chains for ais) or a better proposal")
         if not self.vectorized:
             out["particles"] = ("run one at a time, as the program breaks with them in a plate: one pass of the program "
                                 "per particle (57-99x the vectorized time at K = 1000 on two small programs)")

@@ -115,6 +115,27 @@ def test_enumeration_inside_a_nested_plate_is_summed_per_entry():
     torch.testing.assert_close(estimate.log_prob, exact, rtol=0, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:site 'z' sits outside the 'data' plate")
+def test_a_standard_error_from_a_handful_of_effective_samples_is_flagged():
+    """From a prior 100 sds wide of an observation with noise 0.1, 50 draws leave an ESS near 1: the delta-method
+    standard error then says little, and the summary says so; with the exact posterior as guide (ESS = K) it does not."""
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+    def exact_posterior(x):
+        precision = 1 / 100 + x.shape[0] / 0.01
+        pyro.sample("z", dist.Normal(x.sum() / 0.01 / precision, precision**-0.5))
+
+    x = torch.tensor([25.0])
+    pyro.set_rng_seed(0)
+    wide = log_marginal(model, None, x, num_samples=50)
+    assert wide.ess.item() < 10 and wide.summary()["stderr_note"].startswith("unreliable for 1 of 1 estimate(s)")
+    exact = log_marginal(model, exact_posterior, x, num_samples=50)
+    assert exact.ess.item() == pytest.approx(50) and "stderr_note" not in exact.summary()
+
+
 def test_peak_bytes_counts_live_storages_once():
     from pprogen.inference.memory import PeakBytes
 
