@@ -301,17 +301,15 @@ def _log_weights(model, guide, x, num_particles: int | None, plan: Plan, conditi
         if indices is not None:
             stack.enter_context(fix_subsample(plan.plate_name, indices))
         replay, guide_sites = None, []
-        # as in Pyro's TraceEnum_ELBO, the guide enumerates the labels it marks for it, and the model allocates its
-        # own enumerated dims to the left of the guide's
-        model_enum = pyro.poutine.enum(first_available_dim=particle_dim - 1)
-        if guide is not None:
+        if guide is not None:  # as in Pyro's TraceEnum_ELBO, the guide enumerates the labels it marks for it
             with SiteCollector() as guide_run, pyro.poutine.enum(first_available_dim=particle_dim - 1):
                 direct_call(guide)(x, **kw)
             guide_sites = guide_run.sites
             replay = guide_run.values()
-            model_enum = pyro.poutine.enum()
-        # the enumeration handler sees each site before the replay does, as in Pyro's TraceEnum_ELBO: pyro.markov's
+        # the model's enumerated dims go on to the left of any the guide took (None: where its run left off); the
+        # enumeration handler sees each site before the replay does, as in Pyro's TraceEnum_ELBO: pyro.markov's
         # bookkeeping needs every site, replayed or not
+        model_enum = pyro.poutine.enum(first_available_dim=None if guide is not None else particle_dim - 1)
         with SiteCollector(replay) as model_run, model_enum, _skip_enumeration(replay):
             direct_call(model)(x, **kw)
     model_sites = model_run.sites if guide is not None else [s for s in model_run.sites

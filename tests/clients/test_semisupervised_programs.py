@@ -107,3 +107,37 @@ def test_annealing_refuses_the_guides_discrete_label_in_one_line():
     with pytest.raises(ValueError, match=r"^latent site 'y' is discrete.*infer=\{'enumerate': 'parallel'\} in the "
                                          r"model[^\n]*$"):
         ais(program.model, program.enumerated_guide(), x, num_steps=3, num_chains=2)
+
+
+def test_a_label_the_guide_enumerates_beside_one_the_model_enumerates_is_exact():
+    """A plain-function guide enumerating y (exact q(z | x, y)) beside a site c the model enumerates, in a plate of
+    another name: the model's enumerated dims sit left of the guide's, and every weight is exactly
+    log p(x, w) = log sum_y pi_y N(x; mu_y, sqrt 2) + log sum_c p_c N(w; 3c, 1)."""
+    import math
+
+    import pyro.distributions as dist
+    from pyro.infer import config_enumerate
+
+    weights, means = torch.tensor([0.2, 0.5, 0.3]), torch.tensor([-2.0, 0.0, 3.0])
+
+    def model(d):
+        with pyro.plate("rows", d.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+            y = pyro.sample("y", dist.Categorical(weights))
+            z = pyro.sample("z", dist.Normal(means[y], 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=d[:, 0])
+            pyro.sample("w", dist.Normal(3 * c, 1.0), obs=d[:, 1])
+
+    @config_enumerate
+    def guide(d):
+        with pyro.plate("rows", d.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=torch.zeros(d.shape[0], 3)))
+            pyro.sample("z", dist.Normal((d[:, 0] + means[y]) / 2, math.sqrt(0.5)))
+
+    d = 2 * torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    exact = (torch.logsumexp(weights.log() + dist.Normal(means, math.sqrt(2)).log_prob(d[:, :1]), -1)
+             + torch.logsumexp(torch.tensor([0.7, 0.3]).log() + dist.Normal(torch.tensor([0.0, 3.0]), 1.0)
+                               .log_prob(d[:, 1:]), -1))
+    for num_samples in (1, 4):
+        estimate = log_marginal(model, guide, d, num_samples=num_samples)
+        torch.testing.assert_close(estimate.log_prob, exact, rtol=0, atol=1e-5)
